@@ -1,0 +1,1 @@
+"""Audio decoding, resampling, validation and encoding through real codec libraries."""

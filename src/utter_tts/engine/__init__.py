@@ -1,0 +1,1 @@
+"""Fast inference: static KV caches, CUDA graphs, continuous batching and streaming."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server, voice library routes and web page."""

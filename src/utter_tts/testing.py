@@ -1,0 +1,407 @@
+"""Build random-init Qwen3-TTS checkpoints in the official on-disk layout, with the official model classes.
+
+Used by the test suite (tiny shapes) and the GPU benchmark (real 1.7B shapes). Needs the official
+`qwen-tts` package (test extra), which the runtime never imports.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+# Official language ids of the 12 Hz models (codec vocabulary).
+LANGUAGE_IDS = {
+    "chinese": 2055,
+    "english": 2050,
+    "german": 2053,
+    "italian": 2070,
+    "portuguese": 2071,
+    "spanish": 2054,
+    "japanese": 2058,
+    "korean": 2064,
+    "french": 2061,
+    "russian": 2069,
+    "beijing_dialect": 2074,
+    "sichuan_dialect": 2062,
+}
+
+# Preset speakers for custom_voice test checkpoints; one of them speaks a dialect, as in the real model.
+TEST_SPEAKERS = {"vivian": 3065, "ryan": 3061, "eric": 3067}
+TEST_SPEAKER_DIALECT = {"vivian": False, "ryan": False, "eric": "sichuan_dialect"}
+
+SPECIAL_TOKENS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|audio_start|>": 151669,
+    "<|audio_end|>": 151670,
+    "<tts_pad>": 151671,
+    "<tts_text_bos>": 151672,
+    "<tts_text_eod>": 151673,
+}
+REGULAR_VOCAB = 151643
+
+# Tiny shapes: talker width equal to the code predictor's (as in 0.6B: no projection) or twice it
+# (as in 1.7B: small_to_mtp_projection in use).
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny-0.6b": dict(
+        hidden=64, inter=128, layers=2, heads=4, kv=2, head_dim=16, sections=[4, 2, 2], text_hidden=48,
+        cp=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16),
+        size="0b6",
+    ),
+    "tiny-1.7b": dict(
+        hidden=64, inter=128, layers=2, heads=4, kv=2, head_dim=16, sections=[4, 2, 2], text_hidden=64,
+        cp=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8),
+        size="1b7",
+    ),
+    "1.7b": dict(
+        hidden=2048, inter=6144, layers=28, heads=16, kv=8, head_dim=128, sections=[24, 20, 20],
+        text_hidden=2048,
+        cp=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
+                num_key_value_heads=8, head_dim=128),
+        size="1b7",
+    ),
+    "0.6b": dict(
+        hidden=1024, inter=3072, layers=28, heads=16, kv=8, head_dim=128, sections=[24, 20, 20],
+        text_hidden=2048,
+        cp=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
+                num_key_value_heads=8, head_dim=128),
+        size="0b6",
+    ),
+}
+
+GENERATION_CONFIG = {
+    "do_sample": True,
+    "repetition_penalty": 1.05,
+    "temperature": 0.9,
+    "top_p": 1.0,
+    "top_k": 50,
+    "subtalker_dosample": True,
+    "subtalker_temperature": 0.9,
+    "subtalker_top_p": 1.0,
+    "subtalker_top_k": 50,
+    "max_new_tokens": 8192,
+}
+
+PREPROCESSOR_CONFIG = {
+    "chunk_length_s": None,
+    "feature_extractor_type": "EncodecFeatureExtractor",
+    "feature_size": 1,
+    "overlap": None,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": True,
+    "sampling_rate": 24000,
+}
+
+
+def install_oracle_stubs() -> None:
+    """Stand-ins for modules the official package imports eagerly but its 12 Hz path never uses.
+
+    PyPI's torchaudio does not load beside the CPU torch used here, and sox/onnxruntime serve only
+    the 25 Hz tokenizer. Each stand-in needs a __spec__ or transformers' package probe fails.
+    """
+    names = ["torchaudio", "torchaudio.compliance", "torchaudio.compliance.kaldi", "sox", "onnxruntime"]
+    for name in names:
+        if name not in sys.modules:
+            mod = types.ModuleType(name)
+            mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            sys.modules[name] = mod
+    sys.modules["torchaudio"].compliance = sys.modules["torchaudio.compliance"]
+    sys.modules["torchaudio.compliance"].kaldi = sys.modules["torchaudio.compliance.kaldi"]
+
+
+# A small multilingual corpus for the stand-in BPE: the template words must become single tokens
+# ("assistant", "user", "\n") because the prompt builder slices the template by token position.
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. Hello there, this is a test of speech synthesis.
+She sells sea shells by the sea shore. How are you doing today? I am fine, thank you very much.
+Der schnelle braune Fuchs springt über den faulen Hund. Guten Morgen, wie geht es dir heute?
+Le vif renard brun saute par-dessus le chien paresseux. Bonjour, comment allez-vous aujourd'hui ?
+El rápido zorro marrón salta sobre el perro perezoso. Buenos días, ¿cómo estás hoy?
+Il veloce volpe marrone salta sopra il cane pigro. Buongiorno, come stai oggi?
+A rápida raposa marrom pula sobre o cão preguiçoso. Bom dia, como você está hoje?
+Быстрая коричневая лиса прыгает через ленивую собаку. Доброе утро, как дела?
+今天天气很好，我们去公园散步吧。你好，欢迎使用语音合成系统。
+今日はいい天気ですね。こんにちは、音声合成のテストです。
+오늘 날씨가 정말 좋네요. 안녕하세요, 음성 합성 테스트입니다.
+"""
+
+
+def write_tokenizer(out_dir: str | Path) -> None:
+    """Write a Qwen2-style byte-level BPE (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json)
+    whose special tokens sit at the official ids; regular ids are padded to the real 151,643 with
+    placeholders that no merge can produce."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from utter_tts.model.text import QWEN2_PRETOKENIZE_REGEX
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    template = "assistant\nhello\nuser\nhi\n"
+    tok.train_from_iterator([_CORPUS] * 4 + [template] * 200, trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    for word in ("assistant", "user"):
+        if word not in vocab:
+            raise RuntimeError(f"stand-in tokenizer failed to learn {word!r} as one token")
+    next_id = max(vocab.values()) + 1
+    for i in range(next_id, REGULAR_VOCAB):
+        vocab[f"<placeholder_{i}>"] = i
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    with open(out / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(out / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+    full = Tokenizer(models.BPE.from_file(str(out / "vocab.json"), str(out / "merges.txt")))
+    full.normalizer = tok.normalizer
+    full.pre_tokenizer = tok.pre_tokenizer
+    full.decoder = tok.decoder
+    spec = json.loads(full.to_str())
+    spec["added_tokens"] = [
+        dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+        for s, i in SPECIAL_TOKENS.items()
+    ]
+    with open(out / "tokenizer.json", "w", encoding="utf-8") as f:
+        json.dump(spec, f, ensure_ascii=False)
+    tok_cfg = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": {
+            str(i): dict(content=s, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+            for s, i in SPECIAL_TOKENS.items()
+        },
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+    }
+    with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
+        json.dump(tok_cfg, f, indent=1)
+
+
+def talker_config(shape: str, model_type: str) -> dict[str, Any]:
+    s = SHAPES[shape]
+    cp = dict(s["cp"])
+    cp.update(
+        vocab_size=2048, num_code_groups=16, max_position_embeddings=65536, rms_norm_eps=1e-6,
+        rope_theta=1000000, hidden_act="silu", use_cache=True, attention_bias=False,
+        use_sliding_window=False, max_window_layers=28, layer_types=None,
+    )
+    custom = model_type == "custom_voice"
+    return dict(
+        code_predictor_config=cp,
+        hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], num_key_value_heads=s["kv"], head_dim=s["head_dim"],
+        hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        rope_scaling={"interleaved": True, "mrope_section": s["sections"], "rope_type": "default",
+                      "type": "default"},
+        attention_bias=False, use_sliding_window=False, sliding_window=None, attention_dropout=0.0,
+        vocab_size=3072, text_vocab_size=151936, text_hidden_size=s["text_hidden"], num_code_groups=16,
+        position_id_per_seconds=13,
+        codec_bos_id=2149, codec_eos_token_id=2150, codec_pad_id=2148, codec_think_id=2154,
+        codec_nothink_id=2155, codec_think_bos_id=2156, codec_think_eos_id=2157,
+        codec_language_id=dict(LANGUAGE_IDS),
+        spk_id=dict(TEST_SPEAKERS) if custom else {},
+        spk_is_dialect=dict(TEST_SPEAKER_DIALECT) if custom else {},
+    )
+
+
+def speech_tokenizer_config(tiny: bool) -> dict[str, Any]:
+    if tiny:
+        enc = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                   head_dim=16, intermediate_size=128, num_filters=8, codebook_dim=32,
+                   vector_quantization_hidden_dimension=32)
+        dec = dict(latent_dim=64, codebook_dim=32, decoder_dim=64, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=8)
+    else:
+        enc = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                   head_dim=64, intermediate_size=2048, num_filters=64, codebook_dim=256,
+                   vector_quantization_hidden_dimension=256)
+        dec = dict(latent_dim=1024, codebook_dim=512, decoder_dim=1536, hidden_size=512, intermediate_size=1024,
+                   num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16, head_dim=64)
+    enc.update(audio_channels=1, kernel_size=7, residual_kernel_size=3, last_kernel_size=3,
+               num_residual_layers=1, compress=2, upsampling_ratios=[8, 6, 5, 4], hidden_act="gelu",
+               norm_eps=1e-5, layer_scale_initial_scale=0.01, rope_theta=10000.0,
+               max_position_embeddings=8000, sliding_window=250, num_quantizers=32,
+               num_semantic_quantizers=1, codebook_size=2048, pad_mode="constant", use_causal_conv=True,
+               sampling_rate=24000, frame_rate=12.5, use_conv_shortcut=False,
+               upsample_groups=enc["hidden_size"], dilation_growth_rate=2, trim_right_ratio=1.0)
+    dec.update(codebook_size=2048, hidden_act="silu", layer_scale_initial_scale=0.01, rms_norm_eps=1e-5,
+               rope_theta=10000, max_position_embeddings=8000, sliding_window=72, num_quantizers=16,
+               num_semantic_quantizers=1, semantic_codebook_size=4096, upsample_rates=[8, 5, 4, 3],
+               upsampling_ratios=[2, 2], vector_quantization_hidden_dimension=512, attention_bias=False,
+               attention_dropout=0.0)
+    return dict(encoder_config=enc, decoder_config=dec, encoder_valid_num_quantizers=16,
+                input_sample_rate=24000, output_sample_rate=24000, decode_upsample_rate=1920,
+                encode_downsample_rate=1920)
+
+
+def speaker_encoder_config(shape: str) -> dict[str, Any]:
+    hidden = SHAPES[shape]["hidden"]
+    if shape.startswith("tiny"):
+        return dict(enc_dim=hidden, sample_rate=24000, enc_channels=[32, 32, 32, 32, 96],
+                    enc_attention_channels=16, enc_se_channels=16)
+    return dict(enc_dim=hidden, sample_rate=24000)
+
+
+def randomize_tts_model(model, generator) -> None:
+    """Spread the random weights so tiny models make confident, varied predictions.
+
+    At the default init (std 0.02) a tiny talker's logits are nearly flat: greedy decoding then
+    repeats one code and near-ties make parity tests flaky. Larger embeddings and heads give
+    margins well above float noise."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                continue
+            if name.endswith("codec_embedding.weight") or ".codec_embedding." in name:
+                p.normal_(0.0, 1.0, generator=generator)
+            elif "text_embedding" in name:
+                p.normal_(0.0, 1.0, generator=generator)
+            elif "codec_head" in name or "lm_head" in name:
+                p.normal_(0.0, 0.5, generator=generator)
+
+
+def randomize_speech_tokenizer(st, generator) -> None:
+    """Give the codec's codebooks random content (they init to zero) so codes map to distinct latents."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in st.named_parameters():
+            if name.endswith("embedding_sum"):
+                p.normal_(0.0, 1.0, generator=generator)
+
+
+def build_checkpoint(
+    out_dir: str | Path,
+    model_type: str = "base",
+    shape: str = "tiny-1.7b",
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Path:
+    """Write a random-init checkpoint of `model_type` (base / voice_design / custom_voice) and `shape`
+    (tiny-0.6b, tiny-1.7b, 0.6b, 1.7b) in the official layout, using the official classes."""
+    import torch
+
+    install_oracle_stubs()
+    from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
+    from safetensors.torch import save_file
+
+    if model_type not in ("base", "voice_design", "custom_voice"):
+        raise ValueError(f"unknown model_type {model_type!r}")
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "speech_tokenizer").mkdir(parents=True)
+    tiny = shape.startswith("tiny")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    tcfg = talker_config(shape, model_type)
+    cfg = dict(
+        architectures=["Qwen3TTSForConditionalGeneration"],
+        model_type="qwen3_tts",
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        tts_model_size=SHAPES[shape]["size"],
+        tts_model_type=model_type,
+        im_start_token_id=151644, im_end_token_id=151645,
+        tts_pad_token_id=151671, tts_bos_token_id=151672, tts_eos_token_id=151673,
+        talker_config=tcfg,
+        speaker_encoder_config=speaker_encoder_config(shape),
+    )
+    with torch.device(device):
+        model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**cfg))
+    if tiny:
+        randomize_tts_model(model, gen)
+    model = model.to(getattr(torch, dtype)).eval()
+    # config.json written as the hub's (the official save adds keys its own loader rejects)
+    with open(out / "config.json", "w", encoding="utf-8") as f:
+        json.dump(dict(cfg, dtype=dtype), f, indent=1)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(out / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    del model
+
+    st_cfg = speech_tokenizer_config(tiny)
+    with torch.device(device):
+        st = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**st_cfg))
+    randomize_speech_tokenizer(st, gen)
+    st = st.eval()
+    with open(out / "speech_tokenizer" / "config.json", "w", encoding="utf-8") as f:
+        json.dump(dict(st_cfg, architectures=["Qwen3TTSTokenizerV2Model"],
+                       model_type="qwen3_tts_tokenizer_12hz"), f, indent=1)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in st.state_dict().items()},
+        str(out / "speech_tokenizer" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    with open(out / "speech_tokenizer" / "preprocessor_config.json", "w", encoding="utf-8") as f:
+        json.dump(PREPROCESSOR_CONFIG, f, indent=1)
+    with open(out / "generation_config.json", "w", encoding="utf-8") as f:
+        json.dump(GENERATION_CONFIG, f, indent=1)
+    write_tokenizer(out)
+    return out
+
+
+def load_official(path: str | Path, dtype: str = "float32"):
+    """The official Qwen3TTSModel wrapper on a checkpoint folder (the parity oracle)."""
+    import torch
+
+    install_oracle_stubs()
+    from qwen_tts import Qwen3TTSModel
+
+    return Qwen3TTSModel.from_pretrained(
+        str(path), device_map="cpu", dtype=getattr(torch, dtype), attn_implementation="eager"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build a random-init Qwen3-TTS checkpoint (official layout).")
+    ap.add_argument("out")
+    ap.add_argument("--model-type", default="base", choices=["base", "voice_design", "custom_voice"])
+    ap.add_argument("--shape", default="tiny-1.7b", choices=sorted(SHAPES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    path = build_checkpoint(args.out, args.model_type, args.shape, args.seed, args.dtype, args.device)
+    print(path, sorted(os.listdir(path)))
+
+
+if __name__ == "__main__":
+    main()

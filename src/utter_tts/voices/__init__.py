@@ -1,0 +1,1 @@
+"""Voice prompts (reusable clone prompts) and the persistent voice library."""
