@@ -51,29 +51,79 @@ REGULAR_VOCAB = 151643
 # (as in 1.7B: small_to_mtp_projection in use).
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny-0.6b": dict(
-        hidden=64, inter=128, layers=2, heads=4, kv=2, head_dim=16, sections=[4, 2, 2], text_hidden=48,
-        cp=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16),
+        hidden=64,
+        inter=128,
+        layers=2,
+        heads=4,
+        kv=2,
+        head_dim=16,
+        sections=[4, 2, 2],
+        text_hidden=48,
+        cp=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        ),
         size="0b6",
     ),
     "tiny-1.7b": dict(
-        hidden=64, inter=128, layers=2, heads=4, kv=2, head_dim=16, sections=[4, 2, 2], text_hidden=64,
-        cp=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8),
+        hidden=64,
+        inter=128,
+        layers=2,
+        heads=4,
+        kv=2,
+        head_dim=16,
+        sections=[4, 2, 2],
+        text_hidden=64,
+        cp=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+        ),
         size="1b7",
     ),
     "1.7b": dict(
-        hidden=2048, inter=6144, layers=28, heads=16, kv=8, head_dim=128, sections=[24, 20, 20],
+        hidden=2048,
+        inter=6144,
+        layers=28,
+        heads=16,
+        kv=8,
+        head_dim=128,
+        sections=[24, 20, 20],
         text_hidden=2048,
-        cp=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
-                num_key_value_heads=8, head_dim=128),
+        cp=dict(
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=5,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+        ),
         size="1b7",
     ),
     "0.6b": dict(
-        hidden=1024, inter=3072, layers=28, heads=16, kv=8, head_dim=128, sections=[24, 20, 20],
+        hidden=1024,
+        inter=3072,
+        layers=28,
+        heads=16,
+        kv=8,
+        head_dim=128,
+        sections=[24, 20, 20],
         text_hidden=2048,
-        cp=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
-                num_key_value_heads=8, head_dim=128),
+        cp=dict(
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=5,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+        ),
         size="0b6",
     ),
 }
@@ -191,7 +241,9 @@ def write_tokenizer(out_dir: str | Path) -> None:
     tok_cfg = {
         "tokenizer_class": "Qwen2Tokenizer",
         "added_tokens_decoder": {
-            str(i): dict(content=s, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+            str(i): dict(
+                content=s, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True
+            )
             for s, i in SPECIAL_TOKENS.items()
         },
         "bos_token": None,
@@ -211,23 +263,53 @@ def talker_config(shape: str, model_type: str) -> dict[str, Any]:
     s = SHAPES[shape]
     cp = dict(s["cp"])
     cp.update(
-        vocab_size=2048, num_code_groups=16, max_position_embeddings=65536, rms_norm_eps=1e-6,
-        rope_theta=1000000, hidden_act="silu", use_cache=True, attention_bias=False,
-        use_sliding_window=False, max_window_layers=28, layer_types=None,
+        vocab_size=2048,
+        num_code_groups=16,
+        max_position_embeddings=65536,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000,
+        hidden_act="silu",
+        use_cache=True,
+        attention_bias=False,
+        use_sliding_window=False,
+        max_window_layers=28,
+        layer_types=None,
     )
     custom = model_type == "custom_voice"
     return dict(
         code_predictor_config=cp,
-        hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
-        num_attention_heads=s["heads"], num_key_value_heads=s["kv"], head_dim=s["head_dim"],
-        hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
-        rope_scaling={"interleaved": True, "mrope_section": s["sections"], "rope_type": "default",
-                      "type": "default"},
-        attention_bias=False, use_sliding_window=False, sliding_window=None, attention_dropout=0.0,
-        vocab_size=3072, text_vocab_size=151936, text_hidden_size=s["text_hidden"], num_code_groups=16,
+        hidden_size=s["hidden"],
+        intermediate_size=s["inter"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        num_key_value_heads=s["kv"],
+        head_dim=s["head_dim"],
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        rope_scaling={
+            "interleaved": True,
+            "mrope_section": s["sections"],
+            "rope_type": "default",
+            "type": "default",
+        },
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        attention_dropout=0.0,
+        vocab_size=3072,
+        text_vocab_size=151936,
+        text_hidden_size=s["text_hidden"],
+        num_code_groups=16,
         position_id_per_seconds=13,
-        codec_bos_id=2149, codec_eos_token_id=2150, codec_pad_id=2148, codec_think_id=2154,
-        codec_nothink_id=2155, codec_think_bos_id=2156, codec_think_eos_id=2157,
+        codec_bos_id=2149,
+        codec_eos_token_id=2150,
+        codec_pad_id=2148,
+        codec_think_id=2154,
+        codec_nothink_id=2155,
+        codec_think_bos_id=2156,
+        codec_think_eos_id=2157,
         codec_language_id=dict(LANGUAGE_IDS),
         spk_id=dict(TEST_SPEAKERS) if custom else {},
         spk_is_dialect=dict(TEST_SPEAKER_DIALECT) if custom else {},
@@ -236,39 +318,115 @@ def talker_config(shape: str, model_type: str) -> dict[str, Any]:
 
 def speech_tokenizer_config(tiny: bool) -> dict[str, Any]:
     if tiny:
-        enc = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
-                   head_dim=16, intermediate_size=128, num_filters=8, codebook_dim=32,
-                   vector_quantization_hidden_dimension=32)
-        dec = dict(latent_dim=64, codebook_dim=32, decoder_dim=64, hidden_size=32, intermediate_size=64,
-                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=8)
+        enc = dict(
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            intermediate_size=128,
+            num_filters=8,
+            codebook_dim=32,
+            vector_quantization_hidden_dimension=32,
+        )
+        dec = dict(
+            latent_dim=64,
+            codebook_dim=32,
+            decoder_dim=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=8,
+        )
     else:
-        enc = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                   head_dim=64, intermediate_size=2048, num_filters=64, codebook_dim=256,
-                   vector_quantization_hidden_dimension=256)
-        dec = dict(latent_dim=1024, codebook_dim=512, decoder_dim=1536, hidden_size=512, intermediate_size=1024,
-                   num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16, head_dim=64)
-    enc.update(audio_channels=1, kernel_size=7, residual_kernel_size=3, last_kernel_size=3,
-               num_residual_layers=1, compress=2, upsampling_ratios=[8, 6, 5, 4], hidden_act="gelu",
-               norm_eps=1e-5, layer_scale_initial_scale=0.01, rope_theta=10000.0,
-               max_position_embeddings=8000, sliding_window=250, num_quantizers=32,
-               num_semantic_quantizers=1, codebook_size=2048, pad_mode="constant", use_causal_conv=True,
-               sampling_rate=24000, frame_rate=12.5, use_conv_shortcut=False,
-               upsample_groups=enc["hidden_size"], dilation_growth_rate=2, trim_right_ratio=1.0)
-    dec.update(codebook_size=2048, hidden_act="silu", layer_scale_initial_scale=0.01, rms_norm_eps=1e-5,
-               rope_theta=10000, max_position_embeddings=8000, sliding_window=72, num_quantizers=16,
-               num_semantic_quantizers=1, semantic_codebook_size=4096, upsample_rates=[8, 5, 4, 3],
-               upsampling_ratios=[2, 2], vector_quantization_hidden_dimension=512, attention_bias=False,
-               attention_dropout=0.0)
-    return dict(encoder_config=enc, decoder_config=dec, encoder_valid_num_quantizers=16,
-                input_sample_rate=24000, output_sample_rate=24000, decode_upsample_rate=1920,
-                encode_downsample_rate=1920)
+        enc = dict(
+            hidden_size=512,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            head_dim=64,
+            intermediate_size=2048,
+            num_filters=64,
+            codebook_dim=256,
+            vector_quantization_hidden_dimension=256,
+        )
+        dec = dict(
+            latent_dim=1024,
+            codebook_dim=512,
+            decoder_dim=1536,
+            hidden_size=512,
+            intermediate_size=1024,
+            num_hidden_layers=8,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            head_dim=64,
+        )
+    enc.update(
+        audio_channels=1,
+        kernel_size=7,
+        residual_kernel_size=3,
+        last_kernel_size=3,
+        num_residual_layers=1,
+        compress=2,
+        upsampling_ratios=[8, 6, 5, 4],
+        hidden_act="gelu",
+        norm_eps=1e-5,
+        layer_scale_initial_scale=0.01,
+        rope_theta=10000.0,
+        max_position_embeddings=8000,
+        sliding_window=250,
+        num_quantizers=32,
+        num_semantic_quantizers=1,
+        codebook_size=2048,
+        pad_mode="constant",
+        use_causal_conv=True,
+        sampling_rate=24000,
+        frame_rate=12.5,
+        use_conv_shortcut=False,
+        upsample_groups=enc["hidden_size"],
+        dilation_growth_rate=2,
+        trim_right_ratio=1.0,
+    )
+    dec.update(
+        codebook_size=2048,
+        hidden_act="silu",
+        layer_scale_initial_scale=0.01,
+        rms_norm_eps=1e-5,
+        rope_theta=10000,
+        max_position_embeddings=8000,
+        sliding_window=72,
+        num_quantizers=16,
+        num_semantic_quantizers=1,
+        semantic_codebook_size=4096,
+        upsample_rates=[8, 5, 4, 3],
+        upsampling_ratios=[2, 2],
+        vector_quantization_hidden_dimension=512,
+        attention_bias=False,
+        attention_dropout=0.0,
+    )
+    return dict(
+        encoder_config=enc,
+        decoder_config=dec,
+        encoder_valid_num_quantizers=16,
+        input_sample_rate=24000,
+        output_sample_rate=24000,
+        decode_upsample_rate=1920,
+        encode_downsample_rate=1920,
+    )
 
 
 def speaker_encoder_config(shape: str) -> dict[str, Any]:
     hidden = SHAPES[shape]["hidden"]
     if shape.startswith("tiny"):
-        return dict(enc_dim=hidden, sample_rate=24000, enc_channels=[32, 32, 32, 32, 96],
-                    enc_attention_channels=16, enc_se_channels=16)
+        return dict(
+            enc_dim=hidden,
+            sample_rate=24000,
+            enc_channels=[32, 32, 32, 32, 96],
+            enc_attention_channels=16,
+            enc_se_channels=16,
+        )
     return dict(enc_dim=hidden, sample_rate=24000)
 
 
@@ -293,13 +451,52 @@ def randomize_tts_model(model, generator) -> None:
 
 
 def randomize_speech_tokenizer(st, generator) -> None:
-    """Give the codec's codebooks random content (they init to zero) so codes map to distinct latents."""
+    """Re-draw the codec's weights so a random checkpoint encodes to varied codes and decodes to audible,
+    unclipped audio (tiny shapes: waveform RMS ~0.2, none of it at the +-1 clamp).
+
+    At the default init the codebooks are zero, every layer scale is 0.01 and ConvNeXt gammas 1e-6: the
+    encoder emits one code and the decoder a near-silent waveform (RMS ~4e-8), useless for parity.
+    Here: fan-in scaled conv/linear weights, small random biases, Snake alpha/beta, layer scales and
+    norms away from their identity values, codebooks N(0, 1) stored as EMA sums over random cluster
+    usage (so the sum/usage division matters), damped residual branches and a quiet output conv."""
+    import math
+
     import torch
 
+    nn = torch.nn
     with torch.no_grad():
+        for mod in st.modules():
+            if isinstance(mod, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
+                w = mod.weight
+                if isinstance(mod, nn.ConvTranspose1d):
+                    fan_in = w.shape[0] * w.shape[2] / mod.stride[0]
+                else:
+                    fan_in = w[0].numel()
+                w.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+                if mod.bias is not None:
+                    mod.bias.normal_(0.0, 0.1, generator=generator)
         for name, p in st.named_parameters():
-            if name.endswith("embedding_sum"):
-                p.normal_(0.0, 1.0, generator=generator)
+            if name.endswith(("alpha", "beta")):
+                p.normal_(0.0, 0.3, generator=generator)
+            elif name.endswith(("layer_scale.scale", ".gamma")):
+                p.uniform_(0.5, 1.0, generator=generator)
+            elif name.endswith("norm.weight"):
+                p.uniform_(0.8, 1.2, generator=generator)
+        tensors = dict(st.named_parameters())
+        tensors.update(st.named_buffers())
+        for name, t in tensors.items():
+            if name.endswith(("embedding_sum", "embed_sum")):
+                usage = tensors[name.rsplit(".", 1)[0] + ".cluster_usage"]
+                usage.uniform_(0.5, 2.0, generator=generator)
+                t.normal_(0.0, 1.0, generator=generator).mul_(usage[:, None])
+        # decoder: each of the 12 residual units would otherwise grow the signal ~1.4x; the last conv
+        # maps the final std (~2.5 on tiny shapes) to ~0.15
+        dec = st.decoder
+        for name, p in dec.named_parameters():
+            if name.endswith("conv2.conv.weight"):
+                p.mul_(0.25)
+        dec.decoder[-1].conv.weight.mul_(0.05)
+        dec.decoder[-1].conv.bias.zero_()
 
 
 def build_checkpoint(
@@ -335,8 +532,11 @@ def build_checkpoint(
         tokenizer_type="qwen3_tts_tokenizer_12hz",
         tts_model_size=SHAPES[shape]["size"],
         tts_model_type=model_type,
-        im_start_token_id=151644, im_end_token_id=151645,
-        tts_pad_token_id=151671, tts_bos_token_id=151672, tts_eos_token_id=151673,
+        im_start_token_id=151644,
+        im_end_token_id=151645,
+        tts_pad_token_id=151671,
+        tts_bos_token_id=151672,
+        tts_eos_token_id=151673,
         talker_config=tcfg,
         speaker_encoder_config=speaker_encoder_config(shape),
     )
@@ -361,8 +561,11 @@ def build_checkpoint(
     randomize_speech_tokenizer(st, gen)
     st = st.eval()
     with open(out / "speech_tokenizer" / "config.json", "w", encoding="utf-8") as f:
-        json.dump(dict(st_cfg, architectures=["Qwen3TTSTokenizerV2Model"],
-                       model_type="qwen3_tts_tokenizer_12hz"), f, indent=1)
+        json.dump(
+            dict(st_cfg, architectures=["Qwen3TTSTokenizerV2Model"], model_type="qwen3_tts_tokenizer_12hz"),
+            f,
+            indent=1,
+        )
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in st.state_dict().items()},
         str(out / "speech_tokenizer" / "model.safetensors"),

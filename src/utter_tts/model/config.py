@@ -164,7 +164,7 @@ class TTSConfig:
 
 @dataclass
 class SamplingConfig:
-    """Generation settings; defaults follow the official hard defaults, overridden by generation_config.json."""
+    """Generation settings: the official hard defaults, overridden by generation_config.json."""
 
     do_sample: bool = True
     top_k: int = 50

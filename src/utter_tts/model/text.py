@@ -1,4 +1,4 @@
-"""Text tokenization from the checkpoint's own Qwen2 BPE files, with user text never read as control tokens."""
+"""Text tokenization with the checkpoint's own Qwen2 BPE; user text never becomes control tokens."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 # The Qwen2 pre-tokenizer split (the same regex the official fast tokenizer uses).
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 
 
 class TextTokenizer:
@@ -47,7 +45,12 @@ class TextTokenizer:
     def _turn(self, role: str, text: str) -> list[int]:
         # "<|im_start|>{role}\n{text}<|im_end|>\n": the official tokenizer sees "{role}\n{text}" as one
         # segment between special tokens, then "\n".
-        return [self.im_start_id, *self.encode_plain(f"{role}\n{text}"), self.im_end_id, *self.encode_plain("\n")]
+        return [
+            self.im_start_id,
+            *self.encode_plain(f"{role}\n{text}"),
+            self.im_end_id,
+            *self.encode_plain("\n"),
+        ]
 
     def assistant_text(self, text: str) -> list[int]:
         """Ids of the text to speak: its turn, then the opening of the next assistant turn."""

@@ -1,0 +1,122 @@
+"""Checkpoint loading: resolve a folder or hub id, check the official layout, load weights key for key."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from utter_tts.errors import CheckpointError
+from utter_tts.model.config import SamplingConfig, TTSConfig
+from utter_tts.model.talker import Talker
+from utter_tts.model.text import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("config.json", "vocab.json", "merges.txt", "speech_tokenizer/config.json")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(set(DTYPES))}") from None
+
+
+def resolve(path_or_id: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id, downloaded (or found in the cache)."""
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p
+    name = str(path_or_id)
+    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(
+            f"checkpoint folder {name!r} does not exist (and is not a hub id like 'Qwen/...')"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir))
+    except Exception as e:  # network errors, missing repo, offline mode: all surface the same way
+        raise CheckpointError(f"could not download {name!r} from the Hugging Face hub: {e}") from e
+
+
+def check_layout(folder: Path) -> None:
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if not list(folder.glob("*.safetensors")):
+        missing.append("*.safetensors (model weights)")
+    if not list((folder / "speech_tokenizer").glob("*.safetensors")):
+        missing.append("speech_tokenizer/*.safetensors (codec weights)")
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is missing: {', '.join(missing)}")
+
+
+def read_safetensors(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors under `prefix` from every *.safetensors file of the folder (sharded or not), prefix cut."""
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                if key.startswith(prefix):
+                    out[key[len(prefix) :]] = st.get_tensor(key)
+    return out
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = set(module.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what}: weights do not match the architecture; missing {sorted(missing)[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    config: TTSConfig
+    sampling: SamplingConfig
+    tokenizer: TextTokenizer
+
+
+def open_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+    folder = resolve(path_or_id, revision)
+    check_layout(folder)
+    try:
+        config = TTSConfig.from_file(folder / "config.json")
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} is not a Qwen3-TTS config: {e}") from e
+    gen = folder / "generation_config.json"
+    sampling = SamplingConfig.from_file(gen) if gen.is_file() else SamplingConfig()
+    tokenizer = TextTokenizer(folder, config.im_start_token_id, config.im_end_token_id)
+    return Checkpoint(folder, config, sampling, tokenizer)
+
+
+def load_talker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Talker:
+    # build on the meta device (no random init of ~2B parameters), then fill from the checkpoint
+    with torch.device("meta"):
+        talker = Talker(ckpt.config.talker).to(dtype)
+    talker = talker.to_empty(device=device)
+    for rotary in (talker.rotary, talker.code_predictor.rotary):
+        rotary.reset_buffers(device)  # fp32 tables, never cast to the weights' dtype
+    state = read_safetensors(ckpt.folder, "talker.")
+    load_strict(talker, state, "talker")
+    return talker.eval()

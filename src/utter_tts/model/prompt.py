@@ -1,0 +1,131 @@
+"""Prompt building: turn text, language and voice (clone / design / preset) into talker input embeddings.
+
+Mirrors the official `Qwen3TTSForConditionalGeneration.generate` layout: an optional instruction turn,
+the assistant role, a codec prefix (think / language / speaker / pad / bos) overlaid on tts_pad and
+tts_bos text embeddings, then the text, either fed one token per frame ("streaming" text) or placed
+entirely in the prompt ("non-streaming"); ICL clones also place the reference transcript and codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from utter_tts.errors import InvalidInput
+from utter_tts.model.config import TTSConfig
+from utter_tts.model.talker import Talker
+
+
+@dataclass
+class VoiceSpec:
+    """The voice part of a request, already resolved to tensors and ids."""
+
+    speaker_embedding: torch.Tensor | None = None  # clone: x-vector [H]
+    ref_codes: torch.Tensor | None = None  # ICL clone: [F, 16]
+    ref_text_ids: list[int] | None = None  # ICL clone: ids of the reference transcript (without template)
+    speaker: str | None = None  # preset speaker (custom_voice)
+    instruct_ids: list[int] | None = None  # templated ids of a description / style instruction
+
+
+@dataclass
+class Prompt:
+    embeds: torch.Tensor  # [L, H] prefill embeddings
+    trailing: torch.Tensor  # [Lt, H] text embeddings added one per decode step, then tts_pad
+    pad_embed: torch.Tensor  # [H] tts_pad embedding
+    ref_codes: torch.Tensor | None = None  # ICL: codes to prepend when decoding audio
+
+
+def language_id(cfg: TTSConfig, language: str, speaker: str | None) -> int | None:
+    lang = language.lower()
+    talker = cfg.talker
+    if lang == "auto":
+        lid = None
+    elif lang in talker.codec_language_id and "dialect" not in lang:
+        lid = talker.codec_language_id[lang]
+    else:
+        raise InvalidInput(
+            f"unsupported language {language!r}; supported: {', '.join(cfg.languages)}",
+            param="language",
+            code="unsupported_language",
+        )
+    # preset speakers with a dialect speak it when the language is Chinese or auto (official rule)
+    if speaker and lang in ("chinese", "auto"):
+        dialect = talker.spk_is_dialect.get(speaker.lower(), False)
+        if dialect:
+            lid = talker.codec_language_id[dialect]
+    return lid
+
+
+@torch.no_grad()
+def build_prompt(
+    talker: Talker,
+    cfg: TTSConfig,
+    text_ids: list[int],
+    language: str,
+    voice: VoiceSpec,
+    non_streaming_mode: bool,
+) -> Prompt:
+    """text_ids: the templated assistant ids (TextTokenizer.assistant_text): 3 role ids, the text,
+    then 5 closing ids."""
+    t = cfg.talker
+    dev = talker.codec_head.weight.device
+
+    def ids(x):
+        return torch.tensor(x, dtype=torch.long, device=dev)
+
+    text = ids(text_ids)
+    body = text[3:-5]
+    if body.numel() == 0:
+        raise InvalidInput("text is empty", param="text", code="empty_text")
+    bos_e, eos_e, pad_e = talker.text_embed(
+        ids([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
+    )
+
+    lid = language_id(cfg, language, voice.speaker)
+    if lid is None:
+        prefix = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
+    else:
+        prefix = [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
+    codec = [talker.codec_embed(ids(prefix))]
+    if voice.speaker_embedding is not None:
+        codec.append(voice.speaker_embedding.to(dev, pad_e.dtype).view(1, -1))
+    elif voice.speaker:
+        codec.append(talker.codec_embed(ids([t.spk_id[voice.speaker.lower()]])))
+    codec.append(talker.codec_embed(ids([t.codec_pad_id, t.codec_bos_id])))
+    codec = torch.cat(codec)
+    n = codec.shape[0]
+
+    # the codec prefix (all but its final bos) sits on tts_pad ... tts_bos text embeddings
+    overlay = torch.cat([pad_e.expand(n - 2, -1), bos_e[None]]) + codec[:-1]
+    parts = []
+    if voice.instruct_ids:
+        parts.append(talker.text_embed(ids(voice.instruct_ids)))
+    parts += [talker.text_embed(text[:3]), overlay]
+
+    if voice.ref_codes is not None and voice.ref_text_ids:
+        ref_codes = voice.ref_codes.to(dev)
+        text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
+        codes_e = torch.cat([talker.codec_embed(ids([t.codec_bos_id])), talker.frame_embed(ref_codes)])
+        if non_streaming_mode:
+            icl = text_e + talker.codec_embed(ids([t.codec_pad_id])).expand(text_e.shape[0], -1)
+            parts += [icl, codes_e + pad_e]
+            trailing = pad_e[None]
+        elif text_e.shape[0] > codes_e.shape[0]:
+            parts.append(text_e[: codes_e.shape[0]] + codes_e)
+            trailing = text_e[codes_e.shape[0] :]
+        else:
+            fill = pad_e.expand(codes_e.shape[0] - text_e.shape[0], -1)
+            parts.append(torch.cat([text_e, fill]) + codes_e)
+            trailing = pad_e[None]
+        return Prompt(torch.cat(parts), trailing, pad_e, ref_codes)
+
+    if non_streaming_mode:
+        all_text = torch.cat([talker.text_embed(body), eos_e[None]])
+        parts.append(all_text + talker.codec_embed(ids([t.codec_pad_id])).expand(all_text.shape[0], -1))
+        parts.append(pad_e[None] + talker.codec_embed(ids([t.codec_bos_id])))
+        trailing = pad_e[None]
+    else:
+        parts.append(talker.text_embed(body[:1]) + codec[-1:])
+        trailing = torch.cat([talker.text_embed(body[1:]), eos_e[None]])
+    return Prompt(torch.cat(parts), trailing, pad_e)

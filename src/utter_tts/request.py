@@ -1,0 +1,139 @@
+"""A synthesis request (clone, design or preset speaker) and its validation against a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from utter_tts.errors import InvalidInput, UnsupportedForModel
+from utter_tts.model.config import SamplingConfig, TTSConfig
+from utter_tts.voices.prompt import Voice
+
+MODES = ("clone", "design", "speak")
+MODE_OF_MODEL = {"base": "clone", "voice_design": "design", "custom_voice": "speak"}
+# One generation holds this many characters at most; longer documents are split into sentences first.
+MAX_TEXT_CHARS = 5000
+MAX_INSTRUCT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class Request:
+    """What to say and how. `voice` (clone), `instruct` (design description or preset style) and
+    `speaker` (preset) are used by the mode that needs them."""
+
+    text: str
+    mode: str = "clone"
+    language: str = "auto"
+    voice: Voice | None = None
+    speaker: str | None = None
+    instruct: str | None = None
+    seed: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    non_streaming_mode: bool | None = None
+
+
+def new_seed() -> int:
+    return secrets.randbits(62)
+
+
+def _check_text(value: Any, param: str, limit: int, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{param} must be a string, got {type(value).__name__}", param=param, code="invalid_type"
+        )
+    if not value.strip() and not allow_empty:
+        raise InvalidInput(f"{param} is empty", param=param, code="empty_text")
+    if len(value) > limit:
+        raise InvalidInput(
+            f"{param} is {len(value)} characters long; the limit is {limit}",
+            param=param,
+            code="text_too_long",
+        )
+    return value
+
+
+def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Request, SamplingConfig]:
+    """Check a request against the checkpoint; return it normalised (seed set) with its sampling settings."""
+    if req.mode not in MODES:
+        raise InvalidInput(f"unknown mode {req.mode!r}; use one of {', '.join(MODES)}", param="mode")
+    needed = MODE_OF_MODEL[cfg.tts_model_type]
+    if req.mode != needed:
+        what = {
+            "clone": "voice cloning (a Base checkpoint)",
+            "design": "voice design (a VoiceDesign checkpoint)",
+            "speak": "preset speakers (a CustomVoice checkpoint)",
+        }[req.mode]
+        raise UnsupportedForModel(
+            f"this is a {cfg.tts_model_type} checkpoint; {req.mode} needs {what}", param="mode"
+        )
+    _check_text(req.text, "text", MAX_TEXT_CHARS)
+    if not isinstance(req.language, str):
+        raise InvalidInput("language must be a string", param="language", code="invalid_type")
+    if req.language.lower() not in cfg.languages:
+        raise InvalidInput(
+            f"unsupported language {req.language!r}; supported: {', '.join(cfg.languages)}",
+            param="language",
+            code="unsupported_language",
+        )
+    if req.mode == "clone":
+        if not isinstance(req.voice, Voice):
+            raise InvalidInput("cloning needs a voice (from create_voice) or reference audio", param="voice")
+        if req.voice.dim != cfg.talker.hidden_size:
+            raise InvalidInput(
+                f"this voice was made for a model of width {req.voice.dim}; this checkpoint has "
+                f"{cfg.talker.hidden_size}: create the voice again with this model",
+                param="voice",
+                code="voice_model_mismatch",
+            )
+        if req.instruct:
+            raise UnsupportedForModel(
+                "a Base checkpoint takes no description or instruction", param="instruct"
+            )
+    elif req.mode == "design":
+        _check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS)
+    else:
+        if not isinstance(req.speaker, str) or req.speaker.lower() not in cfg.talker.spk_id:
+            raise InvalidInput(
+                f"unknown speaker {req.speaker!r}; available: {', '.join(cfg.speakers)}",
+                param="speaker",
+                code="unknown_speaker",
+            )
+        if req.instruct is not None:
+            _check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS, allow_empty=True)
+            if req.instruct and cfg.tts_model_size == "0b6":
+                raise UnsupportedForModel("the 0.6B CustomVoice model takes no instruction", param="instruct")
+    if req.seed is not None and (
+        isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED
+    ):
+        raise InvalidInput(
+            f"seed must be an integer in [0, 2^63), got {req.seed!r}", param="seed", code="invalid_type"
+        )
+    try:
+        sampling = defaults.replace(**req.sampling)
+    except TypeError as e:
+        raise InvalidInput(str(e), param="sampling") from None
+    _check_sampling(sampling)
+    seed = req.seed if req.seed is not None else new_seed()
+    out = Request(**{**req.__dict__, "seed": seed})
+    return out, sampling
+
+
+def _check_sampling(s: SamplingConfig) -> None:
+    def num(name, lo, hi, integer=False):
+        v = getattr(s, name)
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or not lo <= v <= hi:
+            raise InvalidInput(f"{name} must be a number in [{lo}, {hi}], got {v!r}", param=name)
+
+    for prefix in ("", "subtalker_"):
+        num(prefix + "temperature", 1e-5, 100.0)
+        num(prefix + "top_p", 1e-6, 1.0)
+        num(prefix + "top_k", 0, 1 << 20, integer=True)
+        if not isinstance(getattr(s, prefix + "dosample" if prefix else "do_sample"), bool):
+            raise InvalidInput("do_sample must be a boolean", param=prefix + "do_sample")
+    num("repetition_penalty", 1e-3, 100.0)
+    num("max_new_tokens", 2, int(os.environ.get("UTTER_TTS_MAX_NEW_TOKENS", 8192)), integer=True)
+    num("min_new_tokens", 0, s.max_new_tokens, integer=True)
