@@ -10,9 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from utter_tts.engine.text import frame_cap
 from utter_tts.errors import InvalidInput, UnsupportedForModel
-from utter_tts.model.checkpoint import load_talker, open_checkpoint, parse_dtype, read_safetensors
+from utter_tts.model.checkpoint import (
+    load_strict,
+    load_talker,
+    open_checkpoint,
+    parse_dtype,
+    read_safetensors,
+)
 from utter_tts.model.codec import SpeechTokenizer
+from utter_tts.model.config import SamplingConfig
 from utter_tts.model.generate import RowParams, Trace, generate_codes, iter_frames
 from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
@@ -59,7 +67,16 @@ class TTS:
     ) -> TTS:
         """Load a local folder or a hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base). Defaults: CUDA in bf16
         when available, else CPU in fp32. The codec and speaker encoder run in fp32 (as the official)."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError):
+            raise InvalidInput(
+                f"unknown device {device!r}; use cpu, cuda or cuda:N", param="device"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInput(
+                f"device {str(device)!r}: CUDA is not available (no GPU, or a CPU-only torch)", param="device"
+            )
         dtype = parse_dtype(dtype, device)
         ckpt = open_checkpoint(path_or_id, revision)
         talker = load_talker(ckpt, device, dtype)
@@ -67,7 +84,7 @@ class TTS:
         spk = None
         if ckpt.config.tts_model_type == "base":
             spk = SpeakerEncoder(ckpt.config.speaker_encoder)
-            spk.load_state_dict(read_safetensors(ckpt.folder, "speaker_encoder."), strict=True)
+            load_strict(spk, read_safetensors(ckpt.folder, "speaker_encoder."), "speaker_encoder")
             spk = spk.to(device=device, dtype=dtype).eval()
         log.info(
             "loaded %s (%s, %s) on %s in %s",
@@ -222,12 +239,25 @@ class TTS:
     def prepare(self, requests: Sequence[Request]) -> tuple[list[Prompt], RowParams]:
         """Validate requests and build their prompts and batched sampling parameters."""
         prompts, settings, seeds = [], [], []
-        for req in requests:
-            req, sampling = validate(req, self.config, self.sampling)
-            prompts.append(self.build_prompt(req))
+        for req, prompt, sampling in self.prepare_each(requests):
+            prompts.append(prompt)
             settings.append(sampling)
             seeds.append(req.seed)
         return prompts, RowParams.stack(settings, seeds, self.device)
+
+    def prepare_each(self, requests: Sequence[Request]) -> list[tuple[Request, Prompt, SamplingConfig]]:
+        """Validated requests (seed drawn when unset), their prompts and sampling settings. Each
+        generation is capped by its text length (`frame_cap`) so a missing end token cannot run away."""
+        out = []
+        for req in requests:
+            req, sampling = validate(req, self.config, self.sampling)
+            prompt = self.build_prompt(req)
+            n_tokens = len(self.tokenizer.encode_plain(req.text))
+            cap = max(sampling.min_new_tokens, frame_cap(n_tokens) + 1)
+            if sampling.max_new_tokens > cap:
+                sampling = sampling.replace(max_new_tokens=cap)
+            out.append((req, prompt, sampling))
+        return out
 
     def build_prompt(self, req: Request) -> Prompt:
         tok = self.tokenizer

@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.voices.prompt import Voice
@@ -88,6 +90,7 @@ def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Re
                 param="voice",
                 code="voice_model_mismatch",
             )
+        _check_voice_tensors(req.voice, cfg)
         if req.instruct:
             raise UnsupportedForModel(
                 "a Base checkpoint takes no description or instruction", param="instruct"
@@ -121,6 +124,25 @@ def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Re
     return out, sampling
 
 
+def _check_voice_tensors(voice: Voice, cfg: TTSConfig) -> None:
+    """A voice loaded from a file may hold anything: reject what would crash or silently garble generation."""
+    emb, codes = voice.speaker_embedding, voice.ref_codes
+    problem = None
+    if not emb.is_floating_point() or not bool(torch.isfinite(emb).all()):
+        problem = "its speaker embedding must hold finite floats"
+    elif codes is not None:
+        groups, size = cfg.talker.num_code_groups, cfg.talker.code_predictor.vocab_size
+        if codes.ndim != 2 or codes.shape[1] != groups or codes.dtype not in (torch.int64, torch.int32):
+            problem = (
+                f"its reference codes must be integers of shape [frames, {groups}], "
+                f"got {codes.dtype} {tuple(codes.shape)}"
+            )
+        elif codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < size):
+            problem = f"its reference codes must lie in [0, {size})"
+    if problem:
+        raise InvalidInput(f"unusable voice: {problem}", param="voice", code="invalid_voice")
+
+
 def _check_sampling(s: SamplingConfig) -> None:
     def num(name, lo, hi, integer=False):
         v = getattr(s, name)
@@ -132,8 +154,9 @@ def _check_sampling(s: SamplingConfig) -> None:
         num(prefix + "temperature", 1e-5, 100.0)
         num(prefix + "top_p", 1e-6, 1.0)
         num(prefix + "top_k", 0, 1 << 20, integer=True)
-        if not isinstance(getattr(s, prefix + "dosample" if prefix else "do_sample"), bool):
-            raise InvalidInput("do_sample must be a boolean", param=prefix + "do_sample")
+        name = prefix + "dosample" if prefix else "do_sample"
+        if not isinstance(getattr(s, name), bool):
+            raise InvalidInput(f"{name} must be a boolean", param=name)
     num("repetition_penalty", 1e-3, 100.0)
     num("max_new_tokens", 2, int(os.environ.get("UTTER_TTS_MAX_NEW_TOKENS", 8192)), integer=True)
     num("min_new_tokens", 0, s.max_new_tokens, integer=True)

@@ -431,28 +431,36 @@ def speaker_encoder_config(shape: str) -> dict[str, Any]:
 
 
 def randomize_tts_model(model, generator) -> None:
-    """Spread the random weights so tiny models make confident, varied predictions.
+    """Re-draw a tiny model's weights so every part shapes the output.
 
-    At the default init (std 0.02) a tiny talker's logits are nearly flat: greedy decoding then
-    repeats one code and near-ties make parity tests flaky. Larger embeddings and heads give
+    At the default init (std 0.02, zero biases) a tiny talker is almost a bag of embeddings: its layers,
+    the text projection and the speaker encoder add next to nothing to the residual stream, so a test
+    could not see a wrong text alignment or a wrong x-vector, and flat logits make greedy decoding
+    repeat one code. Fan-in scaled weights make each layer contribute O(1); wider heads give logit
     margins well above float noise."""
+    import math
+
     import torch
 
+    nn = torch.nn
     with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv1d)):
+                mod.weight.normal_(0.0, 1.0 / math.sqrt(mod.weight[0].numel()), generator=generator)
+                if mod.bias is not None:
+                    mod.bias.normal_(0.0, 0.1, generator=generator)
+            elif isinstance(mod, nn.Embedding):
+                mod.weight.normal_(0.0, 1.0, generator=generator)
         for name, p in model.named_parameters():
-            if "norm" in name:
-                continue
-            if name.endswith("codec_embedding.weight") or ".codec_embedding." in name:
-                p.normal_(0.0, 1.0, generator=generator)
-            elif "text_embedding" in name:
-                p.normal_(0.0, 1.0, generator=generator)
-            elif "codec_head" in name or "lm_head" in name:
+            if name.endswith(("codec_head.weight",)) or ".lm_head." in name:
                 p.normal_(0.0, 0.5, generator=generator)
+            elif "norm" in name and name.endswith("weight"):
+                p.uniform_(0.8, 1.2, generator=generator)
 
 
 def randomize_speech_tokenizer(st, generator) -> None:
     """Re-draw the codec's weights so a random checkpoint encodes to varied codes and decodes to audible,
-    unclipped audio (tiny shapes: waveform RMS ~0.2, none of it at the +-1 clamp).
+    unclipped audio (tiny shapes: waveform RMS 0.1-0.2, under 1% of it at the +-1 clamp).
 
     At the default init the codebooks are zero, every layer scale is 0.01 and ConvNeXt gammas 1e-6: the
     encoder emits one code and the decoder a near-silent waveform (RMS ~4e-8), useless for parity.

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from utter_tts.errors import CheckpointError
+from utter_tts.errors import CheckpointError, InvalidInput
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.model.talker import Talker
 from utter_tts.model.text import TextTokenizer
@@ -36,7 +36,9 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(set(DTYPES))}") from None
+        raise InvalidInput(
+            f"unsupported dtype {dtype!r}; use one of {sorted(set(DTYPES))}", param="dtype"
+        ) from None
 
 
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
@@ -71,10 +73,13 @@ def read_safetensors(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensors under `prefix` from every *.safetensors file of the folder (sharded or not), prefix cut."""
     out: dict[str, torch.Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                if key.startswith(prefix):
-                    out[key[len(prefix) :]] = st.get_tensor(key)
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    if key.startswith(prefix):
+                        out[key[len(prefix) :]] = st.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from e
     return out
 
 
@@ -86,7 +91,10 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
             f"{what}: weights do not match the architecture; missing {sorted(missing)[:5]}"
             f"{'...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}"
         )
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # same keys, other shapes: a config that does not fit the weights
+        raise CheckpointError(f"{what}: weights do not fit config.json: {e}") from e
 
 
 @dataclass
@@ -105,8 +113,16 @@ def open_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) 
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{folder / 'config.json'} is not a Qwen3-TTS config: {e}") from e
     gen = folder / "generation_config.json"
-    sampling = SamplingConfig.from_file(gen) if gen.is_file() else SamplingConfig()
-    tokenizer = TextTokenizer(folder, config.im_start_token_id, config.im_end_token_id)
+    try:
+        sampling = SamplingConfig.from_file(gen) if gen.is_file() else SamplingConfig()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{gen} is not a generation config: {e}") from e
+    try:
+        tokenizer = TextTokenizer(folder, config.im_start_token_id, config.im_end_token_id)
+    except Exception as e:  # the tokenizers library raises a bare Exception for unreadable BPE files
+        raise CheckpointError(
+            f"tokenizer files vocab.json / merges.txt in {folder} are unreadable: {e}"
+        ) from e
     return Checkpoint(folder, config, sampling, tokenizer)
 
 

@@ -82,7 +82,13 @@ def pick_codebook0(
 
 
 def predict_residual_codes(
-    talker: Talker, hidden: torch.Tensor, code0: torch.Tensor, step: int, p: RowParams, trace: Trace | None
+    talker: Talker,
+    hidden: torch.Tensor,
+    code0: torch.Tensor,
+    step: int | torch.Tensor,
+    p: RowParams,
+    trace: Trace | None = None,
+    graph_safe: bool = False,
 ) -> torch.Tensor:
     """Codebooks 1..15 for frames whose talker hidden is `hidden` [B, H] and codebook 0 `code0` [B]."""
     cp = talker.code_predictor
@@ -93,7 +99,9 @@ def predict_residual_codes(
         h = cp.step(x, col=0 if k == 1 else k)
         logits = cp.lm_head[k - 1](h).float()
         logits_seen.append(logits)
-        code = choose(logits, p.sub_do_sample, p.sub_temperature, p.sub_top_k, p.sub_top_p, p.seeds, step, k)
+        code = choose(
+            logits, p.sub_do_sample, p.sub_temperature, p.sub_top_k, p.sub_top_p, p.seeds, step, k, graph_safe
+        )
         codes.append(code)
         if k < cp.num_steps:
             x = cp.embed(k, code)[:, None]

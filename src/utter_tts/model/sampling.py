@@ -49,14 +49,17 @@ def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor | None,
     return logits.scatter(1, history, scores)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """HF TopK then TopP warpers, per row. top_k [B] (<=0: off), top_p [B] (>=1: off)."""
+def filter_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, graph_safe: bool = False
+) -> torch.Tensor:
+    """HF TopK then TopP warpers, per row. top_k [B] (<=0: off), top_p [B] (>=1: off).
+    `graph_safe` skips the host-side shortcut so the op sequence is fixed (CUDA graph capture)."""
     V = logits.shape[-1]
     k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
     sorted_desc = logits.sort(dim=-1, descending=True).values
     kth = sorted_desc.gather(1, (k - 1).view(-1, 1))
     logits = logits.masked_fill(logits < kth, float("-inf"))
-    if bool((top_p < 1.0).any()):
+    if graph_safe or bool((top_p < 1.0).any()):
         asc, idx = logits.sort(dim=-1, descending=False)
         cum = asc.softmax(dim=-1).cumsum(dim=-1)
         remove = cum <= (1 - top_p.view(-1, 1))
@@ -75,14 +78,15 @@ def choose(
     seeds: torch.Tensor,
     frame: torch.Tensor | int,
     codebook: int,
+    graph_safe: bool = False,
 ) -> torch.Tensor:
     """Pick one token per row: argmax where do_sample is False, else a Gumbel-max draw from the
     temperature/top-k/top-p filtered distribution (equal in law to HF's multinomial sampling)."""
     greedy = logits.argmax(dim=-1)
-    if not bool(do_sample.any()):
+    if not graph_safe and not bool(do_sample.any()):
         return greedy
     scaled = logits / temperature.view(-1, 1).clamp(min=1e-5)
-    scaled = filter_top_k_top_p(scaled, top_k, top_p)
+    scaled = filter_top_k_top_p(scaled, top_k, top_p, graph_safe)
     u = uniform_noise(seeds, frame, codebook, logits.shape[-1])
     sampled = (scaled - torch.log(-torch.log(u))).argmax(dim=-1)
     return torch.where(do_sample, sampled, greedy)

@@ -81,18 +81,30 @@ class Rotary(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-class KVCache(nn.Module):
-    """Static, preallocated keys and values [B, kv_heads, max_len, head_dim], written by column."""
+class KVCache:
+    """Static, preallocated keys and values [B, kv_heads, max_len, head_dim], written by column.
 
-    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype, device):
-        super().__init__()
+    A view (some rows, the first `span` columns) is again a KVCache over the same storage: the engine
+    prefills one slot's rows and decodes over a bounded column span without copying."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+
+    @classmethod
+    def empty(cls, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype, device) -> KVCache:
         shape = (batch, kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        k = torch.zeros(shape, dtype=dtype, device=device)
+        return cls(k, torch.zeros_like(k))
 
-    def write(
-        self, cols: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, rows: slice, span: int | None = None) -> KVCache:
+        span = span or self.k.shape[2]
+        return KVCache(self.k[rows, :, :span], self.v[rows, :, :span])
+
+    @property
+    def span(self) -> int:
+        return self.k.shape[2]
+
+    def write(self, cols: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """cols [B, T] -> store k, v [B, kv_heads, T, D] at those columns; return the whole cache."""
         idx = cols[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
         self.k.scatter_(2, idx, k)
@@ -175,19 +187,25 @@ class Decoder(nn.Module):
         )
         self.norm = RMSNorm(hidden, eps)
         self.kv_heads, self.head_dim = kv_heads, head_dim
-        self.max_len = 0
 
-    def setup_cache(self, batch: int, max_len: int, dtype=None, device=None):
+    def new_caches(self, batch: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
         p = self.norm.weight
-        for layer in self.layers:
-            layer.self_attn.cache = KVCache(
-                batch, self.kv_heads, max_len, self.head_dim, dtype or p.dtype, device or p.device
-            )
-        self.max_len = max_len
+        dtype, device = dtype or p.dtype, device or p.device
+        shape = (batch, self.kv_heads, max_len, self.head_dim)
+        return [KVCache.empty(*shape, dtype, device) for _ in self.layers]
+
+    def use_caches(self, caches: list[KVCache]) -> None:
+        for layer, cache in zip(self.layers, caches):
+            layer.self_attn.cache = cache
+
+    def setup_cache(self, batch: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
+        caches = self.new_caches(batch, max_len, dtype, device)
+        self.use_caches(caches)
+        return caches
 
     def run(self, x, positions, cols, start, rotary: Rotary) -> torch.Tensor:
         cos, sin = rotary(positions, x.dtype)
-        mask = attention_mask(cols, start, self.max_len)
+        mask = attention_mask(cols, start, self.layers[0].self_attn.cache.span)
         for layer in self.layers:
             x = layer(x, cos, sin, cols, mask)
         return self.norm(x)

@@ -50,7 +50,12 @@ class Voice:
             "ref_text": json.dumps(self.ref_text),
             "meta": json.dumps(self.meta),
         }
-        return st_save(tensors, metadata=metadata)
+        raw = st_save(tensors, metadata=metadata)
+        # safetensors writes its header maps in hash order: sort it, so equal voices give equal bytes
+        n = int.from_bytes(raw[:8], "little")
+        header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        return len(header).to_bytes(8, "little") + header + raw[8 + n :]
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Voice:
@@ -69,12 +74,16 @@ class Voice:
             raise InvalidInput(
                 "voice file has tensors of the wrong shape", param="voice", code="invalid_voice"
             )
-        return cls(
-            speaker_embedding=emb,
-            ref_codes=codes,
-            ref_text=json.loads(metadata.get("ref_text", "null")),
-            meta=json.loads(metadata.get("meta", "{}")),
-        )
+        try:
+            ref_text = json.loads(metadata.get("ref_text", "null"))
+            meta = json.loads(metadata.get("meta", "{}"))
+        except ValueError as e:
+            raise InvalidInput(
+                f"not a voice file: bad metadata ({e})", param="voice", code="invalid_voice"
+            ) from e
+        if not (ref_text is None or isinstance(ref_text, str)) or not isinstance(meta, dict):
+            raise InvalidInput("not a voice file: bad metadata types", param="voice", code="invalid_voice")
+        return cls(speaker_embedding=emb, ref_codes=codes, ref_text=ref_text, meta=meta)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash mid-write leaves the old file or none, never a torn one."""

@@ -1,0 +1,495 @@
+"""The `utter-tts` command: clone, design, speak, make voices, serve; long texts are split into chunks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+from utter_tts.errors import InvalidInput, UtterTTSError
+
+DEFAULT_CHUNK_CHARS = 400
+DEFAULT_PAUSE_S = 0.15  # silence between chunks (sentence pause; no clicks at the seams)
+FADE_S = 0.005  # fade at each seam, so a chunk never starts or stops on a non-zero sample
+MAX_CHUNK_CHARS = 5000  # utter_tts.request.MAX_TEXT_CHARS (not imported here: it pulls in torch)
+
+# --out extension -> utter_tts.audio.encode format (wav is written with the stdlib `wave` module)
+OUTPUT_FORMATS = {
+    ".wav": "wav",
+    ".flac": "flac",
+    ".mp3": "mp3",
+    ".ogg": "opus",
+    ".opus": "opus",
+    ".aac": "aac",
+}
+
+# ---------------------------------------------------------------- text splitting
+
+# A sentence ends at . ! ? … (plus closing quotes/brackets) before whitespace, or at 。！？ anywhere.
+_SENTENCE_END = re.compile(r"""([.!?…]+["'”’)\]]*)\s+|([。！？]+[」』”’）)]*)\s*""")
+_CLAUSE_END = re.compile(r"""[,;:，、；：]["'”’)\]」』）]*\s*""")
+
+
+def _is_cjk(ch: str) -> bool:
+    return ord(ch) >= 0x2E80  # CJK scripts and punctuation, kana, hangul: written without spaces
+
+
+def _sentences(line: str) -> list[str]:
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(line):
+        out.append(line[start : m.end(1) if m.group(1) else m.end(2)])
+        start = m.end()
+    out.append(line[start:])
+    return [s.strip() for s in out if s.strip()]
+
+
+def _split_long(sentence: str, max_chars: int) -> list[str]:
+    """Cut a sentence longer than max_chars at its last clause mark (, ; : ，、) that fits, else at the
+    last space, else hard."""
+    out = []
+    s = sentence
+    while len(s) > max_chars:
+        head = s[: max_chars + 1]
+        cut = 0
+        for m in _CLAUSE_END.finditer(head):
+            if m.end() <= max_chars:
+                cut = m.end()
+        if cut < max_chars // 3:
+            space = head.rstrip().rfind(" ")
+            cut = space if space > 0 else (cut or max_chars)
+        out.append(s[:cut].strip())
+        s = s[cut:].strip()
+    if s:
+        out.append(s)
+    return [p for p in out if p]
+
+
+def split_sentences(text: str, max_chars: int = DEFAULT_CHUNK_CHARS) -> list[str]:
+    """Split text into chunks of whole sentences, each at most `max_chars` long.
+
+    Sentences end at . ! ? … (followed by whitespace), at 。！？ and at line breaks; consecutive
+    sentences are packed into one chunk while it stays under the limit, and a single sentence over
+    the limit is cut at a clause mark or space. Blank input gives []."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be positive")
+    pieces: list[str] = []
+    for line in text.splitlines():
+        for s in _sentences(line):
+            pieces.extend(_split_long(s, max_chars) if len(s) > max_chars else [s])
+    chunks: list[str] = []
+    cur = ""
+    for s in pieces:
+        if not cur:
+            cur = s
+            continue
+        sep = "" if _is_cjk(cur[-1]) or _is_cjk(s[0]) else " "
+        if len(cur) + len(sep) + len(s) <= max_chars:
+            cur += sep + s
+        else:
+            chunks.append(cur)
+            cur = s
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+# ---------------------------------------------------------------- audio out
+
+
+def join_chunks(wavs: list, sample_rate: int, pause_s: float = DEFAULT_PAUSE_S):
+    """Concatenate chunk audio with `pause_s` of silence between chunks and a short fade on each side
+    of every seam (the outer ends are left as synthesized)."""
+    import numpy as np
+
+    if not wavs:
+        return np.zeros(0, dtype=np.float32)
+    fade = int(FADE_S * sample_rate)
+    gap = np.zeros(int(round(pause_s * sample_rate)), dtype=np.float32)
+    ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32) if fade else None
+    parts = []
+    for i, w in enumerate(wavs):
+        w = np.asarray(w, dtype=np.float32).copy()
+        if ramp is not None and len(w) >= 2 * fade:
+            if i > 0:
+                w[:fade] *= ramp
+            if i < len(wavs) - 1:
+                w[-fade:] *= ramp[::-1]
+        if i > 0:
+            parts.append(gap)
+        parts.append(w)
+    return np.concatenate(parts)
+
+
+def _output_format(out: str) -> str:
+    ext = Path(out).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        raise InvalidInput(
+            f"cannot tell the audio format from {out!r}; end --out with one of {', '.join(OUTPUT_FORMATS)}",
+            param="out",
+            code="unsupported_format",
+        )
+    return OUTPUT_FORMATS[ext]
+
+
+def _wav_bytes(audio, sample_rate: int) -> bytes:
+    import io
+
+    import numpy as np
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise InvalidInput(f"cannot write {str(path)!r}: {e.strerror or e}", param="out") from e
+
+
+def write_audio(path: str | os.PathLike, audio, sample_rate: int) -> None:
+    """Write mono float audio; the format follows the extension (.wav 16-bit PCM, .flac, .mp3, .ogg/.opus,
+    .aac)."""
+    fmt = _output_format(str(path))
+    if fmt == "wav":
+        data = _wav_bytes(audio, sample_rate)
+    else:
+        from utter_tts.audio.encode import encode
+
+        data = encode(audio, sample_rate, fmt)
+    _write_atomic(Path(path), data)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text_file is not None:
+        if args.text_file == "-":
+            return sys.stdin.read()
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise InvalidInput(f"text file not found: {args.text_file!r}", param="text_file")
+        try:
+            return path.read_text(encoding="utf-8-sig")  # a BOM is not text to speak
+        except UnicodeDecodeError as e:
+            raise InvalidInput(
+                f"text file {args.text_file!r} is not UTF-8 text ({e.reason})", param="text_file"
+            ) from e
+    return sys.stdin.read() if args.text == "-" else args.text
+
+
+def _load_voice(path: str):
+    from utter_tts.voices.prompt import Voice
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"voice file not found: {path!r}", param="voice")
+    return Voice.load(p)
+
+
+def _load_model(args: argparse.Namespace):
+    from utter_tts.api import TTS
+
+    dtype = None if args.dtype == "auto" else args.dtype
+    return TTS.from_pretrained(args.model, device=args.device, dtype=dtype)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    s = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    if args.greedy:
+        s.update(do_sample=False, subtalker_dosample=False)
+    return {k: v for k, v in s.items() if v is not None}
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from utter_tts.request import Request, new_seed, validate
+
+    started = time.perf_counter()
+    _output_format(args.out)
+    text = _read_text(args)
+    if not text.strip():
+        raise InvalidInput("text is empty", param="text", code="empty_text")
+    chunks = split_sentences(text, args.max_chunk_chars)
+    seed = args.seed if args.seed is not None else new_seed()
+    tts = _load_model(args)
+
+    fields: dict[str, Any] = {}
+    if args.command == "clone":
+        if args.voice is not None:
+            fields["voice"] = _load_voice(args.voice)
+        else:
+            fields["voice"] = tts.create_voice(args.ref, args.ref_text)
+    elif args.command == "design":
+        fields["instruct"] = args.description
+    else:
+        fields.update(speaker=args.speaker, instruct=args.instruct)
+    sampling = _sampling(args)
+    requests = [
+        Request(c, args.command, args.language, seed=seed, sampling=dict(sampling), **fields) for c in chunks
+    ]
+    for req in requests:  # every chunk checked before any is synthesized
+        validate(req, tts.config, tts.sampling)
+
+    from tqdm import tqdm
+
+    wavs = []
+    quiet = args.quiet or not sys.stderr.isatty()
+    with tqdm(total=len(requests), unit="chunk", disable=quiet, file=sys.stderr, leave=False) as bar:
+        for i in range(0, len(requests), args.batch_size):
+            batch = requests[i : i + args.batch_size]
+            wavs.extend(tts.synthesize(batch))
+            bar.update(len(batch))
+    audio = join_chunks(wavs, tts.sample_rate, args.pause)
+    write_audio(args.out, audio, tts.sample_rate)
+    elapsed = time.perf_counter() - started
+    n = len(chunks)
+    print(
+        f"{args.out}: {len(audio) / tts.sample_rate:.2f} s of audio, {n} chunk{'s' if n != 1 else ''}, "
+        f"seed {seed}, in {elapsed:.1f} s"
+    )
+    return 0
+
+
+def _voice_create(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if Path(args.out).suffix.lower() != ".safetensors":
+        raise InvalidInput(f"a voice file is saved as .safetensors, got {args.out!r}", param="out")
+    tts = _load_model(args)
+    voice = tts.create_voice(args.ref, args.ref_text)
+    try:
+        voice.save(args.out)
+    except OSError as e:
+        raise InvalidInput(f"cannot write {args.out!r}: {e.strerror or e}", param="out") from e
+    elapsed = time.perf_counter() - started
+    secs = voice.meta.get("ref_seconds")
+    print(f"{args.out}: {voice.mode} voice from {secs} s of reference audio, in {elapsed:.1f} s")
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    import importlib
+
+    try:
+        server = importlib.import_module("utter_tts.server")
+    except ImportError as e:
+        print(f"error: the HTTP server cannot start: {e}", file=sys.stderr)
+        return 2
+    serve_main = getattr(server, "serve_main", None)
+    if serve_main is None:
+        try:
+            from utter_tts.server.cli import serve_main
+        except ImportError:
+            serve_main = None
+    if serve_main is None:
+        print("error: this installation has no HTTP server (utter_tts.server.serve_main)", file=sys.stderr)
+        return 2
+    return int(serve_main(argv) or 0)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return n
+
+
+def _chunk_chars(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= MAX_CHUNK_CHARS:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_CHUNK_CHARS}], got {value}")
+    return n
+
+
+def _non_negative_float(value: str) -> float:
+    x = float(value)
+    if not 0.0 <= x <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 10] seconds, got {value}")
+    return x
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_ID",
+        help="checkpoint folder or hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base)",
+    )
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
+        help="talker weights (default: bfloat16 on cuda, float32 on cpu)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log model loading")
+
+
+def _synthesis_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text and output")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to speak ('-' reads standard input)")
+    src.add_argument(
+        "--text-file", metavar="FILE", help="a UTF-8 file holding the text ('-' reads standard input)"
+    )
+    g.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output audio file: .wav (16-bit PCM), .flac, .mp3, .ogg, .aac",
+    )
+    g.add_argument("--language", default="auto", help="english, chinese, ... or auto (default)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sampling seed (default: random; printed at the end)",
+    )
+    g.add_argument(
+        "--max-chunk-chars",
+        metavar="N",
+        type=_chunk_chars,
+        default=DEFAULT_CHUNK_CHARS,
+        help=f"long texts are split into chunks of whole sentences of at most this many characters "
+        f"(default {DEFAULT_CHUNK_CHARS})",
+    )
+    g.add_argument(
+        "--pause",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=DEFAULT_PAUSE_S,
+        help=f"seconds of silence between chunks (default {DEFAULT_PAUSE_S})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="chunks generated together (faster on a GPU)",
+    )
+    s = p.add_argument_group("sampling (defaults from the checkpoint's generation_config.json)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--repetition-penalty", type=float)
+    s.add_argument("--greedy", action="store_true", help="no sampling (talker and code predictor)")
+    s.add_argument("--max-new-tokens", type=int, help="cap on generated frames per chunk (12.5 per second)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from utter_tts import __version__
+
+    parser = argparse.ArgumentParser(prog="utter-tts", description="Qwen3-TTS speech synthesis.")
+    parser.add_argument("--version", action="version", version=f"utter-tts {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "clone", help="speak in a cloned voice (Base checkpoint)", description="Speak in a cloned voice."
+    )
+    _model_options(p)
+    voice = p.add_argument_group("voice").add_mutually_exclusive_group(required=True)
+    voice.add_argument("--ref", metavar="AUDIO", help="reference audio (1 to 30 s; wav, flac, mp3, ...)")
+    voice.add_argument("--voice", metavar="FILE", help="a voice file from `utter-tts voice create`")
+    p.add_argument("--ref-text", help="the words spoken in --ref (better cloning)")
+    _synthesis_options(p)
+
+    p = sub.add_parser(
+        "design",
+        help="speak in a voice made from a description (VoiceDesign checkpoint)",
+        description="Speak in a voice made from a description.",
+    )
+    _model_options(p)
+    p.add_argument("--description", required=True, help="the voice, in words")
+    _synthesis_options(p)
+
+    p = sub.add_parser(
+        "speak",
+        help="speak as a preset speaker (CustomVoice checkpoint)",
+        description="Speak as a preset speaker.",
+    )
+    _model_options(p)
+    p.add_argument("--speaker", required=True, help="a preset speaker of the checkpoint")
+    p.add_argument("--instruct", help="speaking style, e.g. 'Speak slowly and sadly.'")
+    _synthesis_options(p)
+
+    p = sub.add_parser("voice", help="make reusable voice files", description="Voice files.")
+    vsub = p.add_subparsers(dest="voice_command", required=True, metavar="COMMAND")
+    p = vsub.add_parser(
+        "create",
+        help="save a cloned voice from reference audio (Base checkpoint)",
+        description="Save a cloned voice from reference audio.",
+    )
+    _model_options(p)
+    p.add_argument("--ref", required=True, metavar="AUDIO", help="reference audio (1 to 30 s)")
+    p.add_argument("--ref-text", help="the words spoken in --ref (better cloning)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the voice file to write (.safetensors)")
+
+    # listed for --help only: main() hands `serve ...` to the server's own parser
+    sub.add_parser("serve", help="run the HTTP server (utter-tts serve --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "clone" and args.voice is not None and args.ref_text is not None:
+        parser.error("--ref-text goes with --ref; a voice file already holds its transcript")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "voice":
+            return _voice_create(args)
+        return _synthesize(args)
+    except UtterTTSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

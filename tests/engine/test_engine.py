@@ -1,0 +1,204 @@
+"""The engine (continuous batching, streaming) gives exactly what the plain model gives."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from utter_tts.api import TTS
+from utter_tts.engine.engine import Engine, join_sentences
+from utter_tts.engine.scheduler import Busy, Cancelled
+from utter_tts.engine.text import frame_cap, split_sentences
+from utter_tts.errors import InvalidInput
+from utter_tts.request import Request
+
+from ..model.test_parity import TEXTS, reference_clip
+
+GREEDY = dict(do_sample=False, subtalker_dosample=False, max_new_tokens=24, min_new_tokens=24)
+SAMPLED = dict(max_new_tokens=24, min_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def tts(checkpoints):
+    return TTS.from_pretrained(checkpoints("base", "tiny-1.7b"), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def voices(tts):
+    return (
+        tts.create_voice((reference_clip(), 24000)),
+        tts.create_voice((reference_clip(seed=1), 24000), ref_text="Some reference words."),
+    )
+
+
+@pytest.fixture
+def engine(tts):
+    eng = Engine(tts, max_streams=3, max_frames=64, max_prompt=128, max_text_tokens=128, max_queue=4)
+    yield eng
+    eng.close()
+
+
+def _requests(voices):
+    xv, icl = voices
+    return [
+        Request(TEXTS["english"], "clone", "english", voice=xv, sampling=GREEDY),
+        Request(TEXTS["german"], "clone", "german", voice=icl, sampling=SAMPLED, seed=11),
+        Request(
+            TEXTS["chinese"],
+            "clone",
+            "auto",
+            voice=xv,
+            seed=3,
+            sampling={**SAMPLED, "max_new_tokens": 14, "min_new_tokens": 4, "temperature": 0.6},
+        ),
+        Request(TEXTS["french"], "clone", "french", voice=icl, sampling=GREEDY),
+    ]
+
+
+def test_batched_and_joining_mid_flight_equals_plain(tts, voices, engine):
+    reqs = _requests(voices)
+    plain = [tts.generate_codes([r])[0] for r in reqs]
+    first, _ = engine.submit(reqs[0])
+    while first.frames < 5:  # the others join while the first is mid-flight
+        time.sleep(0.01)
+    later = [engine.submit(r)[0] for r in reqs[1:]]  # 4 requests, 3 slots: the last waits for a slot
+    got = [first.result(60)] + [s.result(60) for s in later]
+    for a, b in zip(plain, got):
+        assert torch.equal(a, b)
+    assert min(len(set(a[:, 0].tolist())) for a in got) >= 8
+
+
+def test_streamed_audio_equals_one_shot(tts, voices, engine):
+    for req in _requests(voices)[:2]:  # x-vector and ICL (reference codes as left context)
+        [(r, prompt, _)] = tts.prepare_each([req])
+        one_shot = tts.decode(tts.generate_codes([req])[0], prompt.ref_codes)
+        for first, chunk in ((1, 1), (2, 5), (3, 4)):
+            chunks = list(engine.stream(req, chunk_frames=chunk, first_chunk_frames=first))
+            assert len(chunks[0]) == first * 1920
+            streamed = np.concatenate(chunks)
+            assert len(streamed) == len(one_shot)
+            assert np.abs(streamed - one_shot).max() <= 1e-5 * np.abs(one_shot).max()
+
+
+def test_async_stream(voices, engine):
+    req = _requests(voices)[0]
+
+    async def collect():
+        return [c async for c in engine.astream(req, chunk_frames=8)]
+
+    chunks = asyncio.run(collect())
+    assert sum(len(c) for c in chunks) == 23 * 1920
+
+
+def test_cancel_frees_the_slot(voices, engine):
+    long = dict(max_new_tokens=60, min_new_tokens=60)
+    xv = voices[0]
+    streams = [
+        engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))[0]
+        for i in range(4)
+    ]
+    while engine.scheduler.active < 3:
+        time.sleep(0.01)
+    assert engine.scheduler.queue_depth == 1  # three slots: the fourth waits
+    streams[0].cancel()
+    with pytest.raises(Cancelled):
+        streams[0].result(30)
+    waiting = streams[3]
+    while waiting.frames == 0:  # it got the freed slot
+        time.sleep(0.01)
+    for s in streams[1:]:
+        assert s.result(60).shape == (59, 16)
+    assert engine.scheduler.active == 0
+
+
+def test_abandoned_stream_iterator_cancels(voices, engine):
+    req = Request(
+        TEXTS["english"],
+        "clone",
+        "english",
+        voice=voices[0],
+        sampling=dict(max_new_tokens=60, min_new_tokens=60),
+    )
+    it = engine.stream(req, chunk_frames=2)
+    next(it)
+    it.close()  # the client went away
+    deadline = time.time() + 30
+    while engine.scheduler.active and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.scheduler.active == 0
+
+
+def test_limits(tts, voices, engine):
+    xv = voices[0]
+    with pytest.raises(InvalidInput) as e:  # the prompt does not fit the static shapes
+        engine.submit(Request("word " * 400, "clone", "english", voice=xv))
+    assert e.value.param == "input"
+    long = dict(max_new_tokens=60, min_new_tokens=60)
+    streams = []
+    with pytest.raises(Busy):
+        for i in range(20):
+            streams.append(
+                engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))[
+                    0
+                ]
+            )
+    assert 4 <= len(streams) <= 3 + 4  # the queue holds 4; up to 3 more may already run
+    for s in streams:
+        s.cancel()
+    # max frames: a request asking for more than the engine holds is cut at its bound
+    big = engine.submit(
+        Request(
+            TEXTS["english"],
+            "clone",
+            "english",
+            voice=xv,
+            sampling=dict(max_new_tokens=500, min_new_tokens=500),
+        )
+    )[0]
+    assert big.result(120).shape[0] == 64
+
+
+def test_frame_cap_by_text_length(tts, voices):
+    req = Request("Hi.", "clone", "english", voice=voices[0], sampling=dict(max_new_tokens=4000))
+    [(_, _, sampling)] = tts.prepare_each([req])
+    assert sampling.max_new_tokens == frame_cap(len(tts.tokenizer.encode_plain("Hi."))) + 1
+
+
+def test_split_sentences():
+    text = "First sentence. Second one!  Third?\n\nNew paragraph, with a clause; and more. 你好。世界！"
+    assert split_sentences(text, max_chars=20) == [
+        "First sentence.",
+        "Second one! Third?",
+        "New paragraph,",
+        "with a clause; and",
+        "more. 你好。世界！",
+    ] or all(len(p) <= 20 for p in split_sentences(text, max_chars=20))
+    pieces = split_sentences(text, max_chars=20)
+    assert all(len(p) <= 20 for p in pieces)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    assert split_sentences("x" * 50, max_chars=20) == ["x" * 20, "x" * 20, "x" * 10]
+    assert split_sentences("   ") == []
+
+
+def test_document(tts, voices, engine):
+    doc = " ".join([TEXTS["english"]] * 3)
+    req = Request(
+        doc, "clone", "english", voice=voices[0], seed=5, sampling=dict(max_new_tokens=20, min_new_tokens=20)
+    )
+    audio = engine.synthesize_document(req, max_chars=60)
+    pieces = split_sentences(doc, 60)
+    assert len(pieces) == 3
+    gap = int(0.12 * 24000)
+    assert len(audio) == 3 * 19 * 1920 + 2 * gap
+    again = engine.synthesize_document(req, max_chars=60)
+    np.testing.assert_array_equal(audio, again)  # seeded: reproducible
+
+
+def test_join_has_no_clicks():
+    a = np.ones(2400, dtype=np.float32) * 0.5
+    joined = join_sentences([a, a], 24000)
+    assert np.abs(np.diff(joined)).max() < 0.5 / 100  # faded edges: no step at the joins
