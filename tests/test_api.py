@@ -548,3 +548,30 @@ def test_bfloat16_clone(checkpoints):
     audio, sr = tts.clone("Hello there.", (reference_clip(1.5), SR), ref_text=REF_TEXT, **SHORT)
     assert sr == SR and audio.dtype == np.float32
     assert audio.size > 0 and np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
+
+
+def test_threads_share_one_model(checkpoints):
+    """Each call owns its caches: concurrent one-shot and streaming calls give the single-thread audio."""
+    import threading
+
+    from utter_tts.request import Request
+
+    tts = TTS.from_pretrained(checkpoints("custom_voice", "tiny-1.7b"))
+    ref, _ = tts.speak("Hello there.", "ryan", seed=7, max_new_tokens=6)
+    out = {}
+
+    def one_shot(i):
+        out[i] = tts.speak("Hello there.", "ryan", seed=7, max_new_tokens=6)[0]
+
+    def streamed(i):
+        req = Request("Hello there.", "speak", speaker="ryan", seed=7, sampling={"max_new_tokens": 6})
+        out[i] = np.concatenate(list(tts.stream(req)))
+
+    threads = [threading.Thread(target=f, args=(i,)) for i, f in enumerate([one_shot, streamed] * 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 6
+    for a in out.values():
+        assert a.shape == ref.shape and np.abs(a - ref).max() <= 1e-5

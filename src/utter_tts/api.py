@@ -42,7 +42,12 @@ class TTS:
     >>> tts = TTS.from_pretrained("Qwen/Qwen3-TTS-12Hz-1.7B-Base")
     >>> voice = tts.create_voice("me.wav", ref_text="What I say in me.wav.")
     >>> audio, sr = tts.clone("Hello!", voice, language="english")
+
+    Every call builds its own KV caches, so one TTS serves many threads at once (the server relies
+    on it); for throughput under concurrency use `utter_tts.engine.Engine`, which batches them.
     """
+
+    stream_thread_safe = True
 
     def __init__(
         self, ckpt, talker, codec: SpeechTokenizer, speaker_encoder: SpeakerEncoder | None, device, dtype

@@ -109,12 +109,11 @@ class FrameRunner:
         talker = self.talker
         L = prompt.embeds.shape[0]
         row = slice(slot, slot + 1)
-        talker.model.use_caches([c.view(row, self.max_len) for c in self.talker_caches])
+        caches = [c.view(row, self.max_len) for c in self.talker_caches]
         cols = torch.arange(L, device=self.device)[None]
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
-        h = talker.model.run(
-            prompt.embeds.to(self.device, self.dtype)[None], cols, cols, zero, talker.rotary
-        )[:, -1]
+        embeds = prompt.embeds.to(self.device, self.dtype)[None]
+        h = talker.model.run(embeds, cols, cols, zero, talker.rotary, caches)[:, -1]
         p1 = RowParams.stack([sampling], [seed], self.device)
         for name in p1.__dataclass_fields__:
             getattr(self.params, name)[slot] = getattr(p1, name)[0]
@@ -189,16 +188,18 @@ class FrameRunner:
         talker = self.talker
         p = self._rows(B)
         step = self.step_idx[:B]
-        talker.code_predictor.model.use_caches([c.view(slice(0, B)) for c in self.cp_caches])
-        codes = predict_residual_codes(talker, self.hidden[:B], self.code0[:B], step, p, None, graph_safe)
+        cp_caches = [c.view(slice(0, B)) for c in self.cp_caches]
+        codes = predict_residual_codes(
+            talker, self.hidden[:B], self.code0[:B], step, p, cp_caches, None, graph_safe
+        )
         rows = torch.arange(B, device=self.device)
         text = self.trailing[rows, step.clamp(max=self.max_text - 1)]
         text = torch.where((step < self.tlen[:B])[:, None], text, self.pad_embed)
         x = (talker.frame_embed(codes) + text)[:, None]
-        talker.model.use_caches([c.view(slice(0, B), span) for c in self.talker_caches])
+        caches = [c.view(slice(0, B), span) for c in self.talker_caches]
         cols = self.col[:B, None].clamp(max=span - 1)  # padding rows stay in bounds
         zero = torch.zeros(B, dtype=torch.long, device=self.device)
-        h = talker.model.run(x, cols, cols, zero, talker.rotary)[:, -1]
+        h = talker.model.run(x, cols, cols, zero, talker.rotary, caches)[:, -1]
         logits = talker.logits(h).float()
         tok = self._pick(logits, self.seen[:B], step + 1, p, graph_safe)
         self.out[:B, :-1].copy_(codes)

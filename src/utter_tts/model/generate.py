@@ -87,6 +87,7 @@ def predict_residual_codes(
     code0: torch.Tensor,
     step: int | torch.Tensor,
     p: RowParams,
+    caches: list,
     trace: Trace | None = None,
     graph_safe: bool = False,
 ) -> torch.Tensor:
@@ -96,7 +97,7 @@ def predict_residual_codes(
     codes = [code0]
     logits_seen = []
     for k in range(1, cp.num_steps + 1):
-        h = cp.step(x, col=0 if k == 1 else k)
+        h = cp.step(x, 0 if k == 1 else k, caches)
         logits = cp.lm_head[k - 1](h).float()
         logits_seen.append(logits)
         code = choose(
@@ -124,11 +125,10 @@ def iter_frames(
     for b, p in enumerate(prompts):
         embeds[b, L - p.embeds.shape[0] :] = p.embeds.to(dtype)
     max_tokens = int(params.max_new_tokens.max())
-    talker.setup_caches(B, L + max_tokens, dtype, dev)
     suppress = torch.tensor(suppressed_ids(talker.cfg.vocab_size, eos_id), device=dev)
 
     with torch.no_grad():
-        hidden, state = talker.prefill(embeds, lengths)
+        hidden, state = talker.prefill(embeds, lengths, L + max_tokens)
         logits = talker.logits(hidden).float()
     if trace is not None:
         trace.talker_logits.append(logits)
@@ -142,7 +142,7 @@ def iter_frames(
         if not bool(alive.any()):
             return
         with torch.no_grad():
-            codes = predict_residual_codes(talker, hidden, token, step, params, trace)
+            codes = predict_residual_codes(talker, hidden, token, step, params, state.predictor_caches, trace)
         n_frames += alive.long()
         yield codes, alive.clone()
         text = torch.stack([p.trailing[step] if step < p.trailing.shape[0] else p.pad_embed for p in prompts])

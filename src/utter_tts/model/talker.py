@@ -122,9 +122,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
-        self.cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, cols, mask) -> torch.Tensor:
+    def forward(self, x, cos, sin, cols, mask, cache: KVCache) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim)).transpose(1, 2)
@@ -132,12 +131,15 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        k, v = self.cache.write(cols, k, v)
+        k, v = cache.write(cols, k, v)
         rep = self.heads // self.kv_heads
         if rep > 1:
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+            # GQA without copying the cache: the `rep` query heads of each kv head become extra query
+            # rows of that head (query head h uses kv head h // rep, as in the official repeat_kv)
+            q = q.reshape(B, self.kv_heads, rep * T, self.head_dim)
+            mask = mask.unsqueeze(2).expand(-1, -1, rep, -1, -1).reshape(B, 1, rep * T, -1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.view(B, self.heads, T, self.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -160,8 +162,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden, eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
 
-    def forward(self, x, cos, sin, cols, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cols, mask)
+    def forward(self, x, cos, sin, cols, mask, cache: KVCache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cols, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -194,20 +196,13 @@ class Decoder(nn.Module):
         shape = (batch, self.kv_heads, max_len, self.head_dim)
         return [KVCache.empty(*shape, dtype, device) for _ in self.layers]
 
-    def use_caches(self, caches: list[KVCache]) -> None:
-        for layer, cache in zip(self.layers, caches):
-            layer.self_attn.cache = cache
-
-    def setup_cache(self, batch: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
-        caches = self.new_caches(batch, max_len, dtype, device)
-        self.use_caches(caches)
-        return caches
-
-    def run(self, x, positions, cols, start, rotary: Rotary) -> torch.Tensor:
+    def run(self, x, positions, cols, start, rotary: Rotary, caches: list[KVCache]) -> torch.Tensor:
+        """x [B, T, D] at cache columns `cols` [B, T] with rotary `positions`; rows see keys from `start`.
+        Caches are passed in, never stored on the module, so one model serves many threads."""
         cos, sin = rotary(positions, x.dtype)
-        mask = attention_mask(cols, start, self.layers[0].self_attn.cache.span)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cols, mask)
+        mask = attention_mask(cols, start, caches[0].span)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, cos, sin, cols, mask, cache)
         return self.norm(x)
 
 
@@ -277,12 +272,15 @@ class CodePredictor(nn.Module):
     def num_steps(self) -> int:
         return self.cfg.num_code_groups - 1
 
-    def step(self, x: torch.Tensor, col: int) -> torch.Tensor:
+    def new_caches(self, batch: int, dtype=None, device=None) -> list[KVCache]:
+        return self.model.new_caches(batch, self.cfg.num_code_groups, dtype, device)
+
+    def step(self, x: torch.Tensor, col: int, caches: list[KVCache]) -> torch.Tensor:
         """Run embeddings x [B, T, talker_hidden] at columns col..col+T-1; return the last hidden [B, D]."""
         B, T, _ = x.shape
         cols = torch.arange(col, col + T, device=x.device).expand(B, T)
         start = torch.zeros(B, dtype=torch.long, device=x.device)
-        h = self.model.run(self.small_to_mtp_projection(x), cols, cols, start, self.rotary)
+        h = self.model.run(self.small_to_mtp_projection(x), cols, cols, start, self.rotary, caches)
         return h[:, -1]
 
     def embed(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
@@ -296,6 +294,8 @@ class TalkerState:
 
     start: torch.Tensor  # [B] first real column of each row
     next_col: int  # column the next decode step writes
+    caches: list[KVCache]  # talker
+    predictor_caches: list[KVCache]
 
 
 class Talker(nn.Module):
@@ -321,27 +321,27 @@ class Talker(nn.Module):
             total = total + self.code_predictor.embed(i, codes[..., i])
         return total
 
-    def setup_caches(self, batch: int, max_len: int, dtype=None, device=None):
-        self.model.setup_cache(batch, max_len, dtype, device)
-        self.code_predictor.model.setup_cache(batch, self.cfg.code_predictor.num_code_groups, dtype, device)
-
-    def prefill(self, embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, TalkerState]:
-        """embeds [B, L, H] left-padded (row b's prompt occupies the last lengths[b] columns).
-        Returns the last hidden state [B, H] and the cache state."""
+    def prefill(
+        self, embeds: torch.Tensor, lengths: torch.Tensor, max_len: int
+    ) -> tuple[torch.Tensor, TalkerState]:
+        """embeds [B, L, H] left-padded (row b's prompt occupies the last lengths[b] columns), in fresh
+        caches of `max_len` columns. Returns the last hidden state [B, H] and the state to decode with."""
         B, L, _ = embeds.shape
+        caches = self.model.new_caches(B, max_len, embeds.dtype, embeds.device)
         start = (L - lengths).to(embeds.device)
         cols = torch.arange(L, device=embeds.device).expand(B, L)
         positions = (cols - start[:, None]).clamp(min=0)
         # the official code gives padding columns position 1; they are masked out, so any value works
-        h = self.model.run(embeds, positions, cols, start, self.rotary)
-        return h[:, -1], TalkerState(start=start, next_col=L)
+        h = self.model.run(embeds, positions, cols, start, self.rotary, caches)
+        cp_caches = self.code_predictor.new_caches(B, embeds.dtype, embeds.device)
+        return h[:, -1], TalkerState(start=start, next_col=L, caches=caches, predictor_caches=cp_caches)
 
     def decode(self, embeds: torch.Tensor, state: TalkerState) -> torch.Tensor:
         """One step: embeds [B, H] -> hidden [B, H]."""
         B = embeds.shape[0]
         cols = torch.full((B, 1), state.next_col, dtype=torch.long, device=embeds.device)
         positions = cols - state.start[:, None]
-        h = self.model.run(embeds[:, None], positions, cols, state.start, self.rotary)
+        h = self.model.run(embeds[:, None], positions, cols, state.start, self.rotary, state.caches)
         state.next_col += 1
         return h[:, -1]
 

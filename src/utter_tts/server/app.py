@@ -1,0 +1,150 @@
+"""The FastAPI application factory: state, lifespan (model loading, graceful shutdown), routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from utter_tts import __version__
+from utter_tts.server import jobs, routes_speech, routes_voices, routes_ws
+from utter_tts.server.auth import KeyChecker
+from utter_tts.server.config import ServerConfig
+from utter_tts.server.errors import APIError, install_error_handlers
+from utter_tts.server.limits import BodyLimit
+from utter_tts.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from utter_tts.server.pool import GenerationPool
+from utter_tts.server.registry import ModelRegistry
+from utter_tts.server.synthesis import Planner, VoiceCache
+from utter_tts.voices.library import VoiceLibrary
+
+log = logging.getLogger("utter_tts.server")
+
+
+class ServerState:
+    """Everything the routes share, reachable as `request.app.state.server`."""
+
+    def __init__(self, config: ServerConfig, registry: ModelRegistry):
+        self.config = config
+        self.registry = registry
+        self.library = VoiceLibrary(
+            config.data_dir,
+            max_voices_per_owner=config.max_voices_per_key,
+            cache_size=config.voice_cache_size,
+        )
+        self.pool = GenerationPool(
+            config.max_concurrency, config.max_queue, config.retry_after_s, config.chunk_delay_s
+        )
+        self.metrics = Metrics(self.pool)
+        self.keys = KeyChecker(config.api_keys, config.auth_enabled)
+        self.cache = VoiceCache(config.voice_cache_size)
+        self.planner = Planner(
+            registry,
+            self.library,
+            self.cache,
+            config.max_input_chars,
+            config.max_ref_seconds,
+            config.max_new_tokens,
+        )
+        self.jobs = jobs.JobManager(self, config.data_dir / "jobs")
+
+    @property
+    def sample_rate(self) -> int:
+        for m in self.registry.models.values():
+            return int(getattr(m.tts, "sample_rate", 24000))
+        return 24000
+
+    def require_ready(self) -> None:
+        if self.pool.closing:
+            raise APIError(503, "server is shutting down", "shutting_down", headers={"Retry-After": "5"})
+        if not self.registry.ready.is_set():
+            # The load error itself goes to the log and /health (operators), not to API clients.
+            why = "models failed to load" if self.registry.load_error else "models are still loading"
+            raise APIError(503, why, "not_ready", headers={"Retry-After": "5"})
+
+
+def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> FastAPI:
+    """Build the app. Without a registry the models in `config.models` load in a background thread at
+    startup (so /health answers "loading" meanwhile); tests and embedders may pass a loaded one."""
+    config.check()
+    registry = registry or ModelRegistry()
+    state = ServerState(config, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not registry.ready.is_set() and config.models:
+            threading.Thread(
+                target=registry.load,
+                args=(config.models, config.device, config.dtype),
+                name="utter-load",
+                daemon=True,
+            ).start()
+        elif not config.models and registry.models:
+            registry.ready.set()
+        elif not config.models and not registry.models:
+            registry.load_error = "no models configured"
+        yield
+        # Graceful shutdown: refuse new work, let running generations finish briefly, then cancel.
+        state.pool.closing = True
+        await state.pool.drain(config.shutdown_grace_s)
+        state.pool.cancel_all()
+        state.jobs.cancel_all()
+        await asyncio.sleep(0)
+        state.pool.shutdown()
+
+    app = FastAPI(title="utter-tts", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.server = state
+    install_error_handlers(app)
+    # Room for a reference clip sent inline as base64 (4/3 of its size) plus the JSON around it.
+    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes * 4 // 3 + 256 * 1024)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state.metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+        response.headers.setdefault("X-Process-Time", f"{time.monotonic() - started:.3f}")
+        return response
+
+    app.include_router(routes_speech.router)
+    app.include_router(routes_voices.router)
+    app.include_router(jobs.router)
+    app.include_router(routes_ws.router)
+
+    @app.get("/health")
+    async def health() -> Any:
+        body = {
+            "status": "ok" if registry.ready.is_set() else "loading",
+            "models": [m.describe() for m in registry.models.values()],
+            "queue": {"active": state.pool.active, "waiting": state.pool.waiting},
+        }
+        if state.pool.closing:
+            body["status"] = "shutting_down"
+        if registry.load_error:
+            body["status"], body["error"] = "failed", registry.load_error
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Any:
+        state.keys.owner(request)
+        return {"object": "list", "data": [m.describe() for m in registry.models.values()]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = resources.files("utter_tts.server").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    return app

@@ -1,0 +1,134 @@
+"""OpenAI-style error bodies and the mapping from our exceptions to HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from utter_tts.errors import InvalidInput
+
+log = logging.getLogger("utter_tts.server")
+
+# Codes whose HTTP status is not the default 400.
+STATUS_BY_CODE = {
+    "model_not_found": 404,
+    "voice_name_taken": 409,
+    "voice_limit_reached": 403,
+    "job_limit_reached": 429,
+    "upload_too_large": 413,
+    "length_required": 411,
+    "job_not_found": 404,
+    "job_not_finished": 409,
+    "job_failed": 409,
+}
+
+TYPE_BY_STATUS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    """An error with its HTTP status, already phrased for the client."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        type: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.type = type or TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+def from_invalid_input(e: InvalidInput) -> APIError:
+    """Map an InvalidInput from the API or the library to its status (404 for a missing path id)."""
+    status = STATUS_BY_CODE.get(e.code, 400)
+    if e.code == "voice_not_found" and e.param == "voice_id":
+        status = 404
+    return APIError(status, e.message, e.code, e.param)
+
+
+def error_body(err: APIError) -> dict:
+    """The JSON body OpenAI's SDKs parse into their APIError types."""
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def error_response(err: APIError, request: Request | None = None) -> JSONResponse:
+    state = getattr(request.app.state, "server", None) if request is not None else None
+    if state is not None:
+        state.metrics.errors.labels(code=err.code).inc()
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    kind = first.get("type", "")
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    if kind == "json_invalid":
+        return APIError(400, "the request body is not valid JSON", "invalid_json")
+    if not loc:
+        # The body as a whole is wrong: missing, or JSON that is not an object.
+        return APIError(400, "the request body must be a JSON object", "invalid_json")
+    # `param` is the top-level field, as in OpenAI's errors ("voice", not "voice.VoiceRef.id").
+    param = loc[0]
+    if kind == "missing" and len(loc) == 1:
+        code = "missing_required_parameter"
+    elif kind == "extra_forbidden" and len(loc) == 1:
+        code = "unknown_parameter"
+    elif kind.endswith("_type") or kind.endswith("_parsing") or len(loc) > 1:
+        code = "invalid_type"
+    else:
+        code = "invalid_value"
+    msg = first.get("msg", "invalid value")
+    return APIError(400, f"{param}: {msg}", code, param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as an OpenAI-style JSON body; internal faults say nothing about themselves."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc, request)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid_input(request: Request, exc: InvalidInput):
+        return error_response(from_invalid_input(exc), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return error_response(
+            APIError(exc.status_code, message, code, headers=getattr(exc, "headers", None)), request
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(internal_error(), request)
+
+
+def internal_error() -> APIError:
+    return APIError(500, "internal server error", "internal_error")

@@ -1,0 +1,130 @@
+"""Loaded models by name, and which one serves a request (by name or by what the voice needs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from utter_tts.errors import InvalidInput
+
+log = logging.getLogger("utter_tts.server")
+
+# Names OpenAI clients send; they mean "whichever loaded model can do what the voice asks".
+GENERIC_MODEL_NAMES = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "auto", "utter-tts", "qwen3-tts"}
+
+
+@dataclass
+class LoadedModel:
+    """One checkpoint in memory with the name clients use for it."""
+
+    id: str
+    source: str
+    tts: Any
+    # Concurrent TTS.stream() calls on one model currently produce wrong audio (one-shot calls are
+    # fine), so streams of one model take turns unless the model declares `stream_thread_safe = True`.
+    stream_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stream_thread_safe(self) -> bool:
+        return bool(getattr(self.tts, "stream_thread_safe", False))
+
+    @property
+    def model_type(self) -> str:
+        return self.tts.model_type
+
+    @property
+    def languages(self) -> list[str]:
+        return list(getattr(self.tts, "languages", None) or ["auto"])
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(getattr(self.tts, "speakers", None) or [])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "model",
+            "owned_by": "utter-tts",
+            "model_type": self.model_type,
+            "languages": self.languages,
+            "speakers": self.speakers,
+            "sample_rate": getattr(self.tts, "sample_rate", 24000),
+        }
+
+
+def model_id_for(source: str) -> str:
+    """A short, stable name for a folder or hub id: its last path component, lower-cased."""
+    return os.path.basename(os.path.normpath(str(source))).lower() or str(source).lower()
+
+
+class ModelRegistry:
+    """Holds the models; `ready` flips once all have loaded (what /health reports)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, LoadedModel] = {}
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+
+    def add(self, source: str, tts: Any, model_id: str | None = None) -> LoadedModel:
+        mid = model_id or model_id_for(source)
+        if mid in self.models:
+            mid = f"{mid}-{len(self.models)}"
+        loaded = LoadedModel(id=mid, source=str(source), tts=tts)
+        self.models[mid] = loaded
+        return loaded
+
+    def load(self, sources: list[str], device: str, dtype: str) -> None:
+        """Load every checkpoint (blocking); failures are logged and leave the server not ready."""
+        try:
+            from utter_tts.api import TTS
+
+            for src in sources:
+                log.info("loading %s on %s (%s)", src, device, dtype)
+                tts = TTS.from_pretrained(src, device=device, dtype=dtype)
+                loaded = self.add(src, tts)
+                log.info("loaded %s as %r (%s)", src, loaded.id, loaded.model_type)
+            self.ready.set()
+        except Exception as e:  # reported by /health; the process stays up so operators can see why
+            log.exception("model loading failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+
+    def of_type(self, model_type: str) -> list[LoadedModel]:
+        return [m for m in self.models.values() if m.model_type == model_type]
+
+    def preset_speaker(self, name: str) -> tuple[LoadedModel, str] | None:
+        """A CustomVoice model that has `name` as a preset speaker (case-insensitive)."""
+        want = name.strip().lower()
+        for m in self.of_type("custom_voice"):
+            for spk in m.speakers:
+                if spk.lower() == want:
+                    return m, spk
+        return None
+
+    def pick(self, requested: str | None, model_type: str, param: str = "model") -> LoadedModel:
+        """The model for a request: the named one if it is of the needed type, else the first of that type."""
+        if requested and requested.lower() not in GENERIC_MODEL_NAMES:
+            m = self.models.get(requested.lower())
+            if m is None:
+                raise InvalidInput(
+                    f"model {requested!r} is not loaded; loaded: {', '.join(self.models) or 'none'}",
+                    param=param,
+                    code="model_not_found",
+                )
+            if m.model_type != model_type:
+                raise InvalidInput(
+                    f"model {m.id!r} is a {m.model_type} model; this request needs a {model_type} model",
+                    param=param,
+                    code="unsupported_for_model",
+                )
+            return m
+        found = self.of_type(model_type)
+        if not found:
+            raise InvalidInput(
+                f"this request needs a {model_type} model and none is loaded",
+                param=param,
+                code="unsupported_for_model",
+            )
+        return found[0]

@@ -1,0 +1,228 @@
+"""WS /v1/audio/speech/stream: text arrives piece by piece, audio for each finished sentence streams back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from utter_tts.audio.encode import AudioEncoder
+from utter_tts.errors import InvalidInput
+from utter_tts.server.errors import (
+    APIError,
+    _validation_error,
+    error_body,
+    from_invalid_input,
+    internal_error,
+)
+from utter_tts.server.schemas import WsStart
+from utter_tts.server.streaming import Generation
+from utter_tts.server.synthesis import SentenceBuffer
+
+log = logging.getLogger("utter_tts.server")
+router = APIRouter()
+
+# Closing codes: 1000 done, 1008 policy (auth, bad input), 1011 internal error, 1013 try again later.
+CLOSE_FOR_STATUS = {401: 1008, 429: 1013, 503: 1013, 500: 1011}
+
+
+def _as_api_error(e: Exception) -> APIError:
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, InvalidInput):
+        return from_invalid_input(e)
+    if isinstance(e, ValidationError):
+        from fastapi.exceptions import RequestValidationError
+
+        return _validation_error(RequestValidationError(e.errors()))
+    log.exception("websocket session failed", exc_info=e)
+    return internal_error()
+
+
+async def _fail(ws: WebSocket, e: Exception) -> None:
+    err = _as_api_error(e)
+    with contextlib.suppress(Exception):
+        await ws.send_json({"type": "error", **error_body(err)})
+        await ws.close(CLOSE_FOR_STATUS.get(err.status, 1008 if err.status < 500 else 1011))
+
+
+def _split_long(sentence: str, limit: int) -> list[str]:
+    """A run-on "sentence" longer than the limit is cut at spaces, so a chatty LLM cannot hit it."""
+    out = []
+    while len(sentence) > limit:
+        cut = sentence.rfind(" ", 0, limit)
+        cut = cut if cut > 0 else limit
+        out.append(sentence[:cut])
+        sentence = sentence[cut:].strip()
+    return out + ([sentence] if sentence else [])
+
+
+async def _receive_text(ws: WebSocket) -> str:
+    """The next text message; a binary one is the client's mistake, not a server fault."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is None:
+        raise InvalidInput("send JSON text messages, not binary ones", param="type", code="invalid_message")
+    return message["text"]
+
+
+@router.websocket("/v1/audio/speech/stream")
+async def speech_stream(ws: WebSocket):
+    state = ws.app.state.server
+    await ws.accept()
+    encoder = None
+    try:
+        state.require_ready()
+        owner = state.keys.owner(ws)
+        start = WsStart.model_validate_json(await _receive_text(ws))
+        encoder = AudioEncoder(
+            start.response_format,
+            input_rate=state.sample_rate,
+            sample_rate=start.sample_rate,
+            speed=start.speed,
+            streaming=True,
+        )
+        # One seed for the whole session: with the voice fixed up front, every sentence sounds alike.
+        seed = start.seed if start.seed is not None else secrets.randbits(62)
+        base_plan = await run_in_threadpool(
+            state.planner.plan,
+            owner,
+            model=start.model,
+            text="placeholder",
+            voice=start.voice_name,
+            instructions=start.instructions,
+            language=start.language,
+            seed=seed,
+            sampling=start.settings(),
+            ref_audio=start.ref_audio,
+            ref_text=start.ref_text,
+        )
+        await ws.send_json(
+            {
+                "type": "session.started",
+                "model": base_plan.model.id,
+                "mode": base_plan.mode,
+                "response_format": encoder.format.name,
+                "sample_rate": encoder.sample_rate,
+                "seed": seed,
+            }
+        )
+    except WebSocketDisconnect:
+        if encoder is not None:
+            encoder.close()
+        return
+    except Exception as e:
+        if encoder is not None:
+            encoder.close()
+        await _fail(ws, e)
+        return
+
+    sentences: asyncio.Queue = asyncio.Queue()
+    limit = state.config.max_input_chars
+
+    async def receive() -> None:
+        buffer = SentenceBuffer()
+        while True:
+            raw = await _receive_text(ws)
+            try:
+                msg = json.loads(raw)
+            except json.JSONDecodeError:
+                raise InvalidInput(
+                    "messages must be JSON objects", param="type", code="invalid_json"
+                ) from None
+            kind = msg.get("type") if isinstance(msg, dict) else None
+            if kind == "input.append":
+                text = msg.get("text")
+                if not isinstance(text, str):
+                    raise InvalidInput(
+                        "input.append needs a string 'text'", param="text", code="invalid_type"
+                    )
+                for s in buffer.feed(text):
+                    for piece in _split_long(s, limit):
+                        await sentences.put(piece)
+                if len(buffer.pending) > limit:
+                    for piece in _split_long(buffer.pending, limit)[:-1]:
+                        await sentences.put(piece)
+                    buffer.pending = _split_long(buffer.pending, limit)[-1]
+            elif kind == "input.flush":
+                for s in buffer.flush():
+                    for piece in _split_long(s, limit):
+                        await sentences.put(piece)
+                await sentences.put(None)
+                return
+            else:
+                raise InvalidInput(
+                    f"unknown message type {kind!r}; use input.append or input.flush",
+                    param="type",
+                    code="unknown_message",
+                )
+
+    async def speak() -> None:
+        index = 0
+        while True:
+            sentence = await sentences.get()
+            if sentence is None:
+                break
+            plan = await run_in_threadpool(
+                state.planner.plan,
+                owner,
+                model=start.model,
+                text=sentence,
+                voice=start.voice_name,
+                instructions=start.instructions,
+                language=start.language,
+                seed=seed,
+                sampling=start.settings(),
+                ref_audio=start.ref_audio,
+                ref_text=start.ref_text,
+                text_param="text",
+            )
+            await ws.send_json({"type": "sentence.start", "index": index, "text": sentence})
+            generation = Generation(state, plan, owner)
+            await generation.start()
+            try:
+                async for chunk in generation.chunks():
+                    data = encoder.feed(chunk)
+                    if data:
+                        await ws.send_bytes(data)
+            finally:
+                await generation.aclose()
+            await ws.send_json(
+                {
+                    "type": "sentence.done",
+                    "index": index,
+                    "audio_seconds": round(generation.samples / state.sample_rate, 3),
+                }
+            )
+            index += 1
+        tail = encoder.finish()
+        if tail:
+            await ws.send_bytes(tail)
+        await ws.send_json({"type": "session.done", "sentences": index})
+        await ws.close(1000)
+
+    receiver = asyncio.create_task(receive())
+    speaker = asyncio.create_task(speak())
+    try:
+        done, _ = await asyncio.wait({receiver, speaker}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+        await speaker
+    except WebSocketDisconnect:
+        pass
+    except Exception as e:
+        await _fail(ws, e)
+    finally:
+        for task in (receiver, speaker):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(receiver, speaker, return_exceptions=True)
+        encoder.close()

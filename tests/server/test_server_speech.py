@@ -1,0 +1,276 @@
+"""Speech over a real uvicorn server: OpenAI SDK and httpx, formats, speed, SSE, chunked, WebSocket, jobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+from websockets.sync.client import connect as ws_connect
+
+from tests.server.conftest import ALICE, FRAMES, decode_audio
+
+FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+SR = 24000
+SAMPLES_PER_FRAME = 1920
+
+
+@pytest.fixture
+def oa(server) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/v1", api_key=ALICE, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference_pcm(server) -> np.ndarray:
+    """What the model says for the standard request, straight from the raw pcm output."""
+    r = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        headers={"Authorization": f"Bearer {ALICE}"},
+        json={
+            "model": "tts-1",
+            "input": "Hello there.",
+            "voice": "ryan",
+            "response_format": "pcm",
+            "seed": 7,
+        },
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    pcm, _ = decode_audio(r.content, "pcm")
+    assert 0 < len(pcm) <= FRAMES * SAMPLES_PER_FRAME and len(pcm) % SAMPLES_PER_FRAME == 0
+    return pcm
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_openai_sdk_every_format_decodes_to_the_right_length_and_rate(oa, reference_pcm, fmt):
+    resp = oa.audio.speech.create(
+        model="tts-1", voice="ryan", input="Hello there.", response_format=fmt, extra_body={"seed": 7}
+    )
+    audio, rate = decode_audio(resp.content, fmt)
+    assert rate == (48000 if fmt == "opus" else SR)  # ffmpeg decodes Ogg Opus at 48 kHz
+    # lossy codecs add a frame or two of padding; 0.1 s is far below one model frame's worth of error
+    assert abs(len(audio) / rate - len(reference_pcm) / SR) < 0.1
+    if fmt in ("wav", "flac", "pcm"):
+        assert np.max(np.abs(audio[: len(reference_pcm)] - reference_pcm)) < 1e-4  # lossless: same samples
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav"])
+def test_openai_sdk_with_streaming_response(oa, reference_pcm, fmt):
+    with oa.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="ryan", input="Hello there.", response_format=fmt, extra_body={"seed": 7}
+    ) as resp:
+        assert resp.headers["content-type"].startswith("audio/")
+        data = b"".join(resp.iter_bytes())
+    audio, rate = decode_audio(data, fmt)
+    assert abs(len(audio) / rate - len(reference_pcm) / SR) < 0.1
+
+
+def test_output_sample_rate(client, reference_pcm):
+    r = client.post(
+        "/v1/audio/speech",
+        json={
+            "model": "tts-1",
+            "input": "Hello there.",
+            "voice": "ryan",
+            "response_format": "flac",
+            "seed": 7,
+            "sample_rate": 16000,
+        },
+    )
+    audio, rate = decode_audio(r.content, "flac")
+    assert rate == 16000 and abs(len(audio) / rate - len(reference_pcm) / SR) < 0.02
+
+
+def centroid(x: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / sr)
+    return float((spec * freqs).sum() / spec.sum())
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_speed_changes_duration_not_pitch(client, reference_pcm, speed):
+    r = client.post(
+        "/v1/audio/speech",
+        json={
+            "model": "tts-1",
+            "input": "Hello there.",
+            "voice": "ryan",
+            "response_format": "pcm",
+            "seed": 7,
+            "speed": speed,
+        },
+    )
+    audio, _ = decode_audio(r.content, "pcm")
+    # atempo's overlap-add window costs a few tens of milliseconds at the end, nothing more
+    assert abs(len(audio) / SR - len(reference_pcm) / SR / speed) < 0.06
+    # atempo keeps the spectrum where it was; resampling would scale it by `speed`
+    ratio = centroid(audio, SR) / centroid(reference_pcm, SR)
+    assert abs(np.log2(ratio)) < 0.25, ratio
+
+
+def test_sse_events(oa, reference_pcm):
+    with oa.audio.speech.with_streaming_response.create(
+        model="tts-1",
+        voice="ryan",
+        input="Hello there.",
+        response_format="pcm",
+        stream_format="sse",
+        extra_body={"seed": 7},
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "speech.audio.done" and set(kinds[:-1]) == {"speech.audio.delta"}
+    assert events[-1]["usage"]["output_tokens"] == len(reference_pcm) // SAMPLES_PER_FRAME
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    audio, _ = decode_audio(pcm, "pcm")
+    assert len(audio) == len(reference_pcm)
+
+
+@pytest.fixture
+def slow_frames(server):
+    """Inject a delay after every generated chunk, so "before the last frame" is measurable."""
+    server.state.pool.chunk_delay_s = 0.8
+    yield 0.8
+    server.state.pool.chunk_delay_s = 0.0
+
+
+def _first_and_last(stream_bytes) -> tuple[float, float, bytes]:
+    start = time.monotonic()
+    first, data = None, b""
+    for piece in stream_bytes:
+        if piece and first is None:
+            first = time.monotonic() - start
+        data += piece
+    return first, time.monotonic() - start, data
+
+
+@pytest.mark.parametrize("stream_format", ["audio", "sse"])
+def test_streaming_delivers_audio_before_generation_ends(client, slow_frames, stream_format):
+    body = {
+        "model": "tts-1",
+        "input": "Hello there.",
+        "voice": "ryan",
+        "response_format": "pcm",
+        "seed": 7,
+        "stream_format": stream_format,
+    }
+    with client.stream("POST", "/v1/audio/speech", json=body) as r:
+        assert r.status_code == 200
+        first, last, data = _first_and_last(r.iter_raw())
+    # frames come in two chunks (1 frame, then the rest): the first arrives a whole delay before the end
+    assert first is not None and last - first > slow_frames * 0.8, (first, last)
+    assert data
+
+
+def test_websocket_streams_each_sentence(server, slow_frames):
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm", "seed": 3}))
+        started = json.loads(ws.recv(timeout=30))
+        assert started["type"] == "session.started" and started["mode"] == "speak"
+        # text arrives in pieces, as from an LLM; the first sentence completes before the rest is sent
+        for piece in ["Hello ", "there. How", " are you"]:
+            ws.send(json.dumps({"type": "input.append", "text": piece}))
+        t0 = time.monotonic()
+        events, audio, first_audio = [], b"", None
+        while True:
+            msg = ws.recv(timeout=60)
+            if isinstance(msg, bytes):
+                audio += msg
+                first_audio = first_audio or time.monotonic() - t0
+                continue
+            event = json.loads(msg)
+            events.append(event)
+            if event["type"] == "sentence.done" and event["index"] == 0:
+                ws.send(json.dumps({"type": "input.append", "text": " today?"}))
+                ws.send(json.dumps({"type": "input.flush"}))
+            if event["type"] in ("session.done", "error"):
+                break
+        done_at = time.monotonic() - t0
+    assert [e["type"] for e in events if e["type"] == "sentence.start"] == ["sentence.start"] * 2
+    assert [e["text"] for e in events if e["type"] == "sentence.start"] == [
+        "Hello there.",
+        "How are you today?",
+    ]
+    assert events[-1] == {"type": "session.done", "sentences": 2}
+    assert first_audio is not None and done_at - first_audio > slow_frames
+    pcm, _ = decode_audio(audio, "pcm")
+    spoken = sum(e["audio_seconds"] for e in events if e["type"] == "sentence.done")
+    assert abs(len(pcm) / SR - spoken) < 0.01
+
+
+def test_websocket_rejects_bad_key(server):
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream?api_key=sk-wrong"
+    with ws_connect(url, open_timeout=30) as ws:
+        event = json.loads(ws.recv(timeout=30))
+        assert event["type"] == "error" and event["error"]["code"] == "invalid_api_key"
+
+
+def test_long_job_submit_poll_fetch(client):
+    text = " ".join(f"Sentence number {i} of the document." for i in range(3))
+    r = client.post(
+        "/v1/audio/speech/jobs",
+        json={"model": "tts-1", "input": text, "voice": "ryan", "response_format": "wav", "seed": 1},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running") and job["progress"]["frames_estimated"] > 0
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/v1/audio/speech/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["fraction"] == 1.0 and job["progress"]["frames_done"] > 0
+    r = client.get(f"/v1/audio/speech/jobs/{job['id']}/content")
+    audio, rate = decode_audio(r.content, "wav")
+    assert abs(len(audio) / rate - job["progress"]["frames_done"] / 12.5) < 0.1
+    assert client.get("/v1/audio/speech/jobs").json()["data"][0]["id"] == job["id"]
+    assert client.delete(f"/v1/audio/speech/jobs/{job['id']}").json()["deleted"] is True
+    assert client.get(f"/v1/audio/speech/jobs/{job['id']}").status_code == 404
+
+
+def test_job_cancel(client, bob, slow_frames):
+    text = " ".join(f"Sentence number {i}." for i in range(6))
+    job = client.post("/v1/audio/speech/jobs", json={"model": "tts-1", "input": text, "voice": "ryan"}).json()
+    assert bob.get(f"/v1/audio/speech/jobs/{job['id']}").status_code == 404  # jobs are private too
+    r = client.get(f"/v1/audio/speech/jobs/{job['id']}/content")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished"
+    job = client.post(f"/v1/audio/speech/jobs/{job['id']}/cancel").json()
+    assert job["status"] == "cancelled"
+    r = client.get(f"/v1/audio/speech/jobs/{job['id']}/content")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_failed"
+
+
+def test_health_models_and_metrics(client, server):
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok"
+    assert {m["model_type"] for m in health["models"]} == {"base", "voice_design", "custom_voice"}
+    assert {m["id"] for m in client.get("/v1/models").json()["data"]} == {
+        "base",
+        "voice_design",
+        "custom_voice",
+    }
+    client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "ryan"})
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "utter_tts_requests_total",
+        "utter_tts_time_to_first_audio_seconds_count",
+        "utter_tts_real_time_factor_count",
+        "utter_tts_queue_depth",
+        "utter_tts_errors_total",
+    ):
+        assert name in text
+    assert 'route="/v1/audio/speech",status="200"' in text
+    client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "alloy"})
+    assert 'utter_tts_errors_total{code="voice_not_found"}' in httpx.get(f"{server.url}/metrics").text
+
+
+def test_web_page_is_served(server):
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/v1/audio/speech" in r.text and "<script>" in r.text
