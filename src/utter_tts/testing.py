@@ -7,6 +7,7 @@ Used by the test suite (tiny shapes) and the GPU benchmark (real 1.7B shapes). N
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
@@ -161,12 +162,48 @@ def install_oracle_stubs() -> None:
     """
     names = ["torchaudio", "torchaudio.compliance", "torchaudio.compliance.kaldi", "sox", "onnxruntime"]
     for name in names:
+        root = name.split(".")[0]
+        if root not in sys.modules and importlib.util.find_spec(root) is not None:
+            continue  # the real package is there (e.g. a GPU image): use it
         if name not in sys.modules:
             mod = types.ModuleType(name)
             mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
             sys.modules[name] = mod
-    sys.modules["torchaudio"].compliance = sys.modules["torchaudio.compliance"]
-    sys.modules["torchaudio.compliance"].kaldi = sys.modules["torchaudio.compliance.kaldi"]
+    if "torchaudio.compliance" in sys.modules and not hasattr(sys.modules["torchaudio"], "__file__"):
+        sys.modules["torchaudio"].compliance = sys.modules["torchaudio.compliance"]
+        sys.modules["torchaudio.compliance"].kaldi = sys.modules["torchaudio.compliance.kaldi"]
+    _patch_transformers5_rope()
+
+
+def _patch_transformers5_rope() -> None:
+    """On transformers 5 (GPU images, with the unofficial qwen-tts-hf port) the port's RoPE "default"
+    reads `config.rope_theta`, which Mimi's config keeps only in `rope_parameters`: fall back to it."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return
+    import qwen_tts  # noqa: F401  (registers the port's "default")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    default = ROPE_INIT_FUNCTIONS.get("default")
+    if default is None or getattr(default, "_utter_patched", False):
+        return
+
+    def patched(config, device=None, seq_len=None, layer_type=None):
+        if hasattr(config, "rope_theta"):
+            return default(config, device, seq_len, layer_type)
+        import torch
+
+        params = config.rope_parameters
+        if layer_type is not None and isinstance(params, dict) and layer_type in params:
+            params = params[layer_type]
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
+        exps = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+        return 1.0 / (params["rope_theta"] ** exps), 1.0
+
+    patched._utter_patched = True
+    ROPE_INIT_FUNCTIONS["default"] = patched
 
 
 # A small multilingual corpus for the stand-in BPE: the template words must become single tokens

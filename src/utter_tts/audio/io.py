@@ -6,9 +6,13 @@ import io
 import os
 from typing import Any
 
-import av
 import numpy as np
 import soxr
+
+try:
+    import av
+except ImportError:  # arrays need no decoder; files and bytes do (PyAV is a declared dependency)
+    av = None
 
 from utter_tts.errors import AudioError
 
@@ -196,6 +200,8 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.audio.A
 
 def _decode(target: str | io.BytesIO, what: str, max_seconds: float, param: str) -> tuple[np.ndarray, int]:
     try:
+        if av is None:
+            raise OSError("PyAV is not installed")
         container = av.open(target, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise AudioError(f"{what} is not a readable audio file ({_reason(e)})", param=param) from e

@@ -60,6 +60,13 @@ class Engine:
             attention_backend(tts.device),
         )
 
+    def warmup(self, spans: tuple[int, ...] = (256,)) -> int:
+        """Capture CUDA graphs for every batch size up front (first requests then pay no capture)."""
+        with self.scheduler.lock:  # the scheduler thread is idle while we hold its lock and nothing waits
+            if self.scheduler.live or self.scheduler.pending:
+                raise RuntimeError("warm up before serving requests")
+            return self.runner.warmup(spans)
+
     @property
     def sample_rate(self) -> int:
         return self.tts.sample_rate

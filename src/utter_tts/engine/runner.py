@@ -238,13 +238,27 @@ class FrameRunner:
                 self._frame(B, span, graph_safe=True)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
+        # thread_local: player threads keep decoding audio on the GPU while the scheduler captures
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
             self._frame(B, span, graph_safe=True)
         self.pool = graph.pool()
         for t, s in zip(self._mutable(), saved):  # warm-up and capture ran frames: undo them
             t.copy_(s)
         self.graphs[(B, span)] = graph
         return graph
+
+    def warmup(self, spans: tuple[int, ...] = (MIN_SPAN,)) -> int:
+        """Capture the graphs of every batch bucket for these column spans before serving."""
+        if not self.use_graphs:
+            return 0
+        n = 0
+        for span in spans:
+            span = span_bucket(span, self.max_len)
+            for B in self.batch_buckets:
+                if (B, span) not in self.graphs:
+                    self._capture(B, span)
+                    n += 1
+        return n
 
     def _mutable(self) -> list[torch.Tensor]:
         return [self.hidden, self.code0, self.col, self.step_idx, self.seen, self.out]

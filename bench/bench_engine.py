@@ -1,0 +1,371 @@
+"""GPU benchmark of our engine on full-size random 1.7B checkpoints (forced lengths: real-weight compute).
+
+Usage (on the GPU machine, from the repo root, after bench/run_gpu.sh built the checkpoints):
+  python bench/bench_engine.py --base CKPT_BASE --design CKPT_DESIGN --out OUT_DIR [--sections ...]
+Sections: env parity single ttfa concurrency memory capped floor. Each writes into OUT/ours.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from utter_tts.api import TTS  # noqa: E402
+from utter_tts.engine.engine import Engine, attention_backend  # noqa: E402
+from utter_tts.model.generate import Trace  # noqa: E402
+from utter_tts.request import Request  # noqa: E402
+
+TEXT = (
+    "This is a simple test of the speech system. It should read this line out loud at a normal pace, "
+    "so that we can measure how long it takes to make about ten seconds of audio on one GPU."
+)
+FRAME_SECONDS = 0.08
+RESULTS: dict = {}
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def forced(frames: int, **extra) -> dict:
+    """Settings giving exactly `frames` frames (EOS masked; +1: the last token gets no residual codes)."""
+    return dict(max_new_tokens=frames + 1, min_new_tokens=frames + 1, **extra)
+
+
+def reference(seconds=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(24000 * seconds))).astype(np.float32)
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def pct(xs, q):
+    return float(np.percentile(np.asarray(xs), q)) if xs else None
+
+
+# ---- sections --------------------------------------------------------------------------------------------
+
+
+def section_env(args, ctx):
+    p = torch.cuda.get_device_properties(0)
+    RESULTS["env"] = dict(
+        gpu=p.name,
+        sms=p.multi_processor_count,
+        memory_gib=round(p.total_memory / 2**30, 1),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=sys.version.split()[0],
+        attention=attention_backend(torch.device("cuda")),
+    )
+    # measured copy bandwidth (bytes read + written), for the per-frame floor
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync()
+    t = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    sync()
+    RESULTS["env"]["copy_bandwidth_gbs"] = round(2 * 10 * x.numel() / (time.perf_counter() - t) / 1e9, 1)
+    del x, y
+    log("env", RESULTS["env"])
+
+
+def section_parity(args, ctx):
+    """Engine vs the plain model: fp32 greedy token for token; bf16: the first diverging frame and margin."""
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        tts = TTS.from_pretrained(args.base, device="cuda", dtype=dtype)
+        voice = tts.create_voice((reference(), 24000))
+        req = Request(
+            TEXT,
+            "clone",
+            "english",
+            voice=voice,
+            seed=1,
+            sampling=forced(60, do_sample=False, subtalker_dosample=False),
+        )
+        trace = Trace()
+        plain = tts.generate_codes([req], trace=trace)[0]
+        eng = Engine(tts, max_streams=2, max_frames=256, max_prompt=256, max_text_tokens=256)
+        got = eng.generate_codes([req])[0]
+        eng.close()
+        diff = (plain != got).any(dim=1).nonzero()
+        first = int(diff[0]) if len(diff) else None
+        entry = dict(frames=int(plain.shape[0]), equal=bool(first is None), first_divergent_frame=first)
+        if first is not None:
+            top2 = trace.talker_logits[first].topk(2, dim=-1).values[0]
+            entry["codebook0_margin_at_divergence"] = float(top2[0] - top2[1])
+            cp_top2 = trace.predictor_logits[first].topk(2, dim=-1).values[0]
+            entry["min_predictor_margin_at_divergence"] = float((cp_top2[:, 0] - cp_top2[:, 1]).min())
+        out[dtype] = entry
+        log("parity", dtype, entry)
+        del tts
+        torch.cuda.empty_cache()
+    RESULTS["parity"] = out
+
+
+def _engine(ctx, args, slots=64):
+    if ctx.get("engine") is None or ctx["engine"].runner.max_slots < slots:
+        if ctx.get("engine") is not None:
+            ctx["engine"].close()
+        tts = ctx.get("tts") or TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
+        ctx["tts"] = tts
+        ctx["voice"] = tts.create_voice((reference(), 24000))
+        ctx["engine"] = Engine(tts, max_streams=slots, max_frames=512, max_prompt=256, max_text_tokens=256)
+        t = time.perf_counter()
+        n = ctx["engine"].warmup((256, 512))
+        RESULTS["graph_capture"] = dict(graphs=n, seconds=round(time.perf_counter() - t, 2))
+        log("captured", RESULTS["graph_capture"])
+    return ctx["engine"]
+
+
+def section_single(args, ctx):
+    eng = _engine(ctx, args, slots=args.max_streams)
+    tts, voice = ctx["tts"], ctx["voice"]
+    req = Request(TEXT, "clone", "english", voice=voice, seed=3, sampling=forced(125))
+    eng.generate([req])  # warm-up: graph capture
+    walls, gen_ms, decode_s = [], [], []
+    for i in range(5):
+        sync()
+        t0 = time.perf_counter()
+        stream, ref = eng.submit(
+            Request(TEXT, "clone", "english", voice=voice, seed=10 + i, sampling=forced(125))
+        )
+        codes = stream.result()
+        t1 = time.perf_counter()
+        audio = tts.decode(codes, ref)
+        sync()
+        t2 = time.perf_counter()
+        assert codes.shape[0] == 125 and len(audio) == 125 * 1920
+        walls.append(t2 - t0)
+        gen_ms.append((t1 - stream.first_frame_at) / (codes.shape[0] - 1) * 1e3)
+        decode_s.append(t2 - t1)
+    wall = statistics.median(walls)
+    RESULTS["single"] = dict(
+        audio_s=10.0,
+        wall_s=round(wall, 4),
+        rtf=round(10.0 / wall, 2),
+        ms_per_frame=round(statistics.median(gen_ms), 3),
+        decode_s=round(statistics.median(decode_s), 4),
+        decode_share=round(statistics.median(decode_s) / wall, 3),
+        runs=[round(w, 4) for w in walls],
+    )
+    log("single", RESULTS["single"])
+
+
+def _stream_once(eng, req, first, chunk):
+    """Consume one stream as a player would; returns (ttfa, wall, audio_s, ran_dry)."""
+    t0 = time.perf_counter()
+    got, arrivals = 0, []
+    for c in eng.stream(req, chunk_frames=chunk, first_chunk_frames=first):
+        arrivals.append((time.perf_counter() - t0, len(c) / 24000))
+        got += len(c)
+    wall = time.perf_counter() - t0
+    ttfa = arrivals[0][0]
+    played, dry = ttfa, False  # playback starts when the first chunk lands
+    for at, dur in arrivals:
+        if at > played + 1e-3:
+            dry = True
+        played = max(played, at) + dur
+    return ttfa, wall, got / 24000, dry
+
+
+def section_ttfa(args, ctx):
+    eng = _engine(ctx, args, slots=args.max_streams)
+    voice = ctx["voice"]
+    out = {}
+    for first, chunk in ((1, 4), (2, 8)):
+        _stream_once(
+            eng, Request(TEXT, "clone", "english", voice=voice, seed=1, sampling=forced(40)), first, chunk
+        )
+        ttfas, dry = [], 0
+        for i in range(20):
+            t, _, _, d = _stream_once(
+                eng, Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(40)), first, chunk
+            )
+            ttfas.append(t)
+            dry += d
+        out[f"first{first}_chunk{chunk}"] = dict(
+            p50_ms=round(pct(ttfas, 50) * 1e3, 1), p95_ms=round(pct(ttfas, 95) * 1e3, 1), runs_ran_dry=dry
+        )
+    RESULTS["ttfa_single_stream"] = out
+    log("ttfa", out)
+
+
+def _concurrent(eng, voice, n, poisson_rate, seed):
+    """n streams with varied lengths (80..170 frames), consumed by player threads; Poisson arrivals."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(80, 171, size=n)
+    gaps = rng.exponential(1.0 / poisson_rate, size=n) if poisson_rate else np.zeros(n)
+    recs = [None] * n
+    threads = []
+
+    def run(i):
+        req = Request(
+            TEXT, "clone", "english", voice=voice, seed=int(seed * 1000 + i), sampling=forced(int(frames[i]))
+        )
+        t0 = time.perf_counter()
+        ttfa, wall, audio_s, dry = _stream_once(eng, req, 1, 4)
+        recs[i] = dict(start=t0, end=t0 + wall, ttfa=ttfa, audio_s=audio_s, dry=dry)
+
+    t_start = time.perf_counter()
+    for i in range(n):
+        th = threading.Thread(target=run, args=(i,))
+        th.start()
+        threads.append(th)
+        if gaps[i] > 0:
+            time.sleep(float(gaps[i]))
+    for th in threads:
+        th.join()
+    end = max(r["end"] for r in recs)
+    total_audio = sum(r["audio_s"] for r in recs)
+    per_stream = [r["audio_s"] / (r["end"] - r["start"]) for r in recs]
+    ttfas = [r["ttfa"] for r in recs]
+    return dict(
+        streams=n,
+        poisson_rate_per_s=poisson_rate,
+        audio_s=round(total_audio, 2),
+        wall_s=round(end - t_start, 3),
+        aggregate_rtf=round(total_audio / (end - t_start), 1),
+        slowest_stream_rtf=round(min(per_stream), 2),
+        median_stream_rtf=round(statistics.median(per_stream), 2),
+        ttfa_p50_ms=round(pct(ttfas, 50) * 1e3, 1),
+        ttfa_p95_ms=round(pct(ttfas, 95) * 1e3, 1),
+        streams_ran_dry=int(sum(r["dry"] for r in recs)),
+    )
+
+
+def section_concurrency(args, ctx):
+    eng = _engine(ctx, args, slots=args.max_streams)
+    voice = ctx["voice"]
+    # warm every batch bucket's graphs
+    _concurrent(eng, voice, min(64, args.max_streams), 0, 99)
+    out = []
+    for n, rate in ((1, 0), (8, 0), (32, 20.0), (64, 40.0)):
+        if n > args.max_streams:
+            continue
+        r = _concurrent(eng, voice, n, rate, n)
+        out.append(r)
+        log("concurrency", r)
+    RESULTS["concurrency"] = out
+
+
+def section_memory(args, ctx):
+    """Base + VoiceDesign resident, 8 streams x 2048 frames each (16 in total), after a run on each."""
+    for k in ("engine", "tts"):
+        if ctx.get(k) is not None and k == "engine":
+            ctx[k].close()
+        ctx[k] = None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
+    design = TTS.from_pretrained(args.design, device="cuda", dtype="bfloat16")
+    after_load = torch.cuda.memory_allocated()
+    eb = Engine(base, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512)
+    ed = Engine(design, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512)
+    voice = base.create_voice((reference(), 24000))
+    reqs_b = [Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(100)) for i in range(8)]
+    reqs_d = [
+        Request(
+            TEXT, "design", "english", instruct="A deep, rasping pirate voice.", seed=i, sampling=forced(100)
+        )
+        for i in range(8)
+    ]
+    t = time.perf_counter()
+    done = {}
+    th = threading.Thread(target=lambda: done.setdefault("d", ed.generate(reqs_d)))
+    th.start()
+    done["b"] = eb.generate(reqs_b)
+    th.join()
+    wall = time.perf_counter() - t
+    RESULTS["memory"] = dict(
+        after_load_gib=round(after_load / 2**30, 2),
+        peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        streams=16,
+        frames_per_stream_capacity=2048,
+        run_16_streams_wall_s=round(wall, 2),
+        audio_s=round(16 * 100 * FRAME_SECONDS, 1),
+    )
+    eb.close()
+    ed.close()
+    log("memory", RESULTS["memory"])
+
+
+def section_floor(args, ctx):
+    tts = ctx.get("tts") or TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
+    t = tts.talker
+    n_layers = sum(p.numel() for p in t.model.layers.parameters())
+    cp = t.code_predictor
+    cp_layers = sum(p.numel() for p in cp.model.layers.parameters())
+    proj = sum(p.numel() for p in cp.small_to_mtp_projection.parameters())
+    head = t.codec_head.weight.numel()
+    cp_head = cp.lm_head[0].weight.numel()
+    per_frame = 2 * (n_layers + head + 15 * (cp_layers + proj + cp_head))
+    bw = RESULTS.get("env", {}).get("copy_bandwidth_gbs") or 3000
+    RESULTS["floor"] = dict(
+        bytes_per_frame=per_frame,
+        floor_ms=round(per_frame / (bw * 1e9) * 1e3, 3),
+        floor_rtf=round(FRAME_SECONDS / (per_frame / (bw * 1e9)), 1),
+    )
+    log("floor", RESULTS["floor"])
+
+
+SECTIONS = dict(
+    env=section_env,
+    parity=section_parity,
+    single=section_single,
+    ttfa=section_ttfa,
+    concurrency=section_concurrency,
+    floor=section_floor,
+    memory=section_memory,
+)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--design", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-streams", type=int, default=64)
+    ap.add_argument("--memory-cap-gib", type=float, default=None, help="torch per-process cap (A10G: 21)")
+    ap.add_argument("--sections", nargs="*", default=list(SECTIONS))
+    ap.add_argument("--tag", default="ours")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.memory_cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * 2**30 / total)
+        RESULTS["memory_cap_gib"] = args.memory_cap_gib
+    ctx: dict = {}
+    for name in args.sections:
+        t = time.perf_counter()
+        try:
+            SECTIONS[name](args, ctx)
+        except Exception as e:  # keep going: one broken section must not lose the others
+            traceback.print_exc()
+            RESULTS.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+        log(f"section {name} took {time.perf_counter() - t:.1f}s")
+        with open(os.path.join(args.out, f"{args.tag}.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1)
+    if ctx.get("engine") is not None:
+        ctx["engine"].close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
+# (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
+#   bash bench/run_gpu.sh STAGE      STAGE: ours | peers | capped | all
+# Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
+# and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
+set -u
+STAGE=${1:-all}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src
+quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|path variables\|Loading weights'; }
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"
+} | tee "$OUT/env.txt"
+
+T0=$(date +%s)
+for kind in base voice_design; do
+  python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda 2>&1 | quiet
+done
+echo "checkpoints built in $(( $(date +%s) - T0 ))s"
+
+ours() {  # ours TAG TIMEOUT args...
+  local tag=$1 to=$2; shift 2
+  timeout "$to" python3 bench/bench_engine.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+    --out "$OUT" --tag "$tag" "$@" 2>&1 | quiet
+}
+peer() {  # peer MODE TIMEOUT args...
+  local mode=$1 to=$2; shift 2
+  timeout "$to" python3 .peer-bench/bench.py "$mode" --model /tmp/ckpt_base --out "$OUT/peer_${mode}.json" "$@" 2>&1 | quiet
+  echo "== peer $mode exit ${PIPESTATUS[0]}"
+}
+
+case "$STAGE" in
+  ours)   ours ours 480 ;;
+  peers)  ours ours_rerun 200 --sections env single ttfa floor
+          peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
+          peer qwen_tts 150 --runs 1 --icl-runs 0 ;;
+  capped) ours capped21 300 --memory-cap-gib 21 --max-streams 16 --sections env single memory ;;
+  all)    ours ours 480; peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1 ;;
+esac
+echo "== done in $(( $(date +%s) - T0 ))s"
