@@ -168,15 +168,34 @@ def section_single(args, ctx):
     log("single", RESULTS["single"])
 
 
-def _stream_once(eng, req, first, chunk):
-    """Consume one stream as a player would; returns (ttfa, wall, audio_s, ran_dry)."""
+def _stream_once(eng, req, first, chunk, timings=None):
+    """Consume one stream as a player would; returns (ttfa, wall, audio_s, ran_dry). With `timings`,
+    also records where the first chunk's time went (engine: submit to first frame; codec decode)."""
     t0 = time.perf_counter()
-    got, arrivals = 0, []
-    for c in eng.stream(req, chunk_frames=chunk, first_chunk_frames=first):
-        arrivals.append((time.perf_counter() - t0, len(c) / 24000))
-        got += len(c)
+    stream, ref = eng.submit(req)
+    decoder = eng.tts.codec.stream_decoder()
+    if ref is not None:
+        decoder.push(ref)
+    got, arrivals, pending, want = 0, [], [], first
+    first_decode = None
+    for codes in stream:
+        pending.append(codes)
+        if len(pending) >= want:
+            td = time.perf_counter()
+            audio = decoder.push(torch.stack(pending)).cpu()
+            if first_decode is None:
+                first_decode = time.perf_counter() - td
+            arrivals.append((time.perf_counter() - t0, audio.shape[-1] / 24000))
+            got += audio.shape[-1]
+            pending, want = [], chunk
+    if pending:
+        audio = decoder.push(torch.stack(pending)).cpu()
+        arrivals.append((time.perf_counter() - t0, audio.shape[-1] / 24000))
+        got += audio.shape[-1]
     wall = time.perf_counter() - t0
     ttfa = arrivals[0][0]
+    if timings is not None:
+        timings.append(dict(first_frame_s=stream.first_frame_at - t0, first_decode_s=first_decode))
     played, dry = ttfa, False  # playback starts when the first chunk lands
     for at, dur in arrivals:
         if at > played + 1e-3:
@@ -193,15 +212,23 @@ def section_ttfa(args, ctx):
         _stream_once(
             eng, Request(TEXT, "clone", "english", voice=voice, seed=1, sampling=forced(40)), first, chunk
         )
-        ttfas, dry = [], 0
+        ttfas, dry, timings = [], 0, []
         for i in range(20):
             t, _, _, d = _stream_once(
-                eng, Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(40)), first, chunk
+                eng,
+                Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(40)),
+                first,
+                chunk,
+                timings,
             )
             ttfas.append(t)
             dry += d
         out[f"first{first}_chunk{chunk}"] = dict(
-            p50_ms=round(pct(ttfas, 50) * 1e3, 1), p95_ms=round(pct(ttfas, 95) * 1e3, 1), runs_ran_dry=dry
+            p50_ms=round(pct(ttfas, 50) * 1e3, 1),
+            p95_ms=round(pct(ttfas, 95) * 1e3, 1),
+            runs_ran_dry=dry,
+            first_frame_p50_ms=round(pct([t["first_frame_s"] for t in timings], 50) * 1e3, 1),
+            first_decode_p50_ms=round(pct([t["first_decode_s"] for t in timings], 50) * 1e3, 1),
         )
     RESULTS["ttfa_single_stream"] = out
     log("ttfa", out)
@@ -215,7 +242,15 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
     recs = [None] * n
     threads = []
 
+    errors = []
+
     def run(i):
+        try:
+            _run(i)
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    def _run(i):
         req = Request(
             TEXT, "clone", "english", voice=voice, seed=int(seed * 1000 + i), sampling=forced(int(frames[i]))
         )
@@ -232,6 +267,8 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
             time.sleep(float(gaps[i]))
     for th in threads:
         th.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} streams failed; first:\n{errors[0]}")
     end = max(r["end"] for r in recs)
     total_audio = sum(r["audio_s"] for r in recs)
     per_stream = [r["audio_s"] / (r["end"] - r["start"]) for r in recs]

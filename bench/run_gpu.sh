@@ -20,7 +20,8 @@ quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|p
 
 T0=$(date +%s)
 for kind in base voice_design; do
-  python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda 2>&1 | quiet
+  python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
+    > "$OUT/build_$kind.log" 2>&1 || { echo "building $kind failed:"; tail -30 "$OUT/build_$kind.log"; exit 1; }
 done
 echo "checkpoints built in $(( $(date +%s) - T0 ))s"
 
@@ -40,7 +41,10 @@ case "$STAGE" in
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
           peer qwen_tts 150 --runs 1 --icl-runs 0 ;;
-  capped) ours capped21 300 --memory-cap-gib 21 --max-streams 16 --sections env single memory ;;
-  all)    ours ours 480; peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1 ;;
+  capped) ours memory 200 --sections env memory
+          ours capped21 200 --memory-cap-gib 21 --max-streams 16 --sections env memory single ;;
+  all)    ours ours 330 --sections env parity single ttfa concurrency floor
+          peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
+          peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"

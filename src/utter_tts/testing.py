@@ -567,7 +567,7 @@ def build_checkpoint(
     shutil.rmtree(out, ignore_errors=True)
     (out / "speech_tokenizer").mkdir(parents=True)
     tiny = shape.startswith("tiny")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
 
     tcfg = talker_config(shape, model_type)

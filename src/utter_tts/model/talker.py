@@ -139,7 +139,7 @@ class Attention(nn.Module):
             q = q.reshape(B, self.kv_heads, rep * T, self.head_dim)
             mask = mask.unsqueeze(2).expand(-1, -1, rep, -1, -1).reshape(B, 1, rep * T, -1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.view(B, self.heads, T, self.head_dim)
+        y = y.reshape(B, self.heads, T, self.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
