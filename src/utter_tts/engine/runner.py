@@ -10,6 +10,7 @@ so a frame costs one launch and no host synchronisation until its codes are read
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,9 @@ from utter_tts.model.talker import KVCache, Talker
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# One capture at a time in the process: a second engine capturing (or allocating) mid-capture
+# invalidates the graph (seen on an H100 with Base and VoiceDesign engines warming up together).
+_CAPTURE_LOCK = threading.Lock()
 MIN_SPAN = 256
 
 
@@ -87,6 +91,9 @@ class FrameRunner:
         # per frame: 16 codes, then the next codebook-0 token (read by the host in one copy)
         self.out = torch.zeros(S, cfg.num_code_groups + 1, dtype=torch.long, device=dev)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        # the scheduler's work runs on its own stream, apart from other threads' default-stream work
+        self.stream = torch.cuda.Stream(device=dev) if self.device.type == "cuda" else None
+        self.codebook_size = cfg.code_predictor.vocab_size
         self.pool = None
         self.info = [SlotInfo() for _ in range(S)]
         self.host_col = [0] * S  # mirror of `col`, so choosing a span needs no device sync
@@ -229,6 +236,10 @@ class FrameRunner:
         return out
 
     def _capture(self, B: int, span: int) -> torch.cuda.CUDAGraph:
+        with _CAPTURE_LOCK:
+            return self._capture_locked(B, span)
+
+    def _capture_locked(self, B: int, span: int) -> torch.cuda.CUDAGraph:
         log.info("capturing frame graph: batch %d, span %d", B, span)
         saved = [t.clone() for t in self._mutable()]  # cache columns written here are rewritten later
         stream = torch.cuda.Stream()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -22,6 +23,10 @@ _END = object()
 
 class Busy(UtterTTSError):
     """The queue is full; the caller should retry later (HTTP 429/503 with Retry-After)."""
+
+
+class EngineFault(UtterTTSError):
+    """The engine produced something unusable for this stream (an internal error, not the caller's)."""
 
 
 class Cancelled(UtterTTSError):
@@ -147,11 +152,12 @@ class Scheduler:
                 while self.pending and len(self.live) + len(admit) < self.runner.max_slots:
                     admit.append(self.pending.pop(0))
             try:
-                for s in admit:
-                    self._admit(s)
-                self._retire_cancelled()
-                if self.live:
-                    self._frame()
+                with self._on_stream():
+                    for s in admit:
+                        self._admit(s)
+                    self._retire_cancelled()
+                    if self.live:
+                        self._frame()
             except Exception as e:  # a fault in the model: fail what runs, keep serving
                 log.exception("engine step failed")
                 for s in self.live:
@@ -165,6 +171,10 @@ class Scheduler:
                     s._finish(Cancelled("the engine is shut down"))
                 self.live, self.pending = [], []
                 return
+
+    def _on_stream(self):
+        stream = self.runner.stream
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def _admit(self, s: Stream) -> None:
         if s.cancelled:
@@ -199,6 +209,13 @@ class Scheduler:
         eos = self.runner.eos_id
         for i in range(len(self.live) - 1, -1, -1):
             s = self.live[i]
+            if int(out[i, 0]) >= self.runner.codebook_size:
+                # a frame whose codebook-0 token is a control id cannot be decoded (and would put a
+                # device-side assert into the codec): fail this stream loudly, keep the others
+                log.error("stream produced control token %d as a frame; failing it", int(out[i, 0]))
+                self._retire(i)
+                s._finish(EngineFault("the model produced an invalid frame"))
+                continue
             s._push(out[i, :-1].clone())
             info = self.runner.info[i]
             if int(out[i, -1]) == eos or info.frames >= info.max_frames:

@@ -1,0 +1,144 @@
+"""Assemble a deployment: load both models into a CompatService and build the one ASGI app (the speech
+server plus utter's routes). `modal_app/qwen_tts.py` calls these from its @modal.enter / @modal.asgi_app."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from utter_tts.compat.cache import PromptCache
+from utter_tts.compat.fetch import FetchPolicy
+from utter_tts.compat.jobs import JobRunner
+from utter_tts.compat.routes import mount
+from utter_tts.compat.service import CompatService, Limits, ModelNames
+
+log = logging.getLogger("utter_tts.compat")
+
+BASE_MODEL = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
+DESIGN_MODEL = "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"
+
+
+@dataclass
+class DeploySettings:
+    """What a container loads and how; `from_env()` reads UTTER_QWEN_* variables at container start."""
+
+    base_model: str = BASE_MODEL
+    design_model: str = DESIGN_MODEL
+    device: str | None = None  # None: CUDA when available
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    use_engine: bool = True
+    engine_streams: int = 16
+    engine_frames: int = 2048
+    cache_size: int = 256
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> DeploySettings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            base_model=env.get("UTTER_QWEN_BASE_MODEL", BASE_MODEL),
+            design_model=env.get("UTTER_QWEN_DESIGN_MODEL", DESIGN_MODEL),
+            device=env.get("UTTER_QWEN_DEVICE") or None,
+            dtype=env.get("UTTER_QWEN_DTYPE") or None,
+            use_engine=env.get("UTTER_QWEN_ENGINE", "1") != "0",
+            engine_streams=int(env.get("UTTER_QWEN_ENGINE_STREAMS", "16")),
+            engine_frames=int(env.get("UTTER_QWEN_ENGINE_FRAMES", "2048")),
+            cache_size=int(env.get("UTTER_QWEN_PROMPT_CACHE", "256")),
+        )
+
+
+def warm_imports() -> list[str]:
+    """Import what serving needs without touching a GPU, so a memory snapshot taken now holds it."""
+    import importlib
+
+    names = [
+        "torch",
+        "numpy",
+        "av",
+        "soxr",
+        "httpx",
+        "fastapi",
+        "utter_tts.api",
+        "utter_tts.engine.engine",
+        "utter_tts.server.app",
+        "utter_tts.compat.routes",
+        "utter_tts.compat.jobs",
+    ]
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def load_service(
+    settings: DeploySettings, load_design: bool = True, fetch_policy: FetchPolicy | None = None
+) -> CompatService:
+    """Load Base (cloning) and, unless `load_design` is False, VoiceDesign, each behind an Engine."""
+    from utter_tts.api import TTS
+
+    def load(source: str):
+        tts = TTS.from_pretrained(source, device=settings.device, dtype=settings.dtype)
+        engine = None
+        if settings.use_engine:
+            from utter_tts.engine.engine import Engine
+
+            engine = Engine(tts, max_streams=settings.engine_streams, max_frames=settings.engine_frames)
+        return tts, engine
+
+    base, base_engine = load(settings.base_model)
+    design, design_engine = load(settings.design_model) if load_design else (None, None)
+    service = CompatService(
+        base=base,
+        design_model=design,
+        base_engine=base_engine,
+        design_engine=design_engine,
+        names=ModelNames(settings.base_model, settings.design_model),
+        limits=settings.limits,
+        cache=PromptCache(settings.cache_size),
+        fetch_policy=fetch_policy or FetchPolicy(),
+    )
+    info = service.get_model_info()
+    log.info(
+        "utter compat ready: %s + %s, attention %s, gpu %s",
+        settings.base_model,
+        settings.design_model if load_design else "-",
+        info["attention_implementation"],
+        info["gpu"],
+    )
+    return service
+
+
+def build_app(
+    service: CompatService,
+    runner: JobRunner | Any | None,
+    api_keys: list[str],
+    data_dir: str | os.PathLike,
+    **server_options: Any,
+) -> FastAPI:
+    """The speech server (its OpenAI-style routes, voice library, jobs, /metrics) with the already loaded
+    models, plus utter's routes; API keys always on: a deployment is never open."""
+    from utter_tts.server.app import create_app
+    from utter_tts.server.config import ServerConfig
+    from utter_tts.server.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    if service.base is not None:
+        registry.add(service.names.base, service.base)
+    if service.design_model is not None:
+        registry.add(service.names.design, service.design_model)
+    registry.ready.set()
+    config = ServerConfig(
+        models=[],
+        host="0.0.0.0",
+        data_dir=Path(data_dir),
+        device=str(getattr(service.base or service.design_model, "device", "cpu")),
+        api_keys=list(api_keys),
+        auth="on",
+        **server_options,
+    )
+    app = create_app(config, registry)
+    return mount(app, service, runner)
