@@ -411,8 +411,12 @@ def test_bad_batch_and_stream_arguments(base, voice):
         base.clone(["One.", "Two."], voice, language=["english"])
     with raises(InvalidInput, "mode", "unknown mode 'sing'"):
         base.synthesize([Request("Hello.", "sing", voice=voice)])
-    with raises(InvalidInput, "chunk_frames", "chunk sizes must be positive integers"):
+    with raises(InvalidInput, "chunk_frames", "chunk_frames must be a positive integer, got 0"):
         next(base.stream(Request("Hello.", voice=voice), chunk_frames=0))
+    with raises(
+        InvalidInput, "first_chunk_frames", "first_chunk_frames must be a positive integer, got True"
+    ):
+        base.stream(Request("Hello.", voice=voice), first_chunk_frames=True)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
 from utter_tts.engine.text import frame_cap
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.checkpoint import (
@@ -314,28 +315,15 @@ class TTS:
     ) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks as frames are generated: the first after `first_chunk_frames`
         frames, then every `chunk_frames`. The chunks concatenate to the one-shot audio."""
-        if not (
-            isinstance(chunk_frames, int)
-            and isinstance(first_chunk_frames, int)
-            and chunk_frames >= 1
-            and first_chunk_frames >= 1
-        ):
-            raise InvalidInput("chunk sizes must be positive integers", param="chunk_frames")
+        check_chunk_sizes(chunk_frames, first_chunk_frames)
         prompts, params = self.prepare([request])
-        dec = self.codec.stream_decoder()
-        if prompts[0].ref_codes is not None:
-            dec.push(prompts[0].ref_codes)  # left context only; its audio is the reference's
-        pending: list[torch.Tensor] = []
-        want = first_chunk_frames
-        for codes, alive in iter_frames(self.talker, prompts, params, self.config.talker.codec_eos_token_id):
-            if not bool(alive[0]):
-                break
-            pending.append(codes[0])
-            if len(pending) >= want:
-                yield dec.push(torch.stack(pending)).cpu().numpy()
-                pending, want = [], chunk_frames
-        if pending:
-            yield dec.push(torch.stack(pending)).cpu().numpy()
+        eos = self.config.talker.codec_eos_token_id
+        frames = (
+            codes[0] for codes, alive in iter_frames(self.talker, prompts, params, eos) if bool(alive[0])
+        )
+        return audio_chunks(
+            frames, self.codec.stream_decoder(), prompts[0].ref_codes, chunk_frames, first_chunk_frames
+        )
 
 
 def _listify(text) -> tuple[list, bool]:

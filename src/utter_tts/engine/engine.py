@@ -13,6 +13,7 @@ import torch
 from utter_tts.api import TTS
 from utter_tts.engine.runner import FrameRunner
 from utter_tts.engine.scheduler import Scheduler, Stream
+from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
 from utter_tts.engine.text import split_sentences
 from utter_tts.errors import InvalidInput
 from utter_tts.request import Request
@@ -100,30 +101,14 @@ class Engine:
     ) -> Iterator[np.ndarray]:
         """Audio chunks as frames are generated: the first after `first_chunk_frames` frames, then every
         `chunk_frames`. Closing the iterator early cancels the request and frees its slot."""
-        if not (
-            isinstance(chunk_frames, int)
-            and isinstance(first_chunk_frames, int)
-            and chunk_frames >= 1
-            and first_chunk_frames >= 1
-        ):
-            raise InvalidInput("chunk sizes must be positive integers", param="chunk_frames")
+        check_chunk_sizes(chunk_frames, first_chunk_frames)
         stream, ref = self.submit(request)
         return self._audio_chunks(stream, ref, chunk_frames, first_chunk_frames)
 
     def _audio_chunks(self, stream: Stream, ref, chunk_frames: int, first_chunk_frames: int):
-        decoder = self.tts.codec.stream_decoder()
         try:
-            if ref is not None:
-                decoder.push(ref)  # left context only: its audio belongs to the reference
-            pending: list[torch.Tensor] = []
-            want = first_chunk_frames
-            for codes in stream:
-                pending.append(codes)
-                if len(pending) >= want:
-                    yield decoder.push(torch.stack(pending)).cpu().numpy()
-                    pending, want = [], chunk_frames
-            if pending:
-                yield decoder.push(torch.stack(pending)).cpu().numpy()
+            decoder = self.tts.codec.stream_decoder()
+            yield from audio_chunks(stream, decoder, ref, chunk_frames, first_chunk_frames)
         finally:
             stream.cancel()  # no-op when finished; frees the slot when the consumer walked away
 

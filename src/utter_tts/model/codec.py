@@ -22,6 +22,7 @@ from utter_tts.model.codec_encoder import (
     rope_cos_sin,
 )
 from utter_tts.model.config import _pick
+from utter_tts.model.talker import RMSNorm
 
 # Streaming state: each stateful module keeps its left context under its own key (the module itself).
 State = dict
@@ -192,18 +193,6 @@ class DecoderBlock(nn.Module):
 
 
 # --- decoder transformer: causal, sliding window, RoPE ------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
 
 
 class DecoderAttention(nn.Module):
