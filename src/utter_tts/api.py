@@ -62,6 +62,9 @@ class TTS:
         self.speaker_encoder = speaker_encoder
         self.device = device
         self.dtype = dtype
+        # set to an utter_tts.engine.Engine to serve synthesize/stream (and clone/design/speak) through
+        # continuous batching: concurrent callers then share GPU frames instead of taking turns
+        self.engine = None
 
     @classmethod
     def from_pretrained(
@@ -306,6 +309,8 @@ class TTS:
         return wav[cut:]
 
     def synthesize(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        if self.engine is not None:
+            return self.engine.generate(requests)
         prompts, params = self.prepare(requests)
         codes = generate_codes(self.talker, prompts, params, self.config.talker.codec_eos_token_id)
         return [self.decode(c, p.ref_codes) for c, p in zip(codes, prompts)]
@@ -316,6 +321,8 @@ class TTS:
         """Yield float32 audio chunks as frames are generated: the first after `first_chunk_frames`
         frames, then every `chunk_frames`. The chunks concatenate to the one-shot audio."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
+        if self.engine is not None:
+            return self.engine.stream(request, chunk_frames, first_chunk_frames)
         prompts, params = self.prepare([request])
         eos = self.config.talker.codec_eos_token_id
         frames = (

@@ -202,3 +202,20 @@ def test_join_has_no_clicks():
     a = np.ones(2400, dtype=np.float32) * 0.5
     joined = join_sentences([a, a], 24000)
     assert np.abs(np.diff(joined)).max() < 0.5 / 100  # faded edges: no step at the joins
+
+
+def test_tts_served_by_its_engine(tts, voices):
+    """With `tts.engine` set, the plain API's calls go through continuous batching, same audio."""
+    req = _requests(voices)[1]
+    plain = np.concatenate(list(tts.stream(req)))
+    eng = Engine(tts, max_streams=2, max_frames=64, max_prompt=128, max_text_tokens=128)
+    try:
+        tts.engine = eng
+        served = np.concatenate(list(tts.stream(req)))
+        batch = tts.synthesize([req, _requests(voices)[0]])
+    finally:
+        tts.engine = None
+        eng.close()
+    assert np.abs(served - plain).max() <= 1e-5 * np.abs(plain).max()
+    assert np.abs(batch[0] - plain).max() <= 1e-5 * np.abs(plain).max()
+    assert eng.scheduler.frames_run > 0

@@ -83,6 +83,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             threading.Thread(
                 target=registry.load,
                 args=(config.models, config.device, config.dtype),
+                kwargs=dict(engine=config.engine, engine_streams=config.engine_streams),
                 name="utter-load",
                 daemon=True,
             ).start()

@@ -40,6 +40,13 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         help="auto: keys required unless bound to localhost",
     )
     p.add_argument("--max-concurrency", type=int, default=2, help="generations running at once")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="continuous batching engine (auto: on CUDA); raise --max-concurrency to --engine-streams",
+    )
+    p.add_argument("--engine-streams", type=int, default=16, help="streams batched per model by the engine")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
     p.add_argument("--max-input-chars", type=int, default=4096)
     p.add_argument("--max-upload-mb", type=float, default=20.0)
@@ -62,6 +69,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         api_keys=keys,
         auth=args.auth,
         max_concurrency=args.max_concurrency,
+        engine=args.engine,
+        engine_streams=args.engine_streams,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),

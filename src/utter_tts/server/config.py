@@ -43,6 +43,8 @@ class ServerConfig:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_ref_seconds: float = 30.0
     max_concurrency: int = 2
+    engine: str = "auto"  # continuous batching: "on", "off", or "auto" (on for CUDA devices)
+    engine_streams: int = 16
     max_queue: int = 16
     max_voices_per_key: int = 1000
     max_jobs_per_key: int = 8

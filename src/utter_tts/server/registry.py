@@ -76,7 +76,9 @@ class ModelRegistry:
         self.models[mid] = loaded
         return loaded
 
-    def load(self, sources: list[str], device: str, dtype: str) -> None:
+    def load(
+        self, sources: list[str], device: str, dtype: str, engine: str = "off", engine_streams: int = 16
+    ) -> None:
         """Load every checkpoint (blocking); failures are logged and leave the server not ready."""
         try:
             from utter_tts.api import TTS
@@ -84,6 +86,11 @@ class ModelRegistry:
             for src in sources:
                 log.info("loading %s on %s (%s)", src, device, dtype)
                 tts = TTS.from_pretrained(src, device=device, dtype=dtype)
+                if engine == "on" or (engine == "auto" and tts.device.type == "cuda"):
+                    from utter_tts.engine.engine import Engine
+
+                    tts.engine = Engine(tts, max_streams=engine_streams)
+                    tts.engine.warmup()
                 loaded = self.add(src, tts)
                 log.info("loaded %s as %r (%s)", src, loaded.id, loaded.model_type)
             self.ready.set()
