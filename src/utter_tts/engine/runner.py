@@ -91,7 +91,8 @@ class FrameRunner:
         # per frame: 16 codes, then the next codebook-0 token (read by the host in one copy)
         self.out = torch.zeros(S, cfg.num_code_groups + 1, dtype=torch.long, device=dev)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        # the scheduler's work runs on its own stream, apart from other threads' default-stream work
+        # the scheduler's work runs on its own stream: on one stream, a player's codec kernels queue
+        # behind whole frame graphs (seen on an H100: the first 80 ms chunk waited ~0.9 s)
         self.stream = torch.cuda.Stream(device=dev) if self.device.type == "cuda" else None
         self.codebook_size = cfg.code_predictor.vocab_size
         self.pool = None
@@ -113,6 +114,9 @@ class FrameRunner:
     def prefill(self, slot: int, prompt: Prompt, sampling: SamplingConfig, seed: int) -> None:
         """Run the prompt of one request into `slot` and sample its first codebook-0 token."""
         self.check_fits(prompt)
+        if self.stream is not None:
+            # the prompt was built on the submitting thread's stream: wait for it before reading it
+            self.stream.wait_stream(torch.cuda.default_stream(self.device))
         talker = self.talker
         L = prompt.embeds.shape[0]
         row = slice(slot, slot + 1)
