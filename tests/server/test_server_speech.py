@@ -274,3 +274,38 @@ def test_web_page_is_served(server):
     r = httpx.get(server.url + "/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/v1/audio/speech" in r.text and "<script>" in r.text
+
+
+def test_per_frame_delay_streams_early_and_feeds_the_decoder_only_new_frames(client, monkeypatch):
+    """A delay after every generated frame (in the model, not the server): audio still starts long
+    before the last frame, and the codec decoder receives each frame exactly once."""
+    import utter_tts.api as api_module
+    from utter_tts.model.codec import StreamingDecoder
+
+    delay, generated, pushed = 0.15, [], []
+    frames_of = api_module.iter_frames
+
+    def slow_frames(*a, **kw):
+        for item in frames_of(*a, **kw):
+            generated.append(time.monotonic())
+            yield item
+            time.sleep(delay)
+
+    push = StreamingDecoder.push
+
+    def counting_push(self, codes):
+        pushed.append(int(codes.shape[-2]))
+        return push(self, codes)
+
+    monkeypatch.setattr(api_module, "iter_frames", slow_frames)
+    monkeypatch.setattr(StreamingDecoder, "push", counting_push)
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan", "response_format": "pcm", "seed": 11}
+    with client.stream("POST", "/v1/audio/speech", json=body) as r:
+        assert r.status_code == 200
+        first, last, data = _first_and_last(r.iter_raw())
+    n = len(generated)
+    assert n >= 3 and first is not None
+    assert last - first > (n - 2) * delay  # the first bytes left while frames were still being made
+    assert sum(pushed) == n and pushed[0] == 1  # every frame decoded once: first chunk, then only new ones
+    audio, _ = decode_audio(data, "pcm")
+    assert len(audio) == n * SAMPLES_PER_FRAME
