@@ -120,7 +120,7 @@ def test_split_sentences(text, max_chars, expected):
 def test_split_sentences_keeps_every_word_and_the_limit():
     text = " ".join(f"Sentence number {i} has a few words{'!' if i % 3 else '.'}" for i in range(60))
     text += " " + "word " * 200  # one sentence far over the limit
-    chunks = cli.split_sentences(text)
+    chunks = cli.split_sentences(text, cli.DEFAULT_CHUNK_CHARS)
     assert len(chunks) > 3
     assert all(0 < len(c) <= cli.DEFAULT_CHUNK_CHARS for c in chunks)
     assert " ".join(chunks).split() == text.split()

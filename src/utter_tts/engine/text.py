@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import re
 
-# Sentence ends (Latin and CJK punctuation), then any closing quotes/brackets, then space or end.
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])[\"'”’)\]」』]*\s+|(?<=[。！？])|\n\s*\n")
-_CLAUSE_END = re.compile(r"(?<=[,;:，；：、])\s*")
-
 # Frames per text token: speech runs at 2-6 tokens/s and the codec at 12.5 frames/s, so 8 frames a
 # token is twice the slowest reading; the constant covers short texts and trailing silence.
 FRAMES_PER_TOKEN = 8
@@ -19,44 +15,69 @@ def frame_cap(n_text_tokens: int) -> int:
     return FRAMES_BASE + FRAMES_PER_TOKEN * n_text_tokens
 
 
-def split_sentences(text: str, max_chars: int = 300) -> list[str]:
-    """Split at sentence ends; sentences longer than max_chars are split at clauses, then at spaces,
-    then hard. Short neighbours are merged up to max_chars so each piece is a comfortable generation."""
-    pieces: list[str] = []
-    for sentence in _SENTENCE_END.split(text):
-        sentence = sentence.strip()
-        if not sentence:
-            continue
-        if len(sentence) <= max_chars:
-            pieces.append(sentence)
-            continue
-        for clause in _CLAUSE_END.split(sentence):
-            pieces.extend(_hard_split(clause.strip(), max_chars))
-    merged: list[str] = []
-    for p in pieces:
-        if not p:
-            continue
-        joiner = "" if _is_cjk(p[:1]) else " "
-        if merged and len(merged[-1]) + len(joiner) + len(p) <= max_chars:
-            merged[-1] = merged[-1] + joiner + p
-        else:
-            merged.append(p)
-    return merged
+# A sentence ends at . ! ? … (plus closing quotes/brackets) before whitespace, or at 。！？ anywhere.
+_SENTENCE_END = re.compile(r"""([.!?…]+["'”’)\]]*)\s+|([。！？]+[」』”’）)]*)\s*""")
+_CLAUSE_END = re.compile(r"""[,;:，、；：]["'”’)\]」』）]*\s*""")
 
 
-def _hard_split(s: str, max_chars: int) -> list[str]:
+def _is_cjk(ch: str) -> bool:
+    return ord(ch) >= 0x2E80  # CJK scripts and punctuation, kana, hangul: written without spaces
+
+
+def _sentences(line: str) -> list[str]:
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(line):
+        out.append(line[start : m.end(1) if m.group(1) else m.end(2)])
+        start = m.end()
+    out.append(line[start:])
+    return [s.strip() for s in out if s.strip()]
+
+
+def _split_long(sentence: str, max_chars: int) -> list[str]:
+    """Cut a sentence longer than max_chars at its last clause mark (, ; : ，、) that fits, else at the
+    last space, else hard."""
     out = []
+    s = sentence
     while len(s) > max_chars:
-        cut = s.rfind(" ", 0, max_chars)
-        cut = cut if cut > max_chars // 2 else max_chars
+        head = s[: max_chars + 1]
+        cut = 0
+        for m in _CLAUSE_END.finditer(head):
+            if m.end() <= max_chars:
+                cut = m.end()
+        if cut < max_chars // 3:
+            space = head.rstrip().rfind(" ")
+            cut = space if space > 0 else (cut or max_chars)
         out.append(s[:cut].strip())
         s = s[cut:].strip()
     if s:
         out.append(s)
-    return out
+    return [p for p in out if p]
 
 
-def _is_cjk(ch: str) -> bool:
-    return bool(ch) and (
-        "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
-    )
+def split_sentences(text: str, max_chars: int = 300) -> list[str]:
+    """Split text into chunks of whole sentences, each at most `max_chars` long.
+
+    Sentences end at . ! ? … (followed by whitespace), at 。！？ and at line breaks; consecutive
+    sentences are packed into one chunk while it stays under the limit, and a single sentence over
+    the limit is cut at a clause mark or space. Blank input gives []."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be positive")
+    pieces: list[str] = []
+    for line in text.splitlines():
+        for s in _sentences(line):
+            pieces.extend(_split_long(s, max_chars) if len(s) > max_chars else [s])
+    chunks: list[str] = []
+    cur = ""
+    for s in pieces:
+        if not cur:
+            cur = s
+            continue
+        sep = "" if _is_cjk(cur[-1]) or _is_cjk(s[0]) else " "
+        if len(cur) + len(sep) + len(s) <= max_chars:
+            cur += sep + s
+        else:
+            chunks.append(cur)
+            cur = s
+    if cur:
+        chunks.append(cur)
+    return chunks
