@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -60,6 +62,46 @@ class Job:
     error: dict[str, Any] | None = None
     task: asyncio.Task | None = field(default=None, repr=False)
 
+    def record(self) -> dict[str, Any]:
+        """What is kept on disk beside the result, so a restarted or second server process can answer."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "status": self.status,
+            "created_at": self.created_at,
+            "format": self.format,
+            "path": self.path.name,
+            "frames_estimated": self.frames_estimated,
+            "frames_done": self.frames_done,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "pid": os.getpid(),
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], directory: Path) -> Job:
+        job = cls(
+            id=rec["id"],
+            owner=rec["owner"],
+            status=rec["status"],
+            created_at=rec["created_at"],
+            format=rec["format"],
+            path=directory / rec["path"],
+            frames_estimated=rec["frames_estimated"],
+            frames_done=rec["frames_done"],
+            finished_at=rec["finished_at"],
+            error=rec["error"],
+        )
+        if job.status in ("queued", "running") and not _alive(rec.get("pid")):
+            # its process died mid-job (crash, restart): the partial result is gone
+            job.status, job.finished_at = "failed", time.time()
+            job.error = {
+                "message": "the server restarted while this job ran; submit it again",
+                "code": "job_interrupted",
+                "param": None,
+            }
+        return job
+
     def public(self) -> dict[str, Any]:
         frac = (
             1.0 if self.status == "succeeded" else min(0.99, self.frames_done / max(1, self.frames_estimated))
@@ -80,8 +122,22 @@ class Job:
         }
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class JobManager:
-    """Jobs in memory (they are short-lived), results as files under data_dir/jobs."""
+    """Jobs of this process in memory; each job's state also as a JSON record beside its result file
+    under data_dir/jobs (written atomically), so jobs survive a restart and other server processes on
+    the same data directory can answer for them."""
 
     def __init__(self, state, directory: Path):
         self.state = state
@@ -98,9 +154,26 @@ class JobManager:
                 pass
         self.jobs: dict[str, Job] = {}
 
+    def _record_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.json"
+
+    def save(self, job: Job) -> None:
+        path = self._record_path(job.id)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(job.record()))
+        os.replace(tmp, path)
+
+    def _load(self, job_id: str) -> Job | None:
+        try:
+            return Job.from_record(json.loads(self._record_path(job_id).read_text()), self.dir)
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
     def get(self, owner: str, job_id: str) -> Job:
         self.expire()
-        job = self.jobs.get(job_id) if JOB_ID_RE.match(job_id) else None
+        job = None
+        if JOB_ID_RE.match(job_id):
+            job = self.jobs.get(job_id) or self._load(job_id)
         if job is None or job.owner != owner:
             raise APIError(404, f"no such job: {job_id[:80]!r}", "job_not_found", param="job_id")
         return job
@@ -117,6 +190,7 @@ class JobManager:
             job.task.cancel()
         self.jobs.pop(job.id, None)
         job.path.unlink(missing_ok=True)
+        self._record_path(job.id).unlink(missing_ok=True)
 
     def submit(self, owner: str, plan: Plan, encoder: AudioEncoder) -> Job:
         self.expire()
@@ -139,6 +213,7 @@ class JobManager:
             frames_estimated=plan.estimated_frames,
         )
         self.jobs[job_id] = job
+        self.save(job)
         job.task = asyncio.get_running_loop().create_task(self._run(job, plan, encoder))
         return job
 
@@ -153,6 +228,7 @@ class JobManager:
                     await generation.start()
                     plan.pending_ref, plan.voice = None, sub.voice  # an inline voice is built once
                     job.status = "running"
+                    self.save(job)  # progress on disk once per segment
                     try:
                         async for chunk in generation.chunks():
                             samples += chunk.size
@@ -181,6 +257,7 @@ class JobManager:
             job.finished_at = time.time()
             if job.status != "succeeded":
                 job.path.unlink(missing_ok=True)
+            self.save(job)
 
     def cancel_all(self) -> None:
         for job in self.jobs.values():
