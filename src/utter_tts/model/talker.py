@@ -30,11 +30,6 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class Rotary(nn.Module):
     """Rotary embedding; with `sections` it is M-RoPE (3 position axes: time, height, width).
 
@@ -128,16 +123,18 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(B, T, self.heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        # RoPE: x * cos + rotate_half(x) * sin, with rotate_half(x) * sin == roll(x) * signed_sin
+        # (`sin` arrives with its first half negated, once per pass instead of once per layer)
+        half = self.head_dim // 2
+        q = q * cos + q.roll(half, dims=-1) * sin
+        k = k * cos + k.roll(half, dims=-1) * sin
         k, v = cache.write(cols, k, v)
         rep = self.heads // self.kv_heads
         if rep > 1:
             # GQA without copying the cache: the `rep` query heads of each kv head become extra query
-            # rows of that head (query head h uses kv head h // rep, as in the official repeat_kv)
+            # rows of that head (query head h uses kv head h // rep, as in the official repeat_kv); the
+            # mask comes already repeated the same way (see Decoder.run)
             q = q.reshape(B, self.kv_heads, rep * T, self.head_dim)
-            mask = mask.unsqueeze(2).expand(-1, -1, rep, -1, -1).reshape(B, 1, rep * T, -1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.reshape(B, self.heads, T, self.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -200,7 +197,14 @@ class Decoder(nn.Module):
         """x [B, T, D] at cache columns `cols` [B, T] with rotary `positions`; rows see keys from `start`.
         Caches are passed in, never stored on the module, so one model serves many threads."""
         cos, sin = rotary(positions, x.dtype)
+        half = sin.shape[-1] // 2
+        cos, sin = cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
         mask = attention_mask(cols, start, caches[0].span)
+        attn = self.layers[0].self_attn
+        rep = attn.heads // attn.kv_heads
+        if rep > 1:  # one mask row per grouped query head (see Attention.forward)
+            B, _, T, S = mask.shape
+            mask = mask.unsqueeze(2).expand(-1, -1, rep, -1, -1).reshape(B, 1, rep * T, S)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, cols, mask, cache)
         return self.norm(x)
