@@ -96,8 +96,9 @@ def predict_residual_codes(
     x = torch.stack([hidden, talker.codec_embed(code0)], dim=1)
     codes = [code0]
     logits_seen = []
+    tables = cp.step_tables(x.shape[0], x.device, hidden.dtype)
     for k in range(1, cp.num_steps + 1):
-        h = cp.step(x, 0 if k == 1 else k, caches)
+        h = cp.step(x, 0 if k == 1 else k, caches, tables)
         logits = cp.lm_head[k - 1](h).float()
         logits_seen.append(logits)
         code = choose(

@@ -196,10 +196,18 @@ class Decoder(nn.Module):
     def run(self, x, positions, cols, start, rotary: Rotary, caches: list[KVCache]) -> torch.Tensor:
         """x [B, T, D] at cache columns `cols` [B, T] with rotary `positions`; rows see keys from `start`.
         Caches are passed in, never stored on the module, so one model serves many threads."""
-        cos, sin = rotary(positions, x.dtype)
+        cos, sin, mask = self.tables(positions, cols, start, caches[0].span, rotary, x.dtype)
+        return self.run_with(x, cols, cos, sin, mask, caches)
+
+    @staticmethod
+    def tables(positions, cols, start, span: int, rotary: Rotary, dtype):
+        """RoPE cos / sign-folded sin [B, 1, T, head_dim] and the mask [B, 1, T, span] of a pass."""
+        cos, sin = rotary(positions, dtype)
         half = sin.shape[-1] // 2
         cos, sin = cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
-        mask = attention_mask(cols, start, caches[0].span)
+        return cos, sin, attention_mask(cols, start, span)
+
+    def run_with(self, x, cols, cos, sin, mask, caches: list[KVCache]) -> torch.Tensor:
         attn = self.layers[0].self_attn
         rep = attn.heads // attn.kv_heads
         if rep > 1:  # one mask row per grouped query head (see Attention.forward)
@@ -279,12 +287,25 @@ class CodePredictor(nn.Module):
     def new_caches(self, batch: int, dtype=None, device=None) -> list[KVCache]:
         return self.model.new_caches(batch, self.cfg.num_code_groups, dtype, device)
 
-    def step(self, x: torch.Tensor, col: int, caches: list[KVCache]) -> torch.Tensor:
+    def step_tables(self, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
+        """Columns, RoPE tables and masks of every position of the predictor's short cache, built once
+        per frame and sliced by each of its 15 steps (instead of rebuilt at every step)."""
+        n = self.cfg.num_code_groups
+        cols = torch.arange(n, device=device).expand(batch, n)
+        start = torch.zeros(batch, dtype=torch.long, device=device)
+        return (cols, *self.model.tables(cols, cols, start, n, self.rotary, dtype))
+
+    def step(self, x: torch.Tensor, col: int, caches: list[KVCache], tables=None) -> torch.Tensor:
         """Run embeddings x [B, T, talker_hidden] at columns col..col+T-1; return the last hidden [B, D]."""
         B, T, _ = x.shape
-        cols = torch.arange(col, col + T, device=x.device).expand(B, T)
-        start = torch.zeros(B, dtype=torch.long, device=x.device)
-        h = self.model.run(self.small_to_mtp_projection(x), cols, cols, start, self.rotary, caches)
+        x = self.small_to_mtp_projection(x)
+        if tables is None:
+            tables = self.step_tables(B, x.device, x.dtype)
+        cols, cos, sin, mask = tables
+        end = col + T
+        h = self.model.run_with(
+            x, cols[:, col:end], cos[:, :, col:end], sin[:, :, col:end], mask[:, :, col:end], caches
+        )
         return h[:, -1]
 
     def embed(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
