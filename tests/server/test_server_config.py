@@ -59,6 +59,20 @@ def test_cli_flags_and_env(monkeypatch, tmp_path):
     cfg.check()
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--device", "cpu"], 2),  # no engine on the CPU by default: generations take turns
+        (["--device", "cpu", "--engine", "on"], 16),  # the engine batches: as many as it has streams
+        (["--device", "cuda", "--engine-streams", "8"], 8),  # auto: the engine runs on CUDA
+        (["--device", "cuda", "--engine", "off"], 2),
+        (["--device", "cuda", "--max-concurrency", "3"], 3),  # an explicit value wins
+    ],
+)
+def test_concurrency_follows_the_engine(argv, expected):
+    assert config_from_args(build_parser().parse_args(["model", *argv])).max_concurrency == expected
+
+
 def test_websocket_bad_start_message(server):
     url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
     with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:

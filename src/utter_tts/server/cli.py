@@ -39,12 +39,17 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         default=os.environ.get("UTTER_TTS_AUTH", "auto"),
         help="auto: keys required unless bound to localhost",
     )
-    p.add_argument("--max-concurrency", type=int, default=2, help="generations running at once")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="generations running at once (default: --engine-streams when the engine runs, else 2)",
+    )
     p.add_argument(
         "--engine",
         choices=["auto", "on", "off"],
         default="auto",
-        help="continuous batching engine (auto: on CUDA); raise --max-concurrency to --engine-streams",
+        help="continuous batching engine (auto: on when the device is CUDA)",
     )
     p.add_argument("--engine-streams", type=int, default=16, help="streams batched per model by the engine")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
@@ -54,6 +59,21 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated frames per request")
     p.add_argument("--log-level", default="info")
     return p
+
+
+def default_concurrency(args: argparse.Namespace) -> int:
+    """With the engine, concurrent requests share GPU frames, so let as many run as it has streams;
+    without it each generation owns the model for its duration, so a couple at a time."""
+    device = args.device or ""
+    cuda = device.startswith("cuda") or (device in ("", "auto") and _cuda_available())
+    engine_on = args.engine == "on" or (args.engine == "auto" and cuda)
+    return args.engine_streams if engine_on else 2
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -68,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         dtype=args.dtype,
         api_keys=keys,
         auth=args.auth,
-        max_concurrency=args.max_concurrency,
+        max_concurrency=args.max_concurrency or default_concurrency(args),
         engine=args.engine,
         engine_streams=args.engine_streams,
         max_queue=args.max_queue,
