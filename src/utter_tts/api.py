@@ -176,9 +176,8 @@ class TTS:
         """Speak `text` (str or list of str) in a cloned voice: a Voice, or reference audio (with
         optional `ref_text`). Returns (float32 audio at 24 kHz, sample rate); lists in, list out."""
         texts, single = _listify(text)
-        voices = voice if isinstance(voice, list) else [voice] * len(texts)
-        voices = [self._as_voice(v, ref_text) for v in _match(voices, texts, "voice")]
-        langs = _match(language if isinstance(language, list) else [language] * len(texts), texts, "language")
+        voices = [self._as_voice(v, ref_text) for v in _per_text(voice, texts, "voice")]
+        langs = _per_text(language, texts, "language")
         reqs = [
             Request(
                 t,
@@ -198,10 +197,8 @@ class TTS:
     ) -> tuple[np.ndarray | list[np.ndarray], int]:
         """Speak `text` in a voice made from a description (`instruct`), with a VoiceDesign checkpoint."""
         texts, single = _listify(text)
-        instructs = _match(
-            instruct if isinstance(instruct, list) else [instruct] * len(texts), texts, "instruct"
-        )
-        langs = _match(language if isinstance(language, list) else [language] * len(texts), texts, "language")
+        instructs = _per_text(instruct, texts, "instruct")
+        langs = _per_text(language, texts, "language")
         reqs = [
             Request(
                 t,
@@ -221,11 +218,9 @@ class TTS:
     ) -> tuple[np.ndarray | list[np.ndarray], int]:
         """Speak `text` as a preset speaker of a CustomVoice checkpoint, optionally styled by `instruct`."""
         texts, single = _listify(text)
-        speakers = _match(speaker if isinstance(speaker, list) else [speaker] * len(texts), texts, "speaker")
-        instructs = _match(
-            instruct if isinstance(instruct, list) else [instruct] * len(texts), texts, "instruct"
-        )
-        langs = _match(language if isinstance(language, list) else [language] * len(texts), texts, "language")
+        speakers = _per_text(speaker, texts, "speaker")
+        instructs = _per_text(instruct, texts, "instruct")
+        langs = _per_text(language, texts, "language")
         reqs = [
             Request(
                 t,
@@ -341,7 +336,9 @@ def _listify(text) -> tuple[list, bool]:
     return [text], True
 
 
-def _match(values: list, texts: list, name: str) -> list:
+def _per_text(value, texts: list, name: str) -> list:
+    """One value per text: a list as given (its length must match), anything else repeated."""
+    values = value if isinstance(value, list) else [value] * len(texts)
     if len(values) != len(texts):
         raise InvalidInput(f"{len(values)} {name} values for {len(texts)} texts", param=name)
     return values

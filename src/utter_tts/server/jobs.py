@@ -16,11 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
 from utter_tts.audio.encode import AudioEncoder
 from utter_tts.errors import InvalidInput
 from utter_tts.server.errors import APIError, from_invalid_input
+from utter_tts.server.routes_speech import plan_speech
 from utter_tts.server.schemas import JobRequest
 from utter_tts.server.streaming import Generation
 from utter_tts.server.synthesis import FRAME_RATE_HZ, Plan, split_sentences
@@ -282,20 +282,7 @@ async def submit_job(request: Request, body: JobRequest):
         streaming=True,
     )
     try:
-        plan = await run_in_threadpool(
-            state.planner.plan,
-            owner,
-            model=body.model,
-            text=body.input,
-            voice=body.voice_name,
-            instructions=body.instructions,
-            language=body.language,
-            seed=body.seed,
-            sampling=body.settings(),
-            ref_audio=body.ref_audio,
-            ref_text=body.ref_text,
-            max_chars=state.config.max_job_chars,
-        )
+        plan = await plan_speech(state, owner, body, max_chars=state.config.max_job_chars)
         if plan.seed is None and plan.mode == "design":
             plan.seed = secrets.randbits(62)  # one seed for every segment keeps the designed voice steady
         job = state.jobs.submit(owner, plan, encoder)

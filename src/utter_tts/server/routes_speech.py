@@ -23,8 +23,9 @@ def state_of(request) -> object:
     return request.app.state.server
 
 
-async def plan_speech(state, owner: str, body: SpeechRequest):
-    """Resolve the request into a plan; library reads and reference probing run off the event loop."""
+async def plan_speech(state, owner: str, body: SpeechRequest, **limits):
+    """Resolve the request into a plan; library reads and reference probing run off the event loop.
+    `limits` go to the planner as they are (long jobs pass their own `max_chars`)."""
     return await run_in_threadpool(
         state.planner.plan,
         owner,
@@ -37,6 +38,7 @@ async def plan_speech(state, owner: str, body: SpeechRequest):
         sampling=body.settings(),
         ref_audio=body.ref_audio,
         ref_text=body.ref_text,
+        **limits,
     )
 
 
