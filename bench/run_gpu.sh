@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: ours | peers | capped | all
+#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | all
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
 set -u
@@ -19,6 +19,11 @@ quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|p
 } | tee "$OUT/env.txt"
 
 T0=$(date +%s)
+case "$STAGE" in all|stress)  # the engine under concurrent load == the plain model, stream by stream
+  timeout 150 python3 bench/stress_engine.py 2>&1 | quiet | tail -25 | tee "$OUT/stress.log"
+  echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
+esac
+[ "$STAGE" = stress ] && exit 0
 for kind in base voice_design; do
   python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
     > "$OUT/build_$kind.log" 2>&1 || { echo "building $kind failed:"; tail -30 "$OUT/build_$kind.log"; exit 1; }

@@ -209,10 +209,16 @@ class Scheduler:
         eos = self.runner.eos_id
         for i in range(len(self.live) - 1, -1, -1):
             s = self.live[i]
-            if int(out[i, 0]) >= self.runner.codebook_size:
-                # a frame whose codebook-0 token is a control id cannot be decoded (and would put a
+            frame = out[i, :-1]
+            if bool(((frame < 0) | (frame >= self.runner.codebook_size)).any()):
+                # a frame with a control id or an out-of-range code cannot be decoded (and would put a
                 # device-side assert into the codec): fail this stream loudly, keep the others
-                log.error("stream produced control token %d as a frame; failing it", int(out[i, 0]))
+                log.error(
+                    "slot %d of %d produced an undecodable frame %s; failing it",
+                    i,
+                    len(self.live),
+                    frame.tolist(),
+                )
                 self._retire(i)
                 s._finish(EngineFault("the model produced an invalid frame"))
                 continue
