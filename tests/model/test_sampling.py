@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from utter_tts.api import TTS
-from utter_tts.model.sampling import choose, filter_top_k_top_p, uniform_noise
+from utter_tts.model import sampling
+from utter_tts.model.sampling import choose, filter_top_k_top_p, uniform_noise, unit_interval
 from utter_tts.request import Request
 
 from .test_parity import TEXTS, reference_clip
@@ -34,6 +35,27 @@ def test_noise_is_a_pure_function_of_its_keys():
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
     hist = np.histogram(u, bins=16, range=(0, 1))[0] / u.size
     assert np.abs(hist - 1 / 16).max() < 0.003
+
+
+def test_noise_never_reaches_zero_or_one():
+    ends = unit_interval(torch.tensor([0, 2**32 - 1], dtype=torch.int64))
+    assert ends.dtype == torch.float32 and 0 < ends[0] and ends[1] < 1
+    assert torch.isfinite(-torch.log(-torch.log(ends))).all()
+
+
+def test_a_masked_token_is_never_drawn_even_at_extreme_noise(monkeypatch):
+    """The largest noise value must not turn a -inf (masked) logit into NaN, which argmax would pick."""
+    logits = torch.tensor([[1.0, 0.5, float("-inf"), float("-inf")]])
+    top = unit_interval(torch.tensor([2**32 - 1], dtype=torch.int64))
+    noise = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    noise[0, 2] = top[0]
+    monkeypatch.setattr(sampling, "uniform_noise", lambda *a: noise)
+    one = torch.ones(1)
+    for k in (0, 1):  # no top-k, and a top-k that masks token 1 as well
+        pick = choose(
+            logits, torch.tensor([True]), one, torch.tensor([k]), one, torch.tensor([0]), 0, 0, True
+        )
+        assert int(pick) == 0
 
 
 def test_sampler_follows_the_softmax():

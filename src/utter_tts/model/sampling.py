@@ -35,7 +35,15 @@ def uniform_noise(seeds: torch.Tensor, frame: torch.Tensor | int, codebook: int,
     h = _hash32(h ^ (codebook * 0x2545F491 & _MASK32))
     ids = torch.arange(vocab, device=device, dtype=torch.int64)
     h = _hash32(h[:, None] ^ _hash32(ids + 0x632BE5AB)[None, :])
-    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+    return unit_interval(h)
+
+
+def unit_interval(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> float32 in (0, 1), both ends excluded. 23 bits, because with 24 the largest
+    value (2^24 - 1 + 0.5) / 2^24 rounds to exactly 1.0 in float32: its Gumbel noise is +inf, and
+    -inf + inf = NaN then wins the argmax, picking a masked token (seen on an H100 as a control token
+    about once per 10^4 frames)."""
+    return ((bits >> 9).to(torch.float32) + 0.5) / float(1 << 23)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor | None, penalty: torch.Tensor):
