@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utter_tts.engine.host import to_host
 from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
 from utter_tts.engine.text import frame_cap
 from utter_tts.errors import InvalidInput, UnsupportedForModel
@@ -297,9 +298,9 @@ class TTS:
         if codes.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         if ref_codes is None:
-            return self.codec.decode(codes).cpu().numpy()
+            return to_host(self.codec.decode(codes)).numpy()
         full = torch.cat([ref_codes.to(codes.device), codes])
-        wav = self.codec.decode(full).cpu().numpy()
+        wav = to_host(self.codec.decode(full)).numpy()
         cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wav.shape[0])
         return wav[cut:]
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from utter_tts.errors import CheckpointError
-from utter_tts.model.codec import SpeechTokenizer
+from utter_tts.model.codec import SpeechTokenizer, push_batch
 
 WAVE_RTOL = 1e-4  # decode parity: max|ours - official| / max|official| (observed: 0.0, bit-identical)
 STREAM_RTOL = 3e-5  # streaming vs decode(): same metric, fp32 (observed 4e-6 to 9.4e-6: GEMM-shape noise)
@@ -237,8 +237,7 @@ def test_decode_fault_is_detected(folder, long_case):
     assert rel_err(st.decode(swapped[:40]), ref[: 40 * 1920]) > 10 * WAVE_RTOL
 
     # the sliding window is exercised: full causal attention diverges after frame 72
-    for layer in st.decoder.pre_transformer.layers:
-        layer.self_attn.window = 10_000
+    st.decoder.pre_transformer.cfg.sliding_window = 10_000
     wide = st.decode(codes[:100])
     assert rel_err(wide[: 72 * 1920], ref[: 72 * 1920]) < WAVE_RTOL
     assert rel_err(wide, ref[: 100 * 1920]) > 10 * WAVE_RTOL
@@ -322,3 +321,37 @@ def test_streaming_batched_and_full_context(folder):
     assert out.shape == (2, 80 * 1920)
     assert rel_err(out, full) < STREAM_RTOL
     assert st.stream_decoder().push(codes[:, :0]).shape == (2, 0)
+
+
+def test_push_batch_equals_each_stream_alone(small_chunks, monkeypatch):
+    """Streams at different frames (and across 40-frame chunk restarts) decoded together in batched
+    pushes give each stream's own one-shot decode."""
+    st, _, _ = small_chunks
+    batch_sizes = []
+    run = st._run
+    monkeypatch.setattr(
+        st, "_run", lambda codes, state=None: batch_sizes.append(len(codes)) or run(codes, state)
+    )
+    streams = [random_codes(n, seed=50 + i) for i, n in enumerate((90, 61, 77))]
+    decoders = [st.stream_decoder() for _ in streams]
+    outs: list[list[torch.Tensor]] = [[] for _ in streams]
+    pos = [0, 9, 30]  # streams 1 and 2 start later: their states are younger
+    for i in range(1, 3):
+        outs[i].append(decoders[i].push(streams[i][: pos[i]]))
+    # rounds of 4 frames (a first round of 1): equal pushes batch, a push across a restart runs alone
+    step = 1
+    while any(p < len(s) for p, s in zip(pos, streams)):
+        live = [i for i in range(3) if pos[i] < len(streams[i])]
+        parts = [streams[i][pos[i] : pos[i] + step] for i in live]
+        for i, wav in zip(live, push_batch([decoders[i] for i in live], parts)):
+            outs[i].append(wav)
+            pos[i] += step
+        step = 4
+    sizes = list(batch_sizes)
+    for i, codes in enumerate(streams):
+        got = torch.cat(outs[i])
+        assert got.shape == (len(codes) * 1920,)
+        assert rel_err(got, st.decode(codes)) < STREAM_RTOL
+    assert sizes.count(3) >= 5 and 2 in sizes and 1 in sizes  # batched; alone across restarts
+    with pytest.raises(ValueError, match="codes per decoder"):
+        push_batch(decoders[:1], [streams[0][None]])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utter_tts.engine.host import to_host
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.generate import RowParams, predict_residual_codes, suppressed_ids
 from utter_tts.model.prompt import Prompt
@@ -233,7 +234,7 @@ class FrameRunner:
         else:
             with torch.no_grad():
                 self._frame(B, span, graph_safe=False)
-        out = self.out[:n].cpu()
+        out = to_host(self.out[:n])
         for i in range(n):
             self.info[i].frames += 1
             self.host_col[i] += 1

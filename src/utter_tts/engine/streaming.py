@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from utter_tts.engine.host import to_host
 from utter_tts.errors import InvalidInput
 
 
@@ -33,7 +34,7 @@ def audio_chunks(
     for codes in frames:
         pending.append(codes)
         if len(pending) >= want:
-            yield decoder.push(torch.stack(pending)).cpu().numpy()
+            yield to_host(decoder.push(torch.stack(pending))).numpy()
             pending, want = [], chunk_frames
     if pending:
-        yield decoder.push(torch.stack(pending)).cpu().numpy()
+        yield to_host(decoder.push(torch.stack(pending))).numpy()

@@ -97,6 +97,9 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(cin, cout, kernel_size, dilation=dilation, groups=groups)
         self.pad = (kernel_size - 1) * dilation
 
+    def empty_state(self, batch: int, dtype, device) -> torch.Tensor:
+        return torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device)
+
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
         if state is None:
             return self.conv(F.pad(x, (self.pad, 0)))
@@ -120,6 +123,11 @@ class CausalConvTranspose1d(nn.Module):
         self.stride = stride
         self.trim = kernel_size - stride
         self.history = math.ceil(kernel_size / stride) - 1
+
+    def empty_state(self, batch: int, dtype, device) -> torch.Tensor | None:
+        if self.history == 0:
+            return None
+        return torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
         n = x.shape[-1]
@@ -210,29 +218,30 @@ class DecoderAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, state: State | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, state: State | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
         if state is not None:
+            # a fixed window-1 keys of left context (zeros before the stream's start, masked), so that
+            # every stream's state has one shape and many streams decode as one batch
             cached = state.get(self)
-            if cached is not None:
-                past = cached[0].shape[2]
-                k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
-            # a query sees itself and the window-1 keys before it; older keys can never be used again
-            keep = min(k.shape[2], self.window - 1)
+            if cached is None:
+                cached = self.empty_state(b, k.dtype, k.device)
+            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+            keep = self.window - 1  # a query sees itself and the window-1 keys before it
             state[self] = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        qpos = torch.arange(past, past + n, device=x.device)[:, None]
-        kpos = torch.arange(past + n, device=x.device)[None, :]
-        mask = (kpos <= qpos) & (kpos > qpos - self.window)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def empty_state(self, batch: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (batch, self.n_kv, self.window - 1, self.head_dim)
+        return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
 
 
 class DecoderMLP(nn.Module):
@@ -257,8 +266,8 @@ class DecoderLayer(nn.Module):
         self.self_attn_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
         self.mlp_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
 
-    def forward(self, x, cos, sin, state: State | None = None):
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, state))
+    def forward(self, x, cos, sin, mask, state: State | None = None):
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, mask, state))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -272,15 +281,29 @@ class DecoderTransformer(nn.Module):
         self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
-        """x [B, L, latent] -> [B, L, latent]; positions continue from the frames already in `state`."""
-        start = 0 if state is None else state.get(self, 0)
-        if state is not None:
-            state[self] = start + x.shape[1]
-        pos = torch.arange(start, start + x.shape[1], device=x.device)
+        """x [B, L, latent] -> [B, L, latent]; positions continue from the frames already in `state`
+        (per row: rows of a batched streaming state may be at different frames)."""
+        b, n = x.shape[:2]
+        window = self.cfg.sliding_window
+        steps = torch.arange(n, device=x.device)
+        if state is None:
+            pos = steps[None]
+            qpos, kpos = pos[:, :, None], pos[:, None, :]
+        else:
+            start = state.get(self)
+            if start is None:
+                start = torch.zeros(b, dtype=torch.long, device=x.device)
+            state[self] = start + n
+            pos = start[:, None] + steps[None]
+            # keys: window-1 cached columns (zeros before the stream began), then the n new ones
+            kpos = start[:, None] + torch.arange(-(window - 1), n, device=x.device)[None]
+            qpos, kpos = pos[:, :, None], kpos[:, None, :]
+        mask = ((kpos <= qpos) & (kpos > qpos - window) & (kpos >= 0))[:, None]
         cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]
         x = self.input_proj(x)
         for layer in self.layers:
-            x = layer(x, cos, sin, state)
+            x = layer(x, cos, sin, mask, state)
         return self.output_proj(self.norm(x))
 
 
@@ -486,6 +509,20 @@ class SpeechTokenizer(nn.Module):
     def stream_decoder(self) -> StreamingDecoder:
         return StreamingDecoder(self)
 
+    def empty_state(self, batch: int = 1) -> State:
+        """A streaming state at frame 0 with every entry materialised (zeros), so states of streams at
+        any frame have equal shapes and stack into one batch."""
+        state: State = {}
+        dtype, device = self.dtype, self.device
+        for m in self.decoder.modules():
+            if isinstance(m, DecoderTransformer):
+                state[m] = torch.zeros(batch, dtype=torch.long, device=device)
+            elif isinstance(m, (CausalConv1d, CausalConvTranspose1d, DecoderAttention)):
+                entry = m.empty_state(batch, dtype, device)
+                if entry is not None:
+                    state[m] = entry
+        return state
+
 
 class StreamingDecoder:
     """Incremental decode with explicit left-context state (conv buffers, windowed KV cache,
@@ -498,8 +535,9 @@ class StreamingDecoder:
         self.chunk = model.chunk_frames
         self.context = model.chunk_context
         self.frames = 0
-        self.state: State = {}
+        self.state: State | None = None  # created at the first push, when the batch size is known
         self.history: torch.Tensor | None = None  # last `context` frames of codes [B, ctx, 16]
+        self.restarted_at = 0
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
@@ -508,13 +546,11 @@ class StreamingDecoder:
         if squeeze:
             codes = codes[None]
         codes = codes.to(self.model.device).clamp(min=0)
+        if self.state is None:
+            self.state = self.model.empty_state(codes.shape[0])
         outs = []
         while codes.shape[1] > 0:
-            n = codes.shape[1]
-            if self.chunk is not None:
-                if self.frames > 0 and self.frames % self.chunk == 0:
-                    self._restart()
-                n = min(n, self.chunk - self.frames % self.chunk)
+            n = min(codes.shape[1], self.room())
             part, codes = codes[:, :n], codes[:, n:]
             outs.append(self.model._run(part, self.state).float())
             self._remember(part)
@@ -523,6 +559,15 @@ class StreamingDecoder:
         else:
             out = torch.cat(outs, dim=-1)
         return out[0] if squeeze else out
+
+    def room(self) -> int:
+        """Frames the next push may take before an official chunk boundary (restarting first if one is
+        due now)."""
+        if self.chunk is None:
+            return 1 << 62
+        if self.frames > 0 and self.frames % self.chunk == 0 and self.restarted_at != self.frames:
+            self._restart()
+        return self.chunk - self.frames % self.chunk
 
     def _remember(self, part: torch.Tensor) -> None:
         self.frames += part.shape[1]
@@ -533,7 +578,56 @@ class StreamingDecoder:
 
     def _restart(self) -> None:
         """Mirror the official chunk boundary: fresh state, warmed on the context frames (output dropped)."""
-        self.state = {}
+        self.restarted_at = self.frames
+        self.state = self.model.empty_state(self.history.shape[0])
         ctx = self.context if self.frames - self.context > 0 else self.frames
         if ctx > 0:
             self.model._run(self.history[:, self.history.shape[1] - ctx :], self.state)
+
+
+@torch.inference_mode()
+def push_batch(decoders: list[StreamingDecoder], codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`decoders[i].push(codes[i])` for many single-stream decoders of one model in few batched passes.
+
+    Pushes of equal length that stay inside their decoder's chunk run as one batch (their states are
+    stacked, run, and split back); the rest (a push crossing an official chunk boundary) run alone.
+    Each output equals that decoder's own push within float tolerance."""
+    out: list[torch.Tensor | None] = [None] * len(decoders)
+    groups: dict[int, list[int]] = {}
+    for i, (d, c) in enumerate(zip(decoders, codes)):
+        if c.dim() != 2:
+            raise ValueError(f"push_batch takes [n, 16] codes per decoder, got {tuple(c.shape)}")
+        if d.state is None:
+            d.state = d.model.empty_state(1)
+        if c.shape[0] > 0 and c.shape[0] <= d.room():
+            groups.setdefault(c.shape[0], []).append(i)
+        else:
+            out[i] = d.push(c)
+    for idx in groups.values():
+        if len(idx) == 1:
+            out[idx[0]] = decoders[idx[0]].push(codes[idx[0]])
+            continue
+        group = [decoders[i] for i in idx]
+        model = group[0].model
+        batch = torch.stack([codes[i] for i in idx]).to(model.device).clamp(min=0)
+        keys = list(group[0].state)
+        state = {m: _stack([d.state[m] for d in group]) for m in keys}
+        wav = model._run(batch, state).float()
+        parts = {m: _unstack(state[m], len(group)) for m in keys}
+        for j, (i, d) in enumerate(zip(idx, group)):
+            d.state = {m: parts[m][j] for m in keys}
+            d._remember(batch[j : j + 1])
+            out[i] = wav[j]
+    return out
+
+
+def _stack(entries: list):
+    if isinstance(entries[0], tuple):
+        return tuple(torch.cat(xs) for xs in zip(*entries))
+    return torch.cat(entries)
+
+
+def _unstack(entry, n: int) -> list:
+    if isinstance(entry, tuple):
+        return list(zip(*(x.split(1) for x in entry)))
+    return list(entry.split(1))

@@ -78,14 +78,15 @@ class EncoderConfig:
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """Default (unscaled) RoPE tables for `positions` [L], computed in fp32 like HF, cast to `dtype`.
+    """Default (unscaled) RoPE tables for `positions` [..., L] -> [..., L, head_dim], computed in fp32
+    like HF, cast to `dtype`.
 
     Built on the fly rather than kept as a buffer so that casting the module to bf16 cannot round
     the inverse frequencies."""
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
     )
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
