@@ -168,64 +168,20 @@ def section_single(args, ctx):
     log("single", RESULTS["single"])
 
 
-class DecodeWorker:
-    """One thread that runs every stream's codec decoding, as a server would (the decoder is shared)."""
-
-    def __init__(self):
-        import queue
-
-        self.jobs = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self):
-        while True:
-            decoder, codes, box, done = self.jobs.get()
-            try:
-                box.append(decoder.push(codes).cpu())
-            except Exception as e:  # surface it in the caller
-                box.append(e)
-            done.set()
-
-    def push(self, decoder, codes):
-        box, done = [], threading.Event()
-        self.jobs.put((decoder, codes, box, done))
-        done.wait()
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
-
-
-def _stream_once(eng, req, first, chunk, timings=None, worker=None):
-    """Consume one stream as a player would; returns (ttfa, wall, audio_s, ran_dry). With `timings`,
-    also records where the first chunk's time went (engine: submit to first frame; codec decode)."""
+def _stream_once(eng, req, first, chunk, timings=None):
+    """Consume one stream through the engine's streaming API, as a player would; returns (ttfa, wall,
+    audio_s, ran_dry). With `timings`, also records where the first chunk's time went."""
     t0 = time.perf_counter()
     stream, ref = eng.submit(req)
-    decoder = eng.tts.codec.stream_decoder()
-    if ref is not None:
-        decoder.push(ref)
-    got, arrivals, pending, want = 0, [], [], first
-    first_decode = None
-    for codes in stream:
-        pending.append(codes)
-        if len(pending) >= want:
-            td = time.perf_counter()
-            batch = torch.stack(pending)
-            audio = worker.push(decoder, batch) if worker else decoder.push(batch).cpu()
-            if first_decode is None:
-                first_decode = time.perf_counter() - td
-            arrivals.append((time.perf_counter() - t0, audio.shape[-1] / 24000))
-            got += audio.shape[-1]
-            pending, want = [], chunk
-    if pending:
-        batch = torch.stack(pending)
-        audio = worker.push(decoder, batch) if worker else decoder.push(batch).cpu()
-        arrivals.append((time.perf_counter() - t0, audio.shape[-1] / 24000))
-        got += audio.shape[-1]
+    got, arrivals = 0, []
+    for audio in eng.audio(stream, ref, chunk_frames=chunk, first_chunk_frames=first):
+        arrivals.append((time.perf_counter() - t0, len(audio) / 24000))
+        got += len(audio)
     wall = time.perf_counter() - t0
     ttfa = arrivals[0][0]
     if timings is not None:
-        timings.append(dict(first_frame_s=stream.first_frame_at - t0, first_decode_s=first_decode))
+        first_frame = stream.first_frame_at - t0
+        timings.append(dict(first_frame_s=first_frame, first_decode_s=ttfa - first_frame))
     played, dry = ttfa, False  # playback starts when the first chunk lands
     for at, dur in arrivals:
         if at > played + 1e-3:
@@ -271,7 +227,6 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
     gaps = rng.exponential(1.0 / poisson_rate, size=n) if poisson_rate else np.zeros(n)
     recs = [None] * n
     threads = []
-    worker = DecodeWorker()
 
     errors = []
 
@@ -286,9 +241,10 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
             TEXT, "clone", "english", voice=voice, seed=int(seed * 1000 + i), sampling=forced(int(frames[i]))
         )
         t0 = time.perf_counter()
-        ttfa, wall, audio_s, dry = _stream_once(eng, req, 1, 4, worker=worker)
+        ttfa, wall, audio_s, dry = _stream_once(eng, req, 1, 4)
         recs[i] = dict(start=t0, end=t0 + wall, ttfa=ttfa, audio_s=audio_s, dry=dry)
 
+    passes = eng.decoding.batches
     t_start = time.perf_counter()
     for i in range(n):
         th = threading.Thread(target=run, args=(i,))
@@ -315,6 +271,7 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
         ttfa_p50_ms=round(pct(ttfas, 50) * 1e3, 1),
         ttfa_p95_ms=round(pct(ttfas, 95) * 1e3, 1),
         streams_ran_dry=int(sum(r["dry"] for r in recs)),
+        codec_passes=eng.decoding.batches - passes,
     )
 
 
@@ -394,6 +351,75 @@ def section_floor(args, ctx):
     log("floor", RESULTS["floor"])
 
 
+def section_deploy(args, ctx):
+    """The Modal container as deployed (compat.deploy defaults: Base + VoiceDesign, an engine each),
+    ideally under --memory-cap-gib 21: peak memory, a ~3 s clip's latency, 10 minutes of audio."""
+    from utter_tts.compat.deploy import DeploySettings, load_service
+
+    if ctx.get("engine") is not None:
+        ctx["engine"].close()
+    ctx["engine"] = ctx["tts"] = None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    settings = DeploySettings(base_model=args.base, design_model=args.design)
+    t = time.perf_counter()
+    svc = load_service(settings)
+    load_s = time.perf_counter() - t
+    eb, ed = svc.base_engine, svc.design_engine
+    voice = svc.base.create_voice((reference(), 24000))
+    clip = forced(38)  # 3.04 s
+
+    def clone(seed, sampling=clip, text=TEXT):
+        return Request(text, "clone", "english", voice=voice, seed=seed, sampling=sampling)
+
+    def design(seed):
+        pirate = "A deep, rasping pirate voice."
+        return Request(TEXT, "design", "english", instruct=pirate, seed=seed, sampling=clip)
+
+    lat = {"clone": [], "design": []}
+    for i in range(6):  # the first of each captures graphs: dropped
+        for name, eng, req in (("clone", eb, clone(i)), ("design", ed, design(i))):
+            t = time.perf_counter()
+            wav = eng.generate([req])[0]
+            lat[name].append(time.perf_counter() - t)
+            assert len(wav) == 38 * 1920
+    # 10 minutes of audio as a long job runs it: 10 s sentences (125 frames), all submitted at once
+    reqs = [clone(100 + i, forced(125)) for i in range(60)]
+    t = time.perf_counter()
+    wavs = eb.generate(reqs)
+    ten_min_s = time.perf_counter() - t
+    audio_s = sum(len(w) for w in wavs) / 24000
+    # clone and design at the configured concurrency together: each engine full (16 + 16 streams)
+    both = [clone(200 + i, forced(125)) for i in range(settings.engine_streams)]
+    both_d = [design(300 + i) for i in range(settings.engine_streams)]
+    t = time.perf_counter()
+    done = {}
+    th = threading.Thread(target=lambda: done.setdefault("d", ed.generate(both_d)))
+    th.start()
+    done["b"] = eb.generate(both)
+    th.join()
+    mixed_s = time.perf_counter() - t
+    mixed_audio_s = sum(len(w) for w in done["b"] + done["d"]) / 24000
+    RESULTS["deploy"] = dict(
+        memory_cap_gib=args.memory_cap_gib,
+        engine_streams_per_model=settings.engine_streams,
+        engine_frames=settings.engine_frames,
+        load_s=round(load_s, 1),
+        clip_3s_clone_p50_s=round(statistics.median(lat["clone"][1:]), 3),
+        clip_3s_design_p50_s=round(statistics.median(lat["design"][1:]), 3),
+        ten_minutes_audio_s=round(audio_s, 1),
+        ten_minutes_wall_s=round(ten_min_s, 2),
+        ten_minutes_rtf=round(audio_s / ten_min_s, 1),
+        clone_and_design_full_wall_s=round(mixed_s, 2),
+        clone_and_design_full_audio_s=round(mixed_audio_s, 1),
+        peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
+    )
+    eb.close()
+    ed.close()
+    log("deploy", RESULTS["deploy"])
+
+
 SECTIONS = dict(
     env=section_env,
     parity=section_parity,
@@ -402,6 +428,7 @@ SECTIONS = dict(
     concurrency=section_concurrency,
     floor=section_floor,
     memory=section_memory,
+    deploy=section_deploy,
 )
 
 

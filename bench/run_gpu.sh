@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | all
+#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | official | all
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
 set -u
@@ -19,12 +19,13 @@ quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|p
 } | tee "$OUT/env.txt"
 
 T0=$(date +%s)
-case "$STAGE" in all|stress)  # the engine under concurrent load == the plain model, stream by stream
+case "$STAGE" in stress)  # the engine under concurrent load == the plain model, stream by stream
   timeout 150 python3 bench/stress_engine.py 2>&1 | quiet | tail -25 | tee "$OUT/stress.log"
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
 for kind in base voice_design; do
+  [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
     > "$OUT/build_$kind.log" 2>&1 || { echo "building $kind failed:"; tail -30 "$OUT/build_$kind.log"; exit 1; }
 done
@@ -47,10 +48,9 @@ case "$STAGE" in
           peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
           peer qwen_tts 150 --runs 1 --icl-runs 0 ;;
   capped) ours memory 100 --sections env memory
-          ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory
-          ours conc 150 --sections env concurrency ;;
-  all)    ours ours 330 --sections env parity single ttfa concurrency floor
-          peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
-          peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
+          ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
+  all)    ours ours 300 --sections env parity single ttfa concurrency floor
+          peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
+  official) peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from utter_tts.api import TTS
+from utter_tts.engine.decoding import DecodeBatcher
 from utter_tts.engine.runner import FrameRunner
 from utter_tts.engine.scheduler import Scheduler, Stream
 from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
@@ -53,6 +54,7 @@ class Engine:
             use_graphs=use_graphs,
         )
         self.scheduler = Scheduler(self.runner, max_queue=max_queue)
+        self.decoding = DecodeBatcher(tts.codec, max_batch=max(1, max_streams))
         log.info(
             "engine ready: %d streams x %d frames, graphs %s, attention %s",
             max_streams,
@@ -74,6 +76,7 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.close()
+        self.decoding.close()
 
     # ---- requests ----------------------------------------------------------------------------------
     def submit(self, request: Request) -> tuple[Stream, torch.Tensor | None]:
@@ -103,11 +106,14 @@ class Engine:
         `chunk_frames`. Closing the iterator early cancels the request and frees its slot."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
         stream, ref = self.submit(request)
-        return self._audio_chunks(stream, ref, chunk_frames, first_chunk_frames)
+        return self.audio(stream, ref, chunk_frames, first_chunk_frames)
 
-    def _audio_chunks(self, stream: Stream, ref, chunk_frames: int, first_chunk_frames: int):
+    def audio(
+        self, stream: Stream, ref: torch.Tensor | None, chunk_frames: int = 4, first_chunk_frames: int = 1
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks of a submitted stream (see `stream`); decoding is batched with other streams'."""
         try:
-            decoder = self.tts.codec.stream_decoder()
+            decoder = self.decoding.decoder()
             yield from audio_chunks(stream, decoder, ref, chunk_frames, first_chunk_frames)
         finally:
             stream.cancel()  # no-op when finished; frees the slot when the consumer walked away

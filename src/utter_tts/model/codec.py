@@ -609,7 +609,7 @@ def push_batch(decoders: list[StreamingDecoder], codes: list[torch.Tensor]) -> l
             continue
         group = [decoders[i] for i in idx]
         model = group[0].model
-        batch = torch.stack([codes[i] for i in idx]).to(model.device).clamp(min=0)
+        batch = torch.stack([codes[i].to(model.device) for i in idx]).clamp(min=0)
         keys = list(group[0].state)
         state = {m: _stack([d.state[m] for d in group]) for m in keys}
         wav = model._run(batch, state).float()

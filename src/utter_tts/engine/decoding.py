@@ -1,0 +1,125 @@
+"""Streaming audio for many streams at once: one thread decodes every stream's new frames in batches.
+
+Decoding a few frames costs the codec's whole kernel sequence, so one stream at a time is bound by
+launches (and by the GIL when players decode in their own threads). Here players hand their pushes to
+one thread, which runs all pushes waiting at that moment as one batched codec pass (`push_batch`), on
+its own high-priority CUDA stream so audio is not queued behind the talker's frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+
+import torch
+
+from utter_tts.model.codec import SpeechTokenizer, StreamingDecoder, push_batch
+
+GAP, LINGER = 0.0005, 0.002
+
+
+class _Job:
+    __slots__ = ("decoder", "codes", "audio", "error", "done")
+
+    def __init__(self, decoder: StreamingDecoder, codes: torch.Tensor):
+        self.decoder, self.codes = decoder, codes
+        self.audio: torch.Tensor | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class DecodeBatcher:
+    def __init__(self, codec: SpeechTokenizer, max_batch: int = 64):
+        self.codec = codec
+        self.max_batch = max_batch
+        self.cuda = codec.device.type == "cuda"
+        self.stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
+        self.jobs: deque[_Job] = deque()
+        self.wake = threading.Condition()
+        self.closed = False
+        self.batches = 0  # passes run (for tests and metrics)
+        self.thread = threading.Thread(target=self._loop, name="utter-tts-decoder", daemon=True)
+        self.thread.start()
+
+    def decoder(self) -> BatchedDecoder:
+        """A stream's decoder whose pushes run on this batcher."""
+        return BatchedDecoder(self, self.codec.stream_decoder())
+
+    def push(self, decoder: StreamingDecoder, codes: torch.Tensor) -> torch.Tensor:
+        """Audio (float32, on the CPU) of `codes` [n, 16], the next frames of `decoder`'s stream."""
+        job = _Job(decoder, codes)
+        with self.wake:
+            if self.closed:
+                raise RuntimeError("the decoder is shut down")
+            self.jobs.append(job)
+            self.wake.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.audio
+
+    def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.jobs and not self.closed:
+                    self.wake.wait()
+                if not self.jobs and self.closed:
+                    return
+                # streams batched in the talker get their frames together: give their players a moment
+                # to hand their pushes in (until none came for GAP seconds, at most LINGER in all)
+                deadline = time.perf_counter() + LINGER
+                while len(self.jobs) < self.max_batch and not self.closed:
+                    n, left = len(self.jobs), deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self.wake.wait(min(GAP, left))
+                    if len(self.jobs) == n:
+                        break
+                batch = []
+                while self.jobs and len(batch) < self.max_batch:
+                    batch.append(self.jobs.popleft())
+            try:
+                self._run(batch)
+            except BaseException as e:  # hand the failure to every waiting player
+                for job in batch:
+                    job.error = e
+            for job in batch:
+                job.done.set()
+
+    def _run(self, batch: list[_Job]) -> None:
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+            outs = push_batch([j.decoder for j in batch], [j.codes for j in batch])
+            self.batches += 1
+            if not self.cuda:
+                for job, wav in zip(batch, outs):
+                    job.audio = wav
+                return
+            # one event for the whole batch; pinned copies never block other threads' launches
+            hosts = []
+            for wav in outs:
+                host = torch.empty(wav.shape, dtype=wav.dtype, pin_memory=True)
+                host.copy_(wav, non_blocking=True)
+                hosts.append(host)
+            done = torch.cuda.Event(blocking=True)
+            done.record()
+            done.synchronize()
+            for job, host in zip(batch, hosts):
+                job.audio = host
+
+
+class BatchedDecoder:
+    """A StreamingDecoder facade: `push` goes through the batcher (same results, batched)."""
+
+    def __init__(self, batcher: DecodeBatcher, decoder: StreamingDecoder):
+        self.batcher, self.inner = batcher, decoder
+
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.batcher.push(self.inner, codes)
