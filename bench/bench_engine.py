@@ -420,6 +420,46 @@ def section_deploy(args, ctx):
     log("deploy", RESULTS["deploy"])
 
 
+def section_profile(args, ctx):
+    """Where a frame's GPU time goes: kernels of eager frames (same kernels as the graph) at batch 1
+    and 64, summed by name; the top ones are written to profile_b*.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eng = _engine(ctx, args, slots=args.max_streams)
+    runner = eng.runner
+    voice = ctx["voice"]
+    out = {}
+    for b in (1, min(64, args.max_streams)):
+        streams = [
+            eng.submit(Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(400)))[0]
+            for i in range(b)
+        ]
+        while eng.scheduler.active < b:
+            time.sleep(0.01)
+        with eng.scheduler.lock:  # pause the scheduler thread between frames: we drive frames here
+            span = 256
+            with torch.cuda.stream(runner.stream), torch.no_grad():
+                for _ in range(3):
+                    runner._frame(b, span, graph_safe=True)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        runner._frame(b, span, graph_safe=True)
+                    torch.cuda.synchronize()
+        for s in streams:
+            s.cancel()
+        events = prof.key_averages()
+        total = sum(e.device_time_total for e in events) / 5 / 1e3
+        kernels = sum(e.count for e in events if e.device_time_total > 0) / 5
+        table = events.table(sort_by="device_time_total", row_limit=30)
+        with open(os.path.join(args.out, f"profile_b{b}.txt"), "w") as f:
+            f.write(table)
+        out[f"batch{b}"] = dict(kernel_ms_per_frame=round(total, 2), kernels_per_frame=round(kernels))
+        log("profile", b, out[f"batch{b}"])
+        print(table[:6000])
+    RESULTS["profile"] = out
+
+
 SECTIONS = dict(
     env=section_env,
     parity=section_parity,
@@ -429,6 +469,7 @@ SECTIONS = dict(
     floor=section_floor,
     memory=section_memory,
     deploy=section_deploy,
+    profile=section_profile,
 )
 
 

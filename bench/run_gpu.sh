@@ -47,7 +47,8 @@ case "$STAGE" in
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
           peer qwen_tts 150 --runs 1 --icl-runs 0 ;;
-  capped) ours memory 100 --sections env memory
+  capped) ours profile 120 --max-streams 64 --sections env profile
+          ours memory 100 --sections env memory
           ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
   all)    ours ours 300 --sections env parity single ttfa concurrency floor
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
