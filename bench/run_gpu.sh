@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | official | all
+#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | official | all | final
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
 set -u
@@ -52,6 +52,9 @@ case "$STAGE" in
           ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
   all)    ours ours 300 --sections env parity single ttfa concurrency floor
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
+  final)  ours ours 300 --sections env parity single ttfa concurrency floor profile
+          peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
+          ours capped21 200 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -7,15 +7,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from fastapi import FastAPI
+from typing import TYPE_CHECKING, Any
 
 from utter_tts.compat.cache import PromptCache
 from utter_tts.compat.fetch import FetchPolicy
-from utter_tts.compat.jobs import JobRunner
-from utter_tts.compat.routes import mount
 from utter_tts.compat.service import CompatService, Limits, ModelNames
+
+if TYPE_CHECKING:  # the web stack loads only when an app is built (loading models needs none of it)
+    from fastapi import FastAPI
+
+    from utter_tts.compat.jobs import JobRunner
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -121,6 +122,7 @@ def build_app(
 ) -> FastAPI:
     """The speech server (its OpenAI-style routes, voice library, jobs, /metrics) with the already loaded
     models, plus utter's routes; API keys always on: a deployment is never open."""
+    from utter_tts.compat.routes import mount
     from utter_tts.server.app import create_app
     from utter_tts.server.config import ServerConfig
     from utter_tts.server.registry import ModelRegistry

@@ -14,7 +14,7 @@ import torch
 
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.prompt import Prompt
-from utter_tts.model.sampling import apply_repetition_penalty, choose
+from utter_tts.model.sampling import apply_repetition_penalty, choose, uniform_noise
 from utter_tts.model.talker import Talker
 
 
@@ -97,12 +97,25 @@ def predict_residual_codes(
     codes = [code0]
     logits_seen = []
     tables = cp.step_tables(x.shape[0], x.device, hidden.dtype)
+    noise = None
+    if graph_safe or bool(p.sub_do_sample.any()):  # every codebook's noise in one pass
+        books = list(range(1, cp.num_steps + 1))
+        noise = uniform_noise(p.seeds, step, books, cp.lm_head[0].out_features)
     for k in range(1, cp.num_steps + 1):
         h = cp.step(x, 0 if k == 1 else k, caches, tables)
         logits = cp.lm_head[k - 1](h).float()
         logits_seen.append(logits)
         code = choose(
-            logits, p.sub_do_sample, p.sub_temperature, p.sub_top_k, p.sub_top_p, p.seeds, step, k, graph_safe
+            logits,
+            p.sub_do_sample,
+            p.sub_temperature,
+            p.sub_top_k,
+            p.sub_top_p,
+            p.seeds,
+            step,
+            k,
+            graph_safe,
+            None if noise is None else noise[:, k - 1],
         )
         codes.append(code)
         if k < cp.num_steps:

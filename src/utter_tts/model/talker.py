@@ -23,11 +23,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in fp32, cast back, then scale: the official order (matters in bf16)
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # normalise in fp32, cast back, then scale: the official order (matters in bf16); F.rms_norm is
+        # one fused kernel on CUDA instead of five (x * rsqrt(mean(x^2) + eps); equal on the CPU)
+        x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * x
 
 
 class Rotary(nn.Module):
