@@ -54,7 +54,8 @@ case "$STAGE" in
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
   final)  ours ours 300 --sections env parity single ttfa concurrency floor profile
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
-          ours capped21 200 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
+          ours deploy21 150 --memory-cap-gib 21 --sections env deploy
+          ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -37,9 +37,9 @@ CLASS_TIMEOUT_S = 600  # the plan's sketch (its prose says 300): one call never 
 # an idle container stays up for 300 s after its last request, and none is kept when there is no traffic.
 SCALEDOWN_WINDOW_S = 300
 MIN_CONTAINERS = 0
-# Requests one container serves at once (the engine batches them). TBD (bench/results): to be set from the
-# measured A10G-capped capacity; 8 until then.
-MAX_INPUTS = int(os.environ.get("UTTER_QWEN_MAX_INPUTS", "8"))
+# Requests one container serves at once: both engines full (8 clone + 8 design streams, each up to 2,048
+# frames), which the 21 GiB-capped H100 run of bench/bench_engine.py (section deploy) shows to fit an A10G.
+MAX_INPUTS = int(os.environ.get("UTTER_QWEN_MAX_INPUTS", "16"))
 JOB_TIMEOUT_S = 2 * 3600  # 50,000 characters (~55 min of speech) as one job; web calls are cut at 150 s
 # Modal proxy auth in front of the web app as well as our API keys (utter must then send Modal-Key and
 # Modal-Secret headers); off by default, set UTTER_QWEN_PROXY_AUTH=1 when deploying to turn it on.

@@ -30,7 +30,8 @@ def test_noise_is_a_pure_function_of_its_keys():
     assert not torch.equal(uniform_noise(seeds, 8, 3, 2048), a)  # the frame matters
     assert not torch.equal(uniform_noise(seeds, 7, 4, 2048), a)  # the codebook matters
     assert not torch.equal(a[1], a[3][:2048]) and (a > 0).all() and (a < 1).all()
-    many = uniform_noise(seeds, torch.tensor([7, 7, 2, 9]), [1, 3, 15], 2048)  # codebooks at once
+    frames, books = torch.tensor([7, 7, 2, 9]), torch.tensor([1, 3, 15])
+    many = uniform_noise(seeds, frames, books, 2048)  # codebooks at once
     for j, book in enumerate((1, 3, 15)):
         assert torch.equal(many[:, j], uniform_noise(seeds, torch.tensor([7, 7, 2, 9]), book, 2048))
     u = uniform_noise(torch.arange(64), 0, 0, 4096).flatten().numpy()

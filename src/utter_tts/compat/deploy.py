@@ -33,7 +33,7 @@ class DeploySettings:
     device: str | None = None  # None: CUDA when available
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     use_engine: bool = True
-    engine_streams: int = 16
+    engine_streams: int = 8  # per model: 8 + 8 streams of 2,048 frames fit an A10G (bench/results)
     engine_frames: int = 2048
     cache_size: int = 256
     limits: Limits = field(default_factory=Limits)
@@ -47,7 +47,7 @@ class DeploySettings:
             device=env.get("UTTER_QWEN_DEVICE") or None,
             dtype=env.get("UTTER_QWEN_DTYPE") or None,
             use_engine=env.get("UTTER_QWEN_ENGINE", "1") != "0",
-            engine_streams=int(env.get("UTTER_QWEN_ENGINE_STREAMS", "16")),
+            engine_streams=int(env.get("UTTER_QWEN_ENGINE_STREAMS", "8")),
             engine_frames=int(env.get("UTTER_QWEN_ENGINE_FRAMES", "2048")),
             cache_size=int(env.get("UTTER_QWEN_PROMPT_CACHE", "256")),
         )

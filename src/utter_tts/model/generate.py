@@ -99,7 +99,7 @@ def predict_residual_codes(
     tables = cp.step_tables(x.shape[0], x.device, hidden.dtype)
     noise = None
     if graph_safe or bool(p.sub_do_sample.any()):  # every codebook's noise in one pass
-        books = list(range(1, cp.num_steps + 1))
+        books = torch.arange(1, cp.num_steps + 1, device=hidden.device)  # no host copy: graph-safe
         noise = uniform_noise(p.seeds, step, books, cp.lm_head[0].out_features)
     for k in range(1, cp.num_steps + 1):
         h = cp.step(x, 0 if k == 1 else k, caches, tables)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -28,22 +26,25 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_noise(
-    seeds: torch.Tensor, frame: torch.Tensor | int, codebook: int | Sequence[int], vocab: int
+    seeds: torch.Tensor, frame: torch.Tensor | int, codebook: int | torch.Tensor, vocab: int
 ) -> torch.Tensor:
     """Uniform (0, 1) noise [B, vocab], a pure function of (seed, frame, codebook, token id). With a
-    sequence of codebooks, [B, len(codebook), vocab] in one pass (the same values as one call each:
+    tensor of codebooks, [B, len(codebook), vocab] in one pass (the same values as one call each:
     the code predictor draws its 15 codebooks' noise at once, ~15x fewer kernels)."""
     device = seeds.device
     frame = torch.as_tensor(frame, device=device).expand_as(seeds)
     h = _hash32(seeds & _MASK32)
     h = _hash32(h ^ (seeds >> 32) & _MASK32)
     h = _hash32(h ^ _hash32(frame.to(torch.int64) + 0x9E3779B9))
-    books = torch.as_tensor(codebook, dtype=torch.int64, device=device)
-    h = _hash32(h[:, None] ^ (books * 0x2545F491 & _MASK32).view(1, -1))  # [B, K]
+    if isinstance(codebook, int):  # plain arithmetic: no host-to-device copy (CUDA graph capture)
+        h = _hash32(h ^ (codebook * 0x2545F491 & _MASK32))[:, None]
+    else:  # a tensor of codebooks on the device, e.g. torch.arange(1, 16, device=...)
+        books = torch.as_tensor(codebook, dtype=torch.int64, device=device)
+        h = _hash32(h[:, None] ^ (books * 0x2545F491 & _MASK32).view(1, -1))  # [B, K]
     ids = torch.arange(vocab, device=device, dtype=torch.int64)
     h = _hash32(h[..., None] ^ _hash32(ids + 0x632BE5AB))  # [B, K, vocab]
     u = unit_interval(h)
-    return u[:, 0] if books.dim() == 0 else u
+    return u[:, 0] if isinstance(codebook, int) else u
 
 
 def unit_interval(bits: torch.Tensor) -> torch.Tensor:
