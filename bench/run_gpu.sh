@@ -45,8 +45,8 @@ peer() {  # peer MODE TIMEOUT args...
 case "$STAGE" in
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
-          peer faster 200 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
-          peer qwen_tts 150 --runs 1 --icl-runs 0 ;;
+          peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
+          peer qwen_tts 150 --runs 1 --icl-runs 1 ;;
   capped) ours profile 120 --max-streams 64 --sections env profile
           ours memory 100 --sections env memory
           ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
@@ -56,6 +56,6 @@ case "$STAGE" in
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
           ours deploy21 150 --memory-cap-gib 21 --sections env deploy
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
-  official) peer qwen_tts 110 --runs 1 --icl-runs 0 ;;
+  official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"
