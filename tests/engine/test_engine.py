@@ -246,3 +246,20 @@ def test_tts_served_by_its_engine(tts, voices):
     assert np.abs(served - plain).max() <= 1e-5 * np.abs(plain).max()
     assert np.abs(batch[0] - plain).max() <= 1e-5 * np.abs(plain).max()
     assert eng.scheduler.frames_run > 0
+
+
+def test_a_failing_push_fails_only_its_stream(tts):
+    """One player's bad codes in a batch must not fail the other players' audio."""
+    from utter_tts.engine.decoding import DecodeBatcher, _Job
+
+    batcher = DecodeBatcher(tts.codec)
+    try:
+        codes = torch.randint(0, 2048, (2, 16))
+        good = _Job(tts.codec.stream_decoder(), codes)
+        bad = _Job(tts.codec.stream_decoder(), codes[:, :15])  # 15 codebooks: invalid
+        batcher._serve([good, bad])  # one batch, as the thread would run it
+        assert isinstance(bad.error, ValueError) and bad.done.is_set()
+        assert good.error is None and good.done.is_set()
+        assert torch.allclose(good.audio, tts.codec.stream_decoder().push(codes), atol=1e-5)
+    finally:
+        batcher.close()

@@ -86,13 +86,24 @@ class DecodeBatcher:
                 batch = []
                 while self.jobs and len(batch) < self.max_batch:
                     batch.append(self.jobs.popleft())
-            try:
-                self._run(batch)
-            except BaseException as e:  # hand the failure to every waiting player
+            self._serve(batch)
+
+    def _serve(self, batch: list[_Job]) -> None:
+        try:
+            self._run(batch)
+        except BaseException as e:
+            # a failed batch leaves every decoder's state as it was: retry each push alone, so only the
+            # push that fails on its own reports the failure
+            if len(batch) == 1:
+                batch[0].error = e
+            else:
                 for job in batch:
-                    job.error = e
-            for job in batch:
-                job.done.set()
+                    try:
+                        self._run([job])
+                    except BaseException as e1:
+                        job.error = e1
+        for job in batch:
+            job.done.set()
 
     def _run(self, batch: list[_Job]) -> None:
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():

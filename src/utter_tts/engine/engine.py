@@ -164,9 +164,18 @@ def join_sentences(wavs: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def attention_backend(device: torch.device) -> str:
-    """Which attention kernel runs. Decoding attends over a masked static cache, and SDPA serves a
-    boolean mask with its memory-efficient kernel on CUDA (its flash kernel takes no mask)."""
+def attention_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """Which attention kernel runs: PyTorch SDPA over the masked static cache, and the kernel SDPA picks
+    for a decode step's shapes on this GPU (on an H100 the profile shows cuDNN's; the flash-attn package
+    is not used by the engine)."""
     if device.type != "cuda":
         return "sdpa (cpu)"
-    return "sdpa (memory-efficient, masked static cache)"
+    names = {0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN"}  # torch.nn.attention.SDPBackend
+    try:
+        q = torch.zeros(1, 8, 2, 128, device=device, dtype=dtype)
+        k = torch.zeros(1, 8, 256, 128, device=device, dtype=dtype)
+        mask = torch.ones(1, 1, 2, 256, dtype=torch.bool, device=device)
+        choice = int(torch._fused_sdp_choice(q, k, k, mask, 0.0, False))
+        return f"sdpa ({names.get(choice, str(choice))} kernel, masked static cache)"
+    except Exception:  # a private helper: if it moves, say less rather than fail
+        return "sdpa (masked static cache)"
