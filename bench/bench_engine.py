@@ -290,6 +290,19 @@ def section_concurrency(args, ctx):
     RESULTS["concurrency"] = out
 
 
+def _generate_both(eb, ed, reqs_b, reqs_d):
+    """Run requests on two engines at once (Base in this thread, VoiceDesign in another): wall, all audio."""
+    t = time.perf_counter()
+    done = {}
+    th = threading.Thread(target=lambda: done.setdefault("d", ed.generate(reqs_d)))
+    th.start()
+    done["b"] = eb.generate(reqs_b)
+    th.join()
+    if "d" not in done:
+        raise RuntimeError("the VoiceDesign engine's requests failed (see the thread's traceback above)")
+    return time.perf_counter() - t, done["b"] + done["d"]
+
+
 def section_memory(args, ctx):
     """Base + VoiceDesign resident, 8 streams x 2048 frames each (16 in total), after a run on each."""
     for k in ("engine", "tts"):
@@ -311,13 +324,7 @@ def section_memory(args, ctx):
         )
         for i in range(8)
     ]
-    t = time.perf_counter()
-    done = {}
-    th = threading.Thread(target=lambda: done.setdefault("d", ed.generate(reqs_d)))
-    th.start()
-    done["b"] = eb.generate(reqs_b)
-    th.join()
-    wall = time.perf_counter() - t
+    wall, _ = _generate_both(eb, ed, reqs_b, reqs_d)
     RESULTS["memory"] = dict(
         after_load_gib=round(after_load / 2**30, 2),
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -389,17 +396,11 @@ def section_deploy(args, ctx):
     wavs = eb.generate(reqs)
     ten_min_s = time.perf_counter() - t
     audio_s = sum(len(w) for w in wavs) / 24000
-    # clone and design at the configured concurrency together: each engine full (16 + 16 streams)
+    # clone and design at the configured concurrency together: each engine full
     both = [clone(200 + i, forced(125)) for i in range(settings.engine_streams)]
     both_d = [design(300 + i) for i in range(settings.engine_streams)]
-    t = time.perf_counter()
-    done = {}
-    th = threading.Thread(target=lambda: done.setdefault("d", ed.generate(both_d)))
-    th.start()
-    done["b"] = eb.generate(both)
-    th.join()
-    mixed_s = time.perf_counter() - t
-    mixed_audio_s = sum(len(w) for w in done["b"] + done["d"]) / 24000
+    mixed_s, wavs = _generate_both(eb, ed, both, both_d)
+    mixed_audio_s = sum(len(w) for w in wavs) / 24000
     RESULTS["deploy"] = dict(
         memory_cap_gib=args.memory_cap_gib,
         engine_streams_per_model=settings.engine_streams,
