@@ -15,6 +15,7 @@ from collections import deque
 
 import torch
 
+from utter_tts.engine.host import to_host_all
 from utter_tts.model.codec import SpeechTokenizer, StreamingDecoder, push_batch
 
 GAP, LINGER = 0.0005, 0.002
@@ -109,21 +110,8 @@ class DecodeBatcher:
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
             outs = push_batch([j.decoder for j in batch], [j.codes for j in batch])
             self.batches += 1
-            if not self.cuda:
-                for job, wav in zip(batch, outs):
-                    job.audio = wav
-                return
-            # one event for the whole batch; pinned copies never block other threads' launches
-            hosts = []
-            for wav in outs:
-                host = torch.empty(wav.shape, dtype=wav.dtype, pin_memory=True)
-                host.copy_(wav, non_blocking=True)
-                hosts.append(host)
-            done = torch.cuda.Event(blocking=True)
-            done.record()
-            done.synchronize()
-            for job, host in zip(batch, hosts):
-                job.audio = host
+            for job, audio in zip(batch, to_host_all(outs)):  # one wait for the whole batch
+                job.audio = audio
 
 
 class BatchedDecoder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
@@ -164,6 +165,7 @@ def join_sentences(wavs: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=8)  # asked per /health and model-info call; the answer never changes
 def attention_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
     """Which attention kernel runs: PyTorch SDPA over the masked static cache, and the kernel SDPA picks
     for a decode step's shapes on this GPU (on an H100 the profile shows cuDNN's; the flash-attn package

@@ -12,11 +12,19 @@ def to_host(t: torch.Tensor) -> torch.Tensor:
     and while the scheduler's thread waited there for a frame, another thread's codec kernels barely
     launched (on an H100 a player's first 80 ms chunk came ~0.85 s late: after the whole generation).
     """
-    if t.device.type != "cuda":
-        return t.cpu()
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    host.copy_(t, non_blocking=True)
+    return to_host_all([t])[0]
+
+
+def to_host_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`to_host` for several tensors with one wait (they are copied on the current stream)."""
+    if not any(t.device.type == "cuda" for t in tensors):
+        return [t.cpu() for t in tensors]
+    hosts = []
+    for t in tensors:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        hosts.append(host)
     done = torch.cuda.Event(blocking=True)  # blocking: the waiting thread sleeps instead of spinning
     done.record()
     done.synchronize()
-    return host
+    return hosts
