@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 from utter_tts.audio.encode import AudioEncoder
 from utter_tts.errors import InvalidInput
 from utter_tts.server.errors import APIError, from_invalid_input
-from utter_tts.server.routes_speech import plan_speech
+from utter_tts.server.routes_speech import plan_speech, stream_encoder
 from utter_tts.server.schemas import JobRequest
 from utter_tts.server.streaming import Generation
 from utter_tts.server.synthesis import FRAME_RATE_HZ, Plan, split_sentences
@@ -274,13 +274,7 @@ async def submit_job(request: Request, body: JobRequest):
     state = _state(request)
     state.require_ready()
     owner = state.keys.owner(request)
-    encoder = AudioEncoder(
-        body.response_format,
-        input_rate=state.sample_rate,
-        sample_rate=body.sample_rate,
-        speed=body.speed,
-        streaming=True,
-    )
+    encoder = stream_encoder(state, body)
     try:
         plan = await plan_speech(state, owner, body, max_chars=state.config.max_job_chars)
         if plan.seed is None and plan.mode == "design":

@@ -23,14 +23,11 @@ def state_of(request) -> object:
     return request.app.state.server
 
 
-async def plan_speech(state, owner: str, body: SpeechRequest, **limits):
-    """Resolve the request into a plan; library reads and reference probing run off the event loop.
-    `limits` go to the planner as they are (long jobs pass their own `max_chars`)."""
-    return await run_in_threadpool(
-        state.planner.plan,
-        owner,
+def planner_args(body) -> dict:
+    """The planner's arguments that a speech request's fields give (its text and limits come apart:
+    the WebSocket plans sentence by sentence)."""
+    return dict(
         model=body.model,
-        text=body.input,
         voice=body.voice_name,
         instructions=body.instructions,
         language=body.language,
@@ -38,8 +35,25 @@ async def plan_speech(state, owner: str, body: SpeechRequest, **limits):
         sampling=body.settings(),
         ref_audio=body.ref_audio,
         ref_text=body.ref_text,
-        **limits,
     )
+
+
+def stream_encoder(state, body) -> AudioEncoder:
+    """The streaming encoder the request's output settings ask for; building it validates them, so do it
+    before any work is queued."""
+    return AudioEncoder(
+        body.response_format,
+        input_rate=state.sample_rate,
+        sample_rate=body.sample_rate,
+        speed=body.speed,
+        streaming=True,
+    )
+
+
+async def plan_speech(state, owner: str, body: SpeechRequest, **limits):
+    """Resolve the request into a plan; library reads and reference probing run off the event loop.
+    `limits` go to the planner as they are (long jobs pass their own `max_chars`)."""
+    return await run_in_threadpool(state.planner.plan, owner, text=body.input, **planner_args(body), **limits)
 
 
 @router.post("/v1/audio/speech")
@@ -48,14 +62,7 @@ async def create_speech(request: Request, body: SpeechRequest):
     started = time.monotonic()
     state.require_ready()
     owner = state.keys.owner(request)
-    # Validate the output settings before any work is queued.
-    encoder = AudioEncoder(
-        body.response_format,
-        input_rate=state.sample_rate,
-        sample_rate=body.sample_rate,
-        speed=body.speed,
-        streaming=True,
-    )
+    encoder = stream_encoder(state, body)
     plan = await plan_speech(state, owner, body)
     generation = Generation(state, plan, owner, started)
     try:

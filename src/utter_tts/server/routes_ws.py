@@ -12,7 +12,6 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from utter_tts.audio.encode import AudioEncoder
 from utter_tts.errors import InvalidInput
 from utter_tts.server.errors import (
     APIError,
@@ -21,6 +20,7 @@ from utter_tts.server.errors import (
     from_invalid_input,
     internal_error,
 )
+from utter_tts.server.routes_speech import planner_args, stream_encoder
 from utter_tts.server.schemas import WsStart
 from utter_tts.server.streaming import Generation
 from utter_tts.server.synthesis import SentenceBuffer
@@ -82,28 +82,11 @@ async def speech_stream(ws: WebSocket):
         state.require_ready()
         owner = state.keys.owner(ws)
         start = WsStart.model_validate_json(await _receive_text(ws))
-        encoder = AudioEncoder(
-            start.response_format,
-            input_rate=state.sample_rate,
-            sample_rate=start.sample_rate,
-            speed=start.speed,
-            streaming=True,
-        )
+        encoder = stream_encoder(state, start)
         # One seed for the whole session: with the voice fixed up front, every sentence sounds alike.
         seed = start.seed if start.seed is not None else secrets.randbits(62)
-        base_plan = await run_in_threadpool(
-            state.planner.plan,
-            owner,
-            model=start.model,
-            text="placeholder",
-            voice=start.voice_name,
-            instructions=start.instructions,
-            language=start.language,
-            seed=seed,
-            sampling=start.settings(),
-            ref_audio=start.ref_audio,
-            ref_text=start.ref_text,
-        )
+        args = {**planner_args(start), "seed": seed}
+        base_plan = await run_in_threadpool(state.planner.plan, owner, text="placeholder", **args)
         await ws.send_json(
             {
                 "type": "session.started",
@@ -171,18 +154,7 @@ async def speech_stream(ws: WebSocket):
             if sentence is None:
                 break
             plan = await run_in_threadpool(
-                state.planner.plan,
-                owner,
-                model=start.model,
-                text=sentence,
-                voice=start.voice_name,
-                instructions=start.instructions,
-                language=start.language,
-                seed=seed,
-                sampling=start.settings(),
-                ref_audio=start.ref_audio,
-                ref_text=start.ref_text,
-                text_param="text",
+                state.planner.plan, owner, text=sentence, text_param="text", **args
             )
             await ws.send_json({"type": "sentence.start", "index": index, "text": sentence})
             generation = Generation(state, plan, owner)
