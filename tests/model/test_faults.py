@@ -20,13 +20,11 @@ from .test_parity import GREEDY, N_TOKENS, TEXTS, Oracle, reference_clip
 TEXT = TEXTS["english"]
 
 
-@pytest.fixture(scope="module")
-def case(checkpoints):
-    """One official greedy clone (x-vector, repetition penalty 1.3 so that it shapes the codes)."""
-    path = checkpoints("base", "tiny-1.7b")
-    oracle = Oracle(path)
+def official_clone(path):
+    """One official greedy clone (x-vector, repetition penalty 1.3 so that it shapes the codes), and our
+    model with the same voice: (tts, voice, official codes, official talker logits)."""
     ref = reference_clip()
-    _, codes, tl, _ = oracle.run(
+    _, codes, tl, _ = Oracle(path).run(
         "generate_voice_clone",
         text=TEXT,
         language="English",
@@ -35,8 +33,12 @@ def case(checkpoints):
         repetition_penalty=1.3,
     )
     tts = TTS.from_pretrained(path, device="cpu", dtype="float32")
-    voice = tts.create_voice((ref, 24000))
-    return tts, voice, codes[0], tl
+    return tts, tts.create_voice((ref, 24000)), codes[0], tl
+
+
+@pytest.fixture(scope="module")
+def case(checkpoints):
+    return official_clone(checkpoints("base", "tiny-1.7b"))
 
 
 def ours(tts, voice, **sampling):
@@ -64,18 +66,7 @@ def repetitive(checkpoints, tmp_path_factory):
     state = load_file(str(dst / "model.safetensors"))
     state["talker.codec_head.weight"][:6] *= 4.0
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    oracle = Oracle(dst)
-    ref = reference_clip()
-    _, codes, _, _ = oracle.run(
-        "generate_voice_clone",
-        text=TEXT,
-        language="English",
-        ref_audio=(ref, 24000),
-        x_vector_only_mode=True,
-        repetition_penalty=1.3,
-    )
-    tts = TTS.from_pretrained(dst, device="cpu", dtype="float32")
-    return tts, tts.create_voice((ref, 24000)), codes[0]
+    return official_clone(dst)[:3]
 
 
 def test_repetition_penalty_dropped_fails(repetitive):
