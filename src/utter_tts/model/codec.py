@@ -103,10 +103,7 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
         if state is None:
             return self.conv(F.pad(x, (self.pad, 0)))
-        prev = state.get(self)
-        if prev is None:
-            prev = x.new_zeros(*x.shape[:-1], self.pad)
-        x = torch.cat([prev, x], dim=-1)
+        x = torch.cat([state[self], x], dim=-1)  # states come whole from SpeechTokenizer.empty_state
         state[self] = x[..., x.shape[-1] - self.pad :]
         return self.conv(x)
 
@@ -134,10 +131,7 @@ class CausalConvTranspose1d(nn.Module):
         if state is None or self.history == 0:
             y = self.conv(x)
             return y[..., : y.shape[-1] - self.trim]
-        prev = state.get(self)
-        if prev is None:
-            prev = x.new_zeros(*x.shape[:-1], self.history)
-        x = torch.cat([prev, x], dim=-1)
+        x = torch.cat([state[self], x], dim=-1)
         state[self] = x[..., x.shape[-1] - self.history :]
         start = self.history * self.stride
         return self.conv(x)[..., start : start + n * self.stride]
@@ -227,9 +221,7 @@ class DecoderAttention(nn.Module):
         if state is not None:
             # a fixed window-1 keys of left context (zeros before the stream's start, masked), so that
             # every stream's state has one shape and many streams decode as one batch
-            cached = state.get(self)
-            if cached is None:
-                cached = self.empty_state(b, k.dtype, k.device)
+            cached = state[self]
             k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
             keep = self.window - 1  # a query sees itself and the window-1 keys before it
             state[self] = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
@@ -290,9 +282,7 @@ class DecoderTransformer(nn.Module):
             pos = steps[None]
             qpos, kpos = pos[:, :, None], pos[:, None, :]
         else:
-            start = state.get(self)
-            if start is None:
-                start = torch.zeros(b, dtype=torch.long, device=x.device)
+            start = state[self]  # [B] frames already decoded
             state[self] = start + n
             pos = start[:, None] + steps[None]
             # keys: window-1 cached columns (zeros before the stream began), then the n new ones
@@ -613,7 +603,7 @@ def push_batch(decoders: list[StreamingDecoder], codes: list[torch.Tensor]) -> l
         keys = list(group[0].state)
         state = {m: _stack([d.state[m] for d in group]) for m in keys}
         wav = model._run(batch, state).float()
-        parts = {m: _unstack(state[m], len(group)) for m in keys}
+        parts = {m: _unstack(state[m]) for m in keys}
         for j, (i, d) in enumerate(zip(idx, group)):
             d.state = {m: parts[m][j] for m in keys}
             d._remember(batch[j : j + 1])
@@ -627,7 +617,7 @@ def _stack(entries: list):
     return torch.cat(entries)
 
 
-def _unstack(entry, n: int) -> list:
+def _unstack(entry) -> list:
     if isinstance(entry, tuple):
         return list(zip(*(x.split(1) for x in entry)))
     return list(entry.split(1))
