@@ -26,7 +26,7 @@ esac
 [ "$STAGE" = stress ] && exit 0
 for kind in base voice_design; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
-  python3 -m utter_tts.testing /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
+  python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
     > "$OUT/build_$kind.log" 2>&1 || { echo "building $kind failed:"; tail -30 "$OUT/build_$kind.log"; exit 1; }
 done
 echo "checkpoints built in $(( $(date +%s) - T0 ))s"

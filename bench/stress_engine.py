@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from utter_tts.api import TTS  # noqa: E402
+from utter_tts.demo import build_checkpoint  # noqa: E402
 from utter_tts.engine.engine import Engine  # noqa: E402
 from utter_tts.request import Request  # noqa: E402
-from utter_tts.testing import build_checkpoint  # noqa: E402
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ class CheckpointCache:
         self.paths: dict[tuple[str, str], Path] = {}
 
     def __call__(self, model_type: str = "base", shape: str = "tiny-1.7b") -> Path:
-        from utter_tts.testing import build_checkpoint
+        from tests.support.official import build_checkpoint
 
         key = (model_type, shape)
         if key not in self.paths:

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save as st_save
 
 from utter_tts.api import TTS
+from utter_tts.demo import SHAPES, SPECIAL_TOKENS
 from utter_tts.errors import AudioError, CheckpointError, InvalidInput, UnsupportedForModel, UtterTTSError
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
-from utter_tts.testing import SHAPES, SPECIAL_TOKENS
 from utter_tts.voices.prompt import Voice
 
 from .model.test_parity import reference_clip

@@ -37,7 +37,7 @@ def folder(checkpoints):
 
 @pytest.fixture(scope="module")
 def official(folder):
-    from utter_tts.testing import install_oracle_stubs
+    from tests.support.official import install_oracle_stubs
 
     install_oracle_stubs()
     from qwen_tts.inference.qwen3_tts_tokenizer import Qwen3TTSTokenizer
@@ -183,7 +183,7 @@ def test_encode_fault_is_detected(folder, official):
 
 def test_encode_use_streaming_config(folder, tmp_path):
     """HF Mimi pads through its cache (and drops a trailing partial frame) when use_streaming is set."""
-    from utter_tts.testing import install_oracle_stubs
+    from tests.support.official import install_oracle_stubs
 
     install_oracle_stubs()
     from qwen_tts.inference.qwen3_tts_tokenizer import Qwen3TTSTokenizer

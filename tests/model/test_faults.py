@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.support.official import install_oracle_stubs
 from utter_tts.api import TTS
 from utter_tts.model import prompt as prompt_mod
 from utter_tts.model.generate import RowParams, Trace, pick_codebook0, suppressed_ids
 from utter_tts.model.talker import Rotary
 from utter_tts.request import Request
-from utter_tts.testing import install_oracle_stubs
 
 from .test_parity import GREEDY, N_TOKENS, TEXTS, Oracle, reference_clip
 

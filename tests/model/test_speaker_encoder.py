@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.support.official import build_checkpoint, load_official
 from utter_tts.model.config import TTSConfig
 from utter_tts.model.speaker_encoder import (
     SpeakerEncoder,
@@ -19,7 +20,6 @@ from utter_tts.model.speaker_encoder import (
     mel_spectrogram,
     speaker_embedding,
 )
-from utter_tts.testing import build_checkpoint, load_official
 
 SR = 24000
 PREFIX = "speaker_encoder."

@@ -29,7 +29,7 @@ FRAMES = 5
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from utter_tts.testing import build_checkpoint
+    from tests.support.official import build_checkpoint
 
     root = tmp_path_factory.mktemp("ckpt")
     return {t: build_checkpoint(root / t, model_type=t) for t in ("base", "voice_design", "custom_voice")}

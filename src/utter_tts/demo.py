@@ -1,20 +1,23 @@
-"""Build random-init Qwen3-TTS checkpoints in the official on-disk layout, with the official model classes.
+"""Random-weight Qwen3-TTS checkpoints in the official on-disk layout, written by our own model code.
 
-Used by the test suite (tiny shapes) and the GPU benchmark (real 1.7B shapes). Needs the official
-`qwen-tts` package (test extra), which the runtime never imports.
+For offline demos (`python -m utter_tts.demo OUT`), benchmarks (the real 1.7B shapes) and tests. The
+weights are random, so the model speaks noise until its text-length cap: swap the folder for a real
+checkpoint (`Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice`) to hear speech. The official package is not needed;
+the test suite checks that the official classes load what this writes, key for key.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import os
+import math
 import shutil
-import sys
-import types
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from utter_tts.files import write_atomic
 
 # Official language ids of the 12 Hz models (codec vocabulary).
 LANGUAGE_IDS = {
@@ -33,8 +36,8 @@ LANGUAGE_IDS = {
 }
 
 # Preset speakers for custom_voice test checkpoints; one of them speaks a dialect, as in the real model.
-TEST_SPEAKERS = {"vivian": 3065, "ryan": 3061, "eric": 3067}
-TEST_SPEAKER_DIALECT = {"vivian": False, "ryan": False, "eric": "sichuan_dialect"}
+DEMO_SPEAKERS = {"vivian": 3065, "ryan": 3061, "eric": 3067}
+DEMO_SPEAKER_DIALECT = {"vivian": False, "ryan": False, "eric": "sichuan_dialect"}
 
 SPECIAL_TOKENS = {
     "<|endoftext|>": 151643,
@@ -152,58 +155,6 @@ PREPROCESSOR_CONFIG = {
     "return_attention_mask": True,
     "sampling_rate": 24000,
 }
-
-
-def install_oracle_stubs() -> None:
-    """Stand-ins for modules the official package imports eagerly but its 12 Hz path never uses.
-
-    PyPI's torchaudio does not load beside the CPU torch used here, and sox/onnxruntime serve only
-    the 25 Hz tokenizer. Each stand-in needs a __spec__ or transformers' package probe fails.
-    """
-    names = ["torchaudio", "torchaudio.compliance", "torchaudio.compliance.kaldi", "sox", "onnxruntime"]
-    for name in names:
-        root = name.split(".")[0]
-        if root not in sys.modules and importlib.util.find_spec(root) is not None:
-            continue  # the real package is there (e.g. a GPU image): use it
-        if name not in sys.modules:
-            mod = types.ModuleType(name)
-            mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            sys.modules[name] = mod
-    if "torchaudio.compliance" in sys.modules and not hasattr(sys.modules["torchaudio"], "__file__"):
-        sys.modules["torchaudio"].compliance = sys.modules["torchaudio.compliance"]
-        sys.modules["torchaudio.compliance"].kaldi = sys.modules["torchaudio.compliance.kaldi"]
-    _patch_transformers5_rope()
-
-
-def _patch_transformers5_rope() -> None:
-    """On transformers 5 (GPU images, with the unofficial qwen-tts-hf port) the port's RoPE "default"
-    reads `config.rope_theta`, which Mimi's config keeps only in `rope_parameters`: fall back to it."""
-    import transformers
-
-    if int(transformers.__version__.split(".")[0]) < 5:
-        return
-    import qwen_tts  # noqa: F401  (registers the port's "default")
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    default = ROPE_INIT_FUNCTIONS.get("default")
-    if default is None or getattr(default, "_utter_patched", False):
-        return
-
-    def patched(config, device=None, seq_len=None, layer_type=None):
-        if hasattr(config, "rope_theta"):
-            return default(config, device, seq_len, layer_type)
-        import torch
-
-        params = config.rope_parameters
-        if layer_type is not None and isinstance(params, dict) and layer_type in params:
-            params = params[layer_type]
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
-        exps = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
-        return 1.0 / (params["rope_theta"] ** exps), 1.0
-
-    patched._utter_patched = True
-    ROPE_INIT_FUNCTIONS["default"] = patched
 
 
 # A small multilingual corpus for the stand-in BPE: the template words must become single tokens
@@ -348,8 +299,8 @@ def talker_config(shape: str, model_type: str) -> dict[str, Any]:
         codec_think_bos_id=2156,
         codec_think_eos_id=2157,
         codec_language_id=dict(LANGUAGE_IDS),
-        spk_id=dict(TEST_SPEAKERS) if custom else {},
-        spk_is_dialect=dict(TEST_SPEAKER_DIALECT) if custom else {},
+        spk_id=dict(DEMO_SPEAKERS) if custom else {},
+        spk_is_dialect=dict(DEMO_SPEAKER_DIALECT) if custom else {},
     )
 
 
@@ -467,7 +418,7 @@ def speaker_encoder_config(shape: str) -> dict[str, Any]:
     return dict(enc_dim=hidden, sample_rate=24000)
 
 
-def randomize_tts_model(model, generator) -> None:
+def randomize_model(model, generator) -> None:
     """Re-draw a tiny model's weights so every part shapes the output.
 
     At the default init (std 0.02, zero biases) a tiny talker is almost a bag of embeddings: its layers,
@@ -475,10 +426,6 @@ def randomize_tts_model(model, generator) -> None:
     could not see a wrong text alignment or a wrong x-vector, and flat logits make greedy decoding
     repeat one code. Fan-in scaled weights make each layer contribute O(1); wider heads give logit
     margins well above float noise."""
-    import math
-
-    import torch
-
     nn = torch.nn
     with torch.no_grad():
         for mod in model.modules():
@@ -504,10 +451,6 @@ def randomize_speech_tokenizer(st, generator) -> None:
     Here: fan-in scaled conv/linear weights, small random biases, Snake alpha/beta, layer scales and
     norms away from their identity values, codebooks N(0, 1) stored as EMA sums over random cluster
     usage (so the sum/usage division matters), damped residual branches and a quiet output conv."""
-    import math
-
-    import torch
-
     nn = torch.nn
     with torch.no_grad():
         for mod in st.modules():
@@ -544,6 +487,44 @@ def randomize_speech_tokenizer(st, generator) -> None:
         dec.decoder[-1].conv.bias.zero_()
 
 
+def checkpoint_config(shape: str, model_type: str, dtype: str = "float32") -> dict[str, Any]:
+    """config.json of a checkpoint, as the hub writes it."""
+    return dict(
+        architectures=["Qwen3TTSForConditionalGeneration"],
+        model_type="qwen3_tts",
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        tts_model_size=SHAPES[shape]["size"],
+        tts_model_type=model_type,
+        im_start_token_id=SPECIAL_TOKENS["<|im_start|>"],
+        im_end_token_id=SPECIAL_TOKENS["<|im_end|>"],
+        tts_pad_token_id=SPECIAL_TOKENS["<tts_pad>"],
+        tts_bos_token_id=SPECIAL_TOKENS["<tts_text_bos>"],
+        tts_eos_token_id=SPECIAL_TOKENS["<tts_text_eod>"],
+        talker_config=talker_config(shape, model_type),
+        speaker_encoder_config=speaker_encoder_config(shape),
+        dtype=dtype,
+    )
+
+
+def write_side_files(out: Path, st_cfg: dict[str, Any]) -> None:
+    """Everything of a checkpoint but its weights and config.json: tokenizer, generation and codec configs."""
+    (out / "speech_tokenizer").mkdir(parents=True, exist_ok=True)
+    codec_cfg = dict(
+        st_cfg, architectures=["Qwen3TTSTokenizerV2Model"], model_type="qwen3_tts_tokenizer_12hz"
+    )
+    (out / "speech_tokenizer" / "config.json").write_text(json.dumps(codec_cfg, indent=1), "utf-8")
+    (out / "speech_tokenizer" / "preprocessor_config.json").write_text(
+        json.dumps(PREPROCESSOR_CONFIG, indent=1), "utf-8"
+    )
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=1), "utf-8")
+    write_tokenizer(out)
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"format": "pt"})
+    write_atomic(path, data)
+
+
 def build_checkpoint(
     out_dir: str | Path,
     model_type: str = "base",
@@ -552,103 +533,80 @@ def build_checkpoint(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> Path:
-    """Write a random-init checkpoint of `model_type` (base / voice_design / custom_voice) and `shape`
-    (tiny-0.6b, tiny-1.7b, 0.6b, 1.7b) in the official layout, using the official classes."""
-    import torch
-
-    install_oracle_stubs()
-    from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
-    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
-    from safetensors.torch import save_file
+    """Write a random checkpoint of `model_type` (base / voice_design / custom_voice) and `shape` (see
+    SHAPES) to `out_dir` (replaced). The talker (and the speaker encoder of Base) in `dtype`, the codec in
+    float32, as the hub's checkpoints are."""
+    from utter_tts.model.codec import SpeechTokenizer, SpeechTokenizerConfig
+    from utter_tts.model.config import TTSConfig
+    from utter_tts.model.speaker_encoder import SpeakerEncoder
+    from utter_tts.model.talker import Talker
 
     if model_type not in ("base", "voice_design", "custom_voice"):
-        raise ValueError(f"unknown model_type {model_type!r}")
+        raise ValueError(f"unknown model_type {model_type!r}; use base, voice_design or custom_voice")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True)
-    (out / "speech_tokenizer").mkdir(parents=True)
-    tiny = shape.startswith("tiny")
+    out.mkdir(parents=True)
     gen = torch.Generator(device=device).manual_seed(seed)
-    torch.manual_seed(seed)
+    cfg = checkpoint_config(shape, model_type, dtype)
+    tts_cfg = TTSConfig.from_dict(cfg)
+    weights: dict[str, torch.Tensor] = {}
+    with torch.device(device), torch.no_grad():
+        talker = Talker(tts_cfg.talker)
+        randomize_model(talker, gen)
+        weights.update({f"talker.{k}": v.to(getattr(torch, dtype)) for k, v in talker.state_dict().items()})
+        del talker
+        if model_type == "base":
+            spk = SpeakerEncoder(tts_cfg.speaker_encoder)
+            randomize_model(spk, gen)
+            weights.update(
+                {f"speaker_encoder.{k}": v.to(getattr(torch, dtype)) for k, v in spk.state_dict().items()}
+            )
+    (out / "config.json").write_text(json.dumps(cfg, indent=1), "utf-8")
+    _save(weights, out / "model.safetensors")
+    del weights
 
-    tcfg = talker_config(shape, model_type)
-    cfg = dict(
-        architectures=["Qwen3TTSForConditionalGeneration"],
-        model_type="qwen3_tts",
-        tokenizer_type="qwen3_tts_tokenizer_12hz",
-        tts_model_size=SHAPES[shape]["size"],
-        tts_model_type=model_type,
-        im_start_token_id=151644,
-        im_end_token_id=151645,
-        tts_pad_token_id=151671,
-        tts_bos_token_id=151672,
-        tts_eos_token_id=151673,
-        talker_config=tcfg,
-        speaker_encoder_config=speaker_encoder_config(shape),
-    )
-    with torch.device(device):
-        model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**cfg))
-    if tiny:
-        randomize_tts_model(model, gen)
-    model = model.to(getattr(torch, dtype)).eval()
-    # config.json written as the hub's (the official save adds keys its own loader rejects)
-    with open(out / "config.json", "w", encoding="utf-8") as f:
-        json.dump(dict(cfg, dtype=dtype), f, indent=1)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        str(out / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    del model
-
-    st_cfg = speech_tokenizer_config(tiny)
-    with torch.device(device):
-        st = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**st_cfg))
-    randomize_speech_tokenizer(st, gen)
-    st = st.eval()
-    with open(out / "speech_tokenizer" / "config.json", "w", encoding="utf-8") as f:
-        json.dump(
-            dict(st_cfg, architectures=["Qwen3TTSTokenizerV2Model"], model_type="qwen3_tts_tokenizer_12hz"),
-            f,
-            indent=1,
-        )
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in st.state_dict().items()},
-        str(out / "speech_tokenizer" / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    with open(out / "speech_tokenizer" / "preprocessor_config.json", "w", encoding="utf-8") as f:
-        json.dump(PREPROCESSOR_CONFIG, f, indent=1)
-    with open(out / "generation_config.json", "w", encoding="utf-8") as f:
-        json.dump(GENERATION_CONFIG, f, indent=1)
-    write_tokenizer(out)
+    st_cfg = speech_tokenizer_config(shape.startswith("tiny"))
+    with torch.device(device), torch.no_grad():
+        codec = SpeechTokenizer(SpeechTokenizerConfig.from_dict(st_cfg))
+        randomize_speech_tokenizer(codec, gen)
+    write_side_files(out, st_cfg)
+    _save(codec.state_dict(), out / "speech_tokenizer" / "model.safetensors")
     return out
-
-
-def load_official(path: str | Path, dtype: str = "float32"):
-    """The official Qwen3TTSModel wrapper on a checkpoint folder (the parity oracle)."""
-    import torch
-
-    install_oracle_stubs()
-    from qwen_tts import Qwen3TTSModel
-
-    return Qwen3TTSModel.from_pretrained(
-        str(path), device_map="cpu", dtype=getattr(torch, dtype), attn_implementation="eager"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Build a random-init Qwen3-TTS checkpoint (official layout).")
-    ap.add_argument("out")
-    ap.add_argument("--model-type", default="base", choices=["base", "voice_design", "custom_voice"])
-    ap.add_argument("--shape", default="tiny-1.7b", choices=sorted(SHAPES))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(
+        prog="python -m utter_tts.demo",
+        description="Write a checkpoint with RANDOM weights in the official Qwen3-TTS layout (offline demos, "
+        "benchmarks). It loads like a real one, but speaks noise until its text-length cap.",
+    )
+    ap.add_argument("out", help="folder to write (replaced if it exists)")
+    ap.add_argument(
+        "--model-type",
+        default="base",
+        choices=["base", "voice_design", "custom_voice"],
+        help="base: cloning; voice_design: voices from descriptions; custom_voice: preset speakers "
+        f"({', '.join(DEMO_SPEAKERS)}) (default: base)",
+    )
+    ap.add_argument(
+        "--shape",
+        default="tiny-1.7b",
+        choices=list(SHAPES),
+        help="tiny-* for tests and demos (a few MB, fast on a CPU); 1.7b / 0.6b: the real models' shapes, "
+        "for benchmarks (default: tiny-1.7b)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="weights' random seed (default: 0)")
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="talker weights"
+    )
+    ap.add_argument("--device", default="cpu", help="where to draw the weights (cuda is faster for 1.7b)")
     args = ap.parse_args(argv)
     path = build_checkpoint(args.out, args.model_type, args.shape, args.seed, args.dtype, args.device)
-    print(path, sorted(os.listdir(path)))
+    print(f"{path}: random {args.shape} {args.model_type} checkpoint")
 
 
 if __name__ == "__main__":
