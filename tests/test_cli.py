@@ -30,19 +30,33 @@ FAST = ["--max-new-tokens", "12", "--quiet"]
 
 @pytest.fixture(scope="module", autouse=True)
 def cached_models():
-    """Load each checkpoint once for the module: main() calls TTS.from_pretrained on every run."""
-    load = TTS.from_pretrained
+    """Load each checkpoint once for the module: main() calls TTS.load on every run."""
+    load = TTS.load
     cache: dict[tuple, TTS] = {}
 
-    def from_pretrained(cls, path_or_id, device=None, dtype=None, revision=None):
-        key = (str(path_or_id), str(device), str(dtype))
+    def cached(cls, ckpt, device, dtype):
+        key = (str(ckpt.folder), str(device), str(dtype))
         if key not in cache:
-            cache[key] = load(path_or_id, device=device, dtype=dtype, revision=revision)
+            cache[key] = load(ckpt, device, dtype)
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TTS, "from_pretrained", classmethod(from_pretrained))
+        mp.setattr(TTS, "load", classmethod(cached))
         yield cache
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Count model loads (on top of the cache): a bad input must be refused before any."""
+    seen = []
+    load = TTS.load.__func__
+
+    def counting(cls, ckpt, device, dtype):
+        seen.append(str(ckpt.folder))
+        return load(cls, ckpt, device, dtype)
+
+    monkeypatch.setattr(TTS, "load", classmethod(counting))
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -268,69 +282,102 @@ TEXT_OUT = ["--text", "Hello there.", "--out", "{tmp}/out.wav"]
 BAD_INPUT = {
     "language": (
         CLONE + TEXT_OUT + ["--language", "klingon"],
-        "error: unsupported language 'klingon'; supported: auto, chinese, english, ",
+        "error: argument --language: unsupported language 'klingon'; supported: auto, chinese, english, ",
     ),
     "speaker": (
         ["speak", "--model", "{custom}", "--speaker", "bob"] + TEXT_OUT,
-        "error: unknown speaker 'bob'; available: eric, ryan, vivian",
+        "error: argument --speaker: unknown speaker 'bob'; available: eric, ryan, vivian",
     ),
     "ref-missing": (
         ["clone", "--model", "{base}", "--ref", "{tmp}/missing.wav"] + TEXT_OUT,
-        "error: ref_audio file not found: '{tmp}/missing.wav'",
+        "error: argument --ref: ref_audio file not found: '{tmp}/missing.wav'",
     ),
     "ref-garbage": (
         ["clone", "--model", "{base}", "--ref", "{tmp}/garbage.bin"] + TEXT_OUT,
-        "error: ref_audio file '{tmp}/garbage.bin' is not a readable audio file",
+        "error: argument --ref: ref_audio file '{tmp}/garbage.bin' is not a readable audio file",
     ),
     "voice-missing": (
         ["clone", "--model", "{base}", "--voice", "{tmp}/missing.safetensors"] + TEXT_OUT,
-        "error: voice file not found: '{tmp}/missing.safetensors'",
+        "error: argument --voice: voice file not found: '{tmp}/missing.safetensors'",
     ),
     "voice-garbage": (
         ["clone", "--model", "{base}", "--voice", "{tmp}/garbage.bin"] + TEXT_OUT,
-        "error: not a voice file",
+        "error: argument --voice: not a voice file",
     ),
-    "text-empty": (SPEAK + ["--text", " \n\t ", "--out", "{tmp}/out.wav"], "error: text is empty"),
+    "text-empty": (
+        SPEAK + ["--text", " \n\t ", "--out", "{tmp}/out.wav"],
+        "error: argument --text: text is empty",
+    ),
     "text-file-missing": (
         SPEAK + ["--text-file", "{tmp}/missing.txt", "--out", "{tmp}/out.wav"],
-        "error: text file not found: '{tmp}/missing.txt'",
+        "error: argument --text-file: text file not found: '{tmp}/missing.txt'",
     ),
     "text-file-empty": (
         SPEAK + ["--text-file", "{tmp}/empty.txt", "--out", "{tmp}/out.wav"],
-        "error: text is empty",
+        "error: argument --text-file: text is empty",
     ),
     "out-format": (
         SPEAK + ["--text", "Hello.", "--out", "{tmp}/out.xyz"],
-        "error: cannot tell the audio format from '{tmp}/out.xyz'; end --out with one of .wav, .flac",
+        "error: argument --out: cannot tell the audio format from '{tmp}/out.xyz'; end --out with one of ",
     ),
     "temperature": (
         SPEAK + TEXT_OUT + ["--temperature", "-1"],
-        "error: temperature must be a number in [1e-05, 100.0], got -1.0",
+        "error: argument --temperature: temperature must be a number in [1e-05, 100.0], got -1.0",
     ),
-    "seed": (SPEAK + TEXT_OUT + ["--seed", "-5"], "error: seed must be an integer in [0, 2^63), got -5"),
+    "seed": (
+        SPEAK + TEXT_OUT + ["--seed", "-5"],
+        "error: argument --seed: seed must be an integer in [0, 2^63), got -5",
+    ),
     "max-new-tokens": (
         SPEAK + TEXT_OUT + ["--max-new-tokens", "1"],
-        "error: max_new_tokens must be a number in [2, 8192], got 1",
+        "error: argument --max-new-tokens: max_new_tokens must be a number in [2, 8192], got 1",
     ),
     "model-missing": (
         ["speak", "--model", "{tmp}/no-such-model", "--speaker", "x"] + TEXT_OUT,
-        "error: checkpoint folder '{tmp}/no-such-model' does not exist",
+        "error: argument --model: checkpoint folder '{tmp}/no-such-model' does not exist",
     ),
     "speak-on-base": (
         ["speak", "--model", "{base}", "--speaker", "ryan"] + TEXT_OUT,
-        "error: this is a base checkpoint; speak needs preset speakers (a CustomVoice checkpoint)",
+        "error: argument --model: this is a base checkpoint; speak needs preset speakers (a CustomVoice "
+        "checkpoint)",
     ),
     "design-on-custom": (
         ["design", "--model", "{custom}", "--description", "A calm voice."] + TEXT_OUT,
-        "error: this is a custom_voice checkpoint; design needs voice design (a VoiceDesign checkpoint)",
+        "error: argument --model: this is a custom_voice checkpoint; design needs voice design "
+        "(a VoiceDesign checkpoint)",
+    ),
+    "out-unwritable": (
+        SPEAK + ["--text", "Hello.", "--out", "/proc/utter-tts-test.wav"],
+        "error: argument --out: cannot write '/proc/utter-tts-test.wav'",
+    ),
+    "out-is-a-folder": (
+        SPEAK + ["--text", "Hello.", "--out", "{tmp}/folder.wav"],
+        "error: argument --out: cannot write '{tmp}/folder.wav': is a directory",
+    ),
+    "ref-too-short": (
+        ["clone", "--model", "{base}", "--ref", "{tmp}/short.wav"] + TEXT_OUT,
+        "error: argument --ref: ref_audio is too short: 0.50 s; at least 1 s is needed",
+    ),
+    "ref-silent": (
+        ["clone", "--model", "{base}", "--ref", "{tmp}/silent.wav"] + TEXT_OUT,
+        "error: argument --ref: ref_audio is silent",
+    ),
+    "device": (SPEAK + TEXT_OUT + ["--device", "cuda"], "error: argument --device: device 'cuda': CUDA is"),
+    "description-too-long": (
+        ["design", "--model", "{design}", "--description", "x" * 2001] + TEXT_OUT,
+        "error: argument --description: instruct is 2001 characters long; the limit is 2000",
     ),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
-def test_bad_input_exits_2_with_a_clear_message(case, models, ref_wav, tmp_path, capsys, spy):
+def test_bad_input_exits_2_with_a_clear_message(case, models, ref_wav, tmp_path, capsys, spy, loads):
+    """Every bad argument, file or output path is refused before the model loads, naming the option."""
     (tmp_path / "garbage.bin").write_bytes(b"this is not audio, nor a voice" * 10)
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "short.wav").write_bytes(cli._wav_bytes(reference_clip(0.5), SR))
+    (tmp_path / "silent.wav").write_bytes(cli._wav_bytes(np.zeros(2 * SR, np.float32), SR))
     ctx = dict(models, ref=ref_wav, tmp=str(tmp_path))
     argv, message = BAD_INPUT[case]
     if "--max-new-tokens" not in argv:
@@ -339,13 +386,14 @@ def test_bad_input_exits_2_with_a_clear_message(case, models, ref_wav, tmp_path,
     assert code == 2
     assert err.startswith(message.format(**ctx)), err
     assert "Traceback" not in err and err.count("\n") == 1
+    assert not loads, "the input is checked before the model loads"
     assert not spy, "nothing is synthesized when the input is bad"
     assert not list(tmp_path.glob("out*")), "no output file is written"
 
 
 USAGE_ERRORS = {
     "clone --model m --ref a.wav --voice v.safetensors": "argument --voice: not allowed with argument --ref",
-    "clone --model m --voice v.safetensors --ref-text hi --text hi --out o.wav": "--ref-text goes with --ref",
+    "clone --model m --voice v.safetensors --ref-text hi --text hi --out o.wav": "usage: utter-tts clone",
     "clone --model m --ref a.wav --out o.wav": "one of the arguments --text --text-file is required",
     "clone --model m --ref a.wav --text hi": "the following arguments are required: --out",
     "speak --model m --speaker ryan --text hi --out o.wav --top-k x": "--top-k: invalid int value: 'x'",
@@ -362,39 +410,50 @@ def test_usage_errors_exit_2(argv, capsys):
     code, _, err = run(capsys, *argv.split())
     assert code == 2
     assert USAGE_ERRORS[argv] in err
+    command = " ".join(w for w in argv.split()[:2] if not w.startswith("-") and w != "m")
+    assert err.startswith(f"usage: utter-tts {command}".rstrip())  # the command's own usage
 
 
-def test_voice_create_errors(models, ref_wav, tmp_path, capsys):
-    code, _, err = run(
-        capsys, "voice", "create", "--model", models["base"], "--ref", ref_wav, "--out", "v.wav"
-    )
-    assert (code, err) == (2, "error: a voice file is saved as .safetensors, got 'v.wav'\n")
+def test_ref_text_with_a_voice_file_shows_the_clone_usage(capsys):
+    code, _, err = run(capsys, "clone", "--model", "m", "--voice", "v.safetensors", "--ref-text", "hi",
+                       "--text", "hi", "--out", "o.wav")  # fmt: skip
+    assert code == 2
+    assert err.startswith("usage: utter-tts clone ")
+    assert err.rstrip().endswith("--ref-text goes with --ref; a voice file already holds its transcript")
+
+
+@pytest.mark.parametrize(
+    "command, kind",
+    [("clone", "Base"), ("design", "VoiceDesign"), ("speak", "CustomVoice"), ("voice create", "Base")],
+)
+def test_each_command_names_its_model_kind(command, kind, capsys):
+    code, out, _ = run(capsys, *command.split(), "--help")
+    assert code == 0
+    model_help = " ".join(out.split("\n  --model PATH_OR_ID", 1)[1].split("--device")[0].split())
+    assert model_help.startswith(f"a {kind} checkpoint (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-{kind})")
+    assert ("--quiet" in out) == (command != "voice create")  # only commands with a progress bar
+
+
+def test_voice_create_errors(models, ref_wav, tmp_path, capsys, loads):
+    """voice create checks its output, model kind and reference before loading anything."""
+
+    def create(model, ref, out):
+        return run(capsys, "voice", "create", "--model", model, "--ref", ref, "--out", out)
+
+    code, _, err = create(models["base"], ref_wav, "v.wav")
+    assert (code, err) == (2, "error: argument --out: a voice file is saved as .safetensors, got 'v.wav'\n")
     silent = tmp_path / "silent.wav"
     silent.write_bytes(cli._wav_bytes(np.zeros(2 * SR, np.float32), SR))
-    code, _, err = run(
-        capsys,
-        "voice",
-        "create",
-        "--model",
-        models["base"],
-        "--ref",
-        silent,
-        "--out",
-        tmp_path / "v.safetensors",
+    code, _, err = create(models["base"], silent, tmp_path / "v.safetensors")
+    assert code == 2 and err.startswith("error: argument --ref: ref_audio is silent"), err
+    code, _, err = create(models["design"], ref_wav, tmp_path / "v.safetensors")
+    assert (code, err) == (
+        2,
+        "error: argument --model: voices are made with a Base checkpoint; this one is voice_design\n",
     )
-    assert code == 2 and err.startswith("error: ref_audio is silent"), err
-    code, _, err = run(
-        capsys,
-        "voice",
-        "create",
-        "--model",
-        models["design"],
-        "--ref",
-        ref_wav,
-        "--out",
-        tmp_path / "v.safetensors",
-    )
-    assert (code, err) == (2, "error: voices are made with a Base checkpoint; this one is voice_design\n")
+    code, _, err = create(models["base"], ref_wav, "/proc/utter-tts-voice.safetensors")
+    assert code == 2 and err.startswith("error: argument --out: cannot write"), err
+    assert not loads
     assert not list(tmp_path.glob("*.safetensors"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
 from utter_tts.engine.text import frame_cap
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.checkpoint import (
+    Checkpoint,
     load_strict,
     load_talker,
     open_checkpoint,
@@ -23,6 +25,7 @@ from utter_tts.model.checkpoint import (
 )
 from utter_tts.model.codec import SpeechTokenizer
 from utter_tts.model.config import SamplingConfig
+from utter_tts.model.denormals import flush_denormals, flush_each
 from utter_tts.model.generate import RowParams, Trace, generate_codes, iter_frames
 from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
@@ -36,6 +39,17 @@ REF_MIN_SECONDS = 1.0
 REF_MAX_SECONDS = 30.0
 
 AudioInput = Any  # path | bytes | (np.ndarray, sample_rate)
+
+
+def _flushing_denormals(method):
+    """Run a TTS method with denormals flushed on the CPU (see model/denormals.py)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with flush_denormals(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class TTS:
@@ -77,18 +91,15 @@ class TTS:
     ) -> TTS:
         """Load a local folder or a hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base). Defaults: CUDA in bf16
         when available, else CPU in fp32. The codec and speaker encoder run in fp32 (as the official)."""
-        try:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, TypeError):
-            raise InvalidInput(
-                f"unknown device {device!r}; use cpu, cuda or cuda:N", param="device"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InvalidInput(
-                f"device {str(device)!r}: CUDA is not available (no GPU, or a CPU-only torch)", param="device"
-            )
+        device = resolve_device(device)
         dtype = parse_dtype(dtype, device)
-        ckpt = open_checkpoint(path_or_id, revision)
+        return cls.load(open_checkpoint(path_or_id, revision), device, dtype)
+
+    @classmethod
+    def load(cls, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> TTS:
+        """Load the weights of an opened checkpoint (see `open_checkpoint`; downloads them if it was
+        opened without) on `device` in `dtype`."""
+        ckpt = ckpt.with_weights()
         talker = load_talker(ckpt, device, dtype)
         codec = SpeechTokenizer.from_dir(ckpt.folder / "speech_tokenizer", device=device, dtype=torch.float32)
         spk = None
@@ -102,7 +113,7 @@ class TTS:
             ckpt.config.tts_model_type,
             ckpt.config.tts_model_size,
             device,
-            dtype,
+            str(dtype).removeprefix("torch."),
         )
         return cls(ckpt, talker, codec, spk, device, dtype)
 
@@ -124,34 +135,18 @@ class TTS:
         return self.codec.sample_rate
 
     # ---- voices ------------------------------------------------------------------------------------
+    @_flushing_denormals
     @torch.inference_mode()
     def create_voice(self, ref_audio: AudioInput, ref_text: str | None = None) -> Voice:
         """A reusable clone prompt from reference audio (path, bytes of any common format, or
         (array, sample_rate)). With `ref_text` (the words spoken in the clip) the voice uses the
         in-context mode, which clones better; without it, only the speaker embedding is used."""
-        from utter_tts.audio.io import load_audio
-
         if self.model_type != "base":
             raise UnsupportedForModel(
                 f"voices are made with a Base checkpoint; this one is {self.model_type}", param="ref_audio"
             )
-        if ref_text is not None:
-            if not isinstance(ref_text, str):
-                raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
-            if len(ref_text) > MAX_TEXT_CHARS:
-                raise InvalidInput(
-                    f"ref_text is longer than {MAX_TEXT_CHARS} characters",
-                    param="ref_text",
-                    code="text_too_long",
-                )
-            ref_text = ref_text if ref_text.strip() else None
-        wav = load_audio(
-            ref_audio,
-            self.codec.sample_rate,
-            min_seconds=REF_MIN_SECONDS,
-            max_seconds=REF_MAX_SECONDS,
-            param="ref_audio",
-        )
+        ref_text = check_ref_text(ref_text)
+        wav = load_reference(ref_audio, self.codec.sample_rate)
         wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         emb = speaker_embedding(self.speaker_encoder, wav_t).float().cpu()
         codes = self.codec.encode(wav_t).cpu() if ref_text else None
@@ -283,6 +278,7 @@ class TTS:
         nsm = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
         return build_prompt(self.talker, self.config, tok.assistant_text(req.text), req.language, spec, nsm)
 
+    @_flushing_denormals
     def generate_codes(
         self, requests: Sequence[Request], trace: Trace | None = None, on_frame: Callable | None = None
     ) -> list[torch.Tensor]:
@@ -292,6 +288,7 @@ class TTS:
             self.talker, prompts, params, self.config.talker.codec_eos_token_id, trace, on_frame
         )
 
+    @_flushing_denormals
     def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
         """Codes [F, 16] -> float32 audio. ICL voices decode with their reference codes as left context,
         whose share of the audio is then cut (the official rule)."""
@@ -304,6 +301,7 @@ class TTS:
         cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wav.shape[0])
         return wav[cut:]
 
+    @_flushing_denormals
     def synthesize(self, requests: Sequence[Request]) -> list[np.ndarray]:
         if self.engine is not None:
             return self.engine.generate(requests)
@@ -324,9 +322,50 @@ class TTS:
         frames = (
             codes[0] for codes, alive in iter_frames(self.talker, prompts, params, eos) if bool(alive[0])
         )
-        return audio_chunks(
+        chunks = audio_chunks(
             frames, self.codec.stream_decoder(), prompts[0].ref_codes, chunk_frames, first_chunk_frames
         )
+        return flush_each(chunks, self.device)
+
+
+def check_ref_text(ref_text: Any) -> str | None:
+    """A reference transcript: a string of at most MAX_TEXT_CHARS; blank means none (x-vector voice)."""
+    if ref_text is None:
+        return None
+    if not isinstance(ref_text, str):
+        raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
+    if len(ref_text) > MAX_TEXT_CHARS:
+        raise InvalidInput(
+            f"ref_text is longer than {MAX_TEXT_CHARS} characters", param="ref_text", code="text_too_long"
+        )
+    return ref_text if ref_text.strip() else None
+
+
+def load_reference(ref_audio: AudioInput, sample_rate: int) -> np.ndarray:
+    """Reference audio (path, bytes of any common format, or (array, rate)) as float32 mono at
+    `sample_rate`, checked: readable, not silent, REF_MIN_SECONDS to REF_MAX_SECONDS long."""
+    from utter_tts.audio.io import load_audio
+
+    return load_audio(
+        ref_audio, sample_rate, min_seconds=REF_MIN_SECONDS, max_seconds=REF_MAX_SECONDS, param="ref_audio"
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: as asked (checked), else CUDA when available, else the CPU."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise InvalidInput(f"unknown device {device!r}; use cpu, cuda or cuda:N", param="device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(
+            f"device {str(device)!r}: CUDA is not available (no GPU, or a CPU-only torch)", param="device"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidInput(
+            f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N", param="device"
+        )
+    return device
 
 
 def _listify(text) -> tuple[list, bool]:

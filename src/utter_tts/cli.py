@@ -6,14 +6,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 import wave
 from pathlib import Path
 from typing import Any
 
 from utter_tts.engine.text import split_sentences
-from utter_tts.errors import InvalidInput, UtterTTSError
+from utter_tts.errors import CheckpointError, InvalidInput, UtterTTSError
+from utter_tts.files import check_writable, write_atomic
 
 DEFAULT_CHUNK_CHARS = 400
 DEFAULT_PAUSE_S = 0.15  # silence between chunks (sentence pause; no clicks at the seams)
@@ -83,20 +83,10 @@ def _wav_bytes(audio, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _check_out(path: str | os.PathLike) -> Path:
+    """--out can be written: checked before any work, so a long synthesis is never lost at the end."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return check_writable(path)
     except OSError as e:
         raise InvalidInput(f"cannot write {str(path)!r}: {e.strerror or e}", param="out") from e
 
@@ -111,7 +101,10 @@ def write_audio(path: str | os.PathLike, audio, sample_rate: int) -> None:
         from utter_tts.audio.encode import encode
 
         data = encode(audio, sample_rate, fmt)
-    _write_atomic(Path(path), data)
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise InvalidInput(f"cannot write {str(path)!r}: {e.strerror or e}", param="out") from e
 
 
 # ---------------------------------------------------------------- inputs
@@ -142,11 +135,21 @@ def _load_voice(path: str):
     return Voice.load(p)
 
 
-def _load_model(args: argparse.Namespace):
+def _open_model(args: argparse.Namespace):
+    """Device, dtype and the checkpoint's config and tokenizer: what every check needs, without the
+    weights (a hub id fetches only its small files here)."""
+    from utter_tts.api import resolve_device
+    from utter_tts.model.checkpoint import open_checkpoint, parse_dtype
+
+    device = resolve_device(args.device)
+    dtype = parse_dtype(None if args.dtype == "auto" else args.dtype, device)
+    return open_checkpoint(args.model, weights=False), device, dtype
+
+
+def _load_model(ckpt, device, dtype):
     from utter_tts.api import TTS
 
-    dtype = None if args.dtype == "auto" else args.dtype
-    return TTS.from_pretrained(args.model, device=args.device, dtype=dtype)
+    return TTS.load(ckpt, device, dtype)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,6 +165,15 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in s.items() if v is not None}
 
 
+def _reference(args: argparse.Namespace):
+    """--ref decoded and checked (readable, not silent, 1-30 s), as (samples, rate) for create_voice."""
+    from utter_tts.api import check_ref_text, load_reference
+    from utter_tts.model.codec import SAMPLE_RATE
+
+    check_ref_text(args.ref_text)
+    return load_reference(args.ref, SAMPLE_RATE), SAMPLE_RATE
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -169,20 +181,22 @@ def _synthesize(args: argparse.Namespace) -> int:
     from utter_tts.request import Request, new_seed, validate
 
     started = time.perf_counter()
+    # every argument, file and the output path is checked before the model loads
     _output_format(args.out)
+    _check_out(args.out)
     text = _read_text(args)
     if not text.strip():
         raise InvalidInput("text is empty", param="text", code="empty_text")
     chunks = split_sentences(text, args.max_chunk_chars)
     seed = args.seed if args.seed is not None else new_seed()
-    tts = _load_model(args)
-
+    ckpt, device, dtype = _open_model(args)
     fields: dict[str, Any] = {}
+    reference = None
     if args.command == "clone":
         if args.voice is not None:
             fields["voice"] = _load_voice(args.voice)
         else:
-            fields["voice"] = tts.create_voice(args.ref, args.ref_text)
+            reference = _reference(args)
     elif args.command == "design":
         fields["instruct"] = args.description
     else:
@@ -192,13 +206,29 @@ def _synthesize(args: argparse.Namespace) -> int:
         Request(c, args.command, args.language, seed=seed, sampling=dict(sampling), **fields) for c in chunks
     ]
     for req in requests:  # every chunk checked before any is synthesized
-        validate(req, tts.config, tts.sampling)
+        validate(req, ckpt.config, ckpt.sampling, check_voice=reference is None)
+
+    tts = _load_model(ckpt, device, dtype)
+    if reference is not None:
+        voice = tts.create_voice(reference, args.ref_text)
+        for req in requests:
+            req.voice = voice
 
     from tqdm import tqdm
 
     wavs = []
     quiet = args.quiet or not sys.stderr.isatty()
-    with tqdm(total=len(requests), unit="chunk", disable=quiet, file=sys.stderr, leave=False) as bar:
+    # every chunk redraws the bar (chunks take seconds, so no refresh interval is needed)
+    bar = tqdm(
+        total=len(requests),
+        unit="chunk",
+        disable=quiet,
+        file=sys.stderr,
+        leave=False,
+        mininterval=0,
+        miniters=1,
+    )
+    with bar:
         for i in range(0, len(requests), args.batch_size):
             batch = requests[i : i + args.batch_size]
             wavs.extend(tts.synthesize(batch))
@@ -218,8 +248,17 @@ def _voice_create(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if Path(args.out).suffix.lower() != ".safetensors":
         raise InvalidInput(f"a voice file is saved as .safetensors, got {args.out!r}", param="out")
-    tts = _load_model(args)
-    voice = tts.create_voice(args.ref, args.ref_text)
+    _check_out(args.out)
+    ckpt, device, dtype = _open_model(args)
+    if ckpt.config.tts_model_type != "base":
+        raise InvalidInput(
+            f"voices are made with a Base checkpoint; this one is {ckpt.config.tts_model_type}",
+            param="model",
+            code="unsupported_for_model",
+        )
+    reference = _reference(args)
+    tts = _load_model(ckpt, device, dtype)
+    voice = tts.create_voice(reference, args.ref_text)
     try:
         voice.save(args.out)
     except OSError as e:
@@ -274,13 +313,19 @@ def _non_negative_float(value: str) -> float:
     return x
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+# The checkpoint each command needs, for its --model help.
+MODEL_KIND = {
+    "clone": "a Base checkpoint (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base)",
+    "design": "a VoiceDesign checkpoint (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign)",
+    "speak": "a CustomVoice checkpoint (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice)",
+    "voice create": "a Base checkpoint (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base)",
+}
+
+
+def _model_options(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_ID",
-        help="checkpoint folder or hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base)",
+        "--model", required=True, metavar="PATH_OR_ID", help=f"{MODEL_KIND[command]}: a folder or hub id"
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     g.add_argument(
@@ -289,11 +334,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
         help="talker weights (default: bfloat16 on cuda, float32 on cpu)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log model loading")
 
 
 def _synthesis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("text and output")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the text to speak ('-' reads standard input)")
@@ -345,67 +390,107 @@ def _synthesis_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-new-tokens", type=int, help="cap on generated frames per chunk (12.5 per second)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own parser (for errors shown with its own usage)."""
     from utter_tts import __version__
 
     parser = argparse.ArgumentParser(prog="utter-tts", description="Qwen3-TTS speech synthesis.")
     parser.add_argument("--version", action="version", version=f"utter-tts {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
 
-    p = sub.add_parser(
+    p = commands["clone"] = sub.add_parser(
         "clone", help="speak in a cloned voice (Base checkpoint)", description="Speak in a cloned voice."
     )
-    _model_options(p)
+    _model_options(p, "clone")
     voice = p.add_argument_group("voice").add_mutually_exclusive_group(required=True)
     voice.add_argument("--ref", metavar="AUDIO", help="reference audio (1 to 30 s; wav, flac, mp3, ...)")
     voice.add_argument("--voice", metavar="FILE", help="a voice file from `utter-tts voice create`")
     p.add_argument("--ref-text", help="the words spoken in --ref (better cloning)")
     _synthesis_options(p)
 
-    p = sub.add_parser(
+    p = commands["design"] = sub.add_parser(
         "design",
         help="speak in a voice made from a description (VoiceDesign checkpoint)",
         description="Speak in a voice made from a description.",
     )
-    _model_options(p)
+    _model_options(p, "design")
     p.add_argument("--description", required=True, help="the voice, in words")
     _synthesis_options(p)
 
-    p = sub.add_parser(
+    p = commands["speak"] = sub.add_parser(
         "speak",
         help="speak as a preset speaker (CustomVoice checkpoint)",
         description="Speak as a preset speaker.",
     )
-    _model_options(p)
+    _model_options(p, "speak")
     p.add_argument("--speaker", required=True, help="a preset speaker of the checkpoint")
     p.add_argument("--instruct", help="speaking style, e.g. 'Speak slowly and sadly.'")
     _synthesis_options(p)
 
-    p = sub.add_parser("voice", help="make reusable voice files", description="Voice files.")
+    p = commands["voice"] = sub.add_parser(
+        "voice", help="make reusable voice files", description="Voice files."
+    )
     vsub = p.add_subparsers(dest="voice_command", required=True, metavar="COMMAND")
-    p = vsub.add_parser(
+    p = commands["voice create"] = vsub.add_parser(
         "create",
         help="save a cloned voice from reference audio (Base checkpoint)",
         description="Save a cloned voice from reference audio.",
     )
-    _model_options(p)
+    _model_options(p, "voice create")
     p.add_argument("--ref", required=True, metavar="AUDIO", help="reference audio (1 to 30 s)")
     p.add_argument("--ref-text", help="the words spoken in --ref (better cloning)")
     p.add_argument("--out", required=True, metavar="FILE", help="the voice file to write (.safetensors)")
 
     # listed for --help only: main() hands `serve ...` to the server's own parser
     sub.add_parser("serve", help="run the HTTP server (utter-tts serve --help)", add_help=False)
-    return parser
+    return parser, commands
+
+
+# The command-line option behind each request field an error can name.
+OPTION_OF_PARAM = {
+    "out": "--out",
+    "text_file": "--text-file",
+    "ref_audio": "--ref",
+    "ref_text": "--ref-text",
+    "voice": "--voice",
+    "language": "--language",
+    "speaker": "--speaker",
+    "seed": "--seed",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "repetition_penalty": "--repetition-penalty",
+    "max_new_tokens": "--max-new-tokens",
+    "do_sample": "--greedy",
+    "subtalker_dosample": "--greedy",
+    "model": "--model",
+    "mode": "--model",  # a request the checkpoint's type cannot serve: the wrong --model
+    "device": "--device",
+    "dtype": "--dtype",
+}
+
+
+def _option(e: UtterTTSError, args: argparse.Namespace) -> str | None:
+    """The option an error is about, as the user typed it."""
+    if isinstance(e, CheckpointError):
+        return "--model"
+    param = getattr(e, "param", None)
+    if param == "text":
+        return "--text-file" if getattr(args, "text_file", None) is not None else "--text"
+    if param == "instruct":
+        return "--description" if args.command == "design" else "--instruct"
+    return OPTION_OF_PARAM.get(param)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
-    parser = build_parser()
+    parser, commands = build_parser()
     args = parser.parse_args(argv)
     if args.command == "clone" and args.voice is not None and args.ref_text is not None:
-        parser.error("--ref-text goes with --ref; a voice file already holds its transcript")
+        commands["clone"].error("--ref-text goes with --ref; a voice file already holds its transcript")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -414,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             return _voice_create(args)
         return _synthesize(args)
     except UtterTTSError as e:
-        print(f"error: {e}", file=sys.stderr)
+        option = _option(e, args)
+        print(f"error: argument {option}: {e}" if option else f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -57,8 +57,12 @@ def _check_text(value: Any, param: str, limit: int, allow_empty: bool = False) -
     return value
 
 
-def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Request, SamplingConfig]:
-    """Check a request against the checkpoint; return it normalised (seed set) with its sampling settings."""
+def validate(
+    req: Request, cfg: TTSConfig, defaults: SamplingConfig, check_voice: bool = True
+) -> tuple[Request, SamplingConfig]:
+    """Check a request against the checkpoint; return it normalised (seed set) with its sampling settings.
+    `check_voice=False` checks a clone request whose voice is not made yet (the CLI checks everything
+    else before it loads the model that makes the voice)."""
     if req.mode not in MODES:
         raise InvalidInput(f"unknown mode {req.mode!r}; use one of {', '.join(MODES)}", param="mode")
     needed = MODE_OF_MODEL[cfg.tts_model_type]
@@ -80,7 +84,7 @@ def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Re
             param="language",
             code="unsupported_language",
         )
-    if req.mode == "clone":
+    if req.mode == "clone" and (check_voice or req.voice is not None):
         if not isinstance(req.voice, Voice):
             raise InvalidInput("cloning needs a voice (from create_voice) or reference audio", param="voice")
         if req.voice.dim != cfg.talker.hidden_size:
@@ -91,6 +95,7 @@ def validate(req: Request, cfg: TTSConfig, defaults: SamplingConfig) -> tuple[Re
                 code="voice_model_mismatch",
             )
         _check_voice_tensors(req.voice, cfg)
+    if req.mode == "clone":
         if req.instruct:
             raise UnsupportedForModel(
                 "a Base checkpoint takes no description or instruction", param="instruct"

@@ -18,6 +18,9 @@ from utter_tts.model.text import TextTokenizer
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "vocab.json", "merges.txt", "speech_tokenizer/config.json")
+# What settles whether a request fits a checkpoint (type, languages, speakers, tokenizer): fetched from
+# the hub before the weights, so bad input is refused before a multi-GB download.
+SMALL_FILES = ("*.json", "*.txt")
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -41,8 +44,14 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         ) from None
 
 
-def resolve(path_or_id: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hugging Face hub id, downloaded (or found in the cache)."""
+def resolve(
+    path_or_id: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    small_files_only: bool = False,
+) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id, downloaded (or found in the cache);
+    `small_files_only` fetches configs and tokenizer files, not the weights."""
     p = Path(path_or_id).expanduser()
     if p.is_dir():
         return p
@@ -54,16 +63,17 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None, cache_di
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir))
+        patterns = list(SMALL_FILES) if small_files_only else None
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as e:  # network errors, missing repo, offline mode: all surface the same way
         raise CheckpointError(f"could not download {name!r} from the Hugging Face hub: {e}") from e
 
 
-def check_layout(folder: Path) -> None:
+def check_layout(folder: Path, weights: bool = True) -> None:
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-    if not list(folder.glob("*.safetensors")):
+    if weights and not list(folder.glob("*.safetensors")):
         missing.append("*.safetensors (model weights)")
-    if not list((folder / "speech_tokenizer").glob("*.safetensors")):
+    if weights and not list((folder / "speech_tokenizer").glob("*.safetensors")):
         missing.append("speech_tokenizer/*.safetensors (codec weights)")
     if missing:
         raise CheckpointError(f"checkpoint {folder} is missing: {', '.join(missing)}")
@@ -103,11 +113,24 @@ class Checkpoint:
     config: TTSConfig
     sampling: SamplingConfig
     tokenizer: TextTokenizer
+    source: str = ""  # the folder or hub id it was opened from
+    revision: str | None = None
+    has_weights: bool = True  # False when opened from the hub without its weights (`weights=False`)
+
+    def with_weights(self) -> Checkpoint:
+        """This checkpoint with its weights on disk (downloads them when it was opened without)."""
+        return self if self.has_weights else open_checkpoint(self.source, self.revision)
 
 
-def open_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Checkpoint:
-    folder = resolve(path_or_id, revision)
-    check_layout(folder)
+def open_checkpoint(
+    path_or_id: str | os.PathLike, revision: str | None = None, weights: bool = True
+) -> Checkpoint:
+    """Config, sampling defaults and tokenizer of a folder or hub id. With `weights=False` a hub id
+    fetches only its small files (a local folder is checked whole either way)."""
+    local = Path(path_or_id).expanduser().is_dir()
+    folder = resolve(path_or_id, revision, small_files_only=not weights and not local)
+    has_weights = weights or local
+    check_layout(folder, weights=has_weights)
     try:
         config = TTSConfig.from_file(folder / "config.json")
     except (ValueError, TypeError, KeyError) as e:
@@ -123,7 +146,7 @@ def open_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) 
         raise CheckpointError(
             f"tokenizer files vocab.json / merges.txt in {folder} are unreadable: {e}"
         ) from e
-    return Checkpoint(folder, config, sampling, tokenizer)
+    return Checkpoint(folder, config, sampling, tokenizer, str(path_or_id), revision, has_weights)
 
 
 def load_talker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Talker:

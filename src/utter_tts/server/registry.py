@@ -84,7 +84,7 @@ class ModelRegistry:
             from utter_tts.api import TTS
 
             for src in sources:
-                log.info("loading %s on %s (%s)", src, device, dtype)
+                log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
                 tts = TTS.from_pretrained(src, device=device, dtype=dtype)
                 if engine == "on" or (engine == "auto" and tts.device.type == "cuda"):
                     from utter_tts.engine.engine import Engine
@@ -92,7 +92,14 @@ class ModelRegistry:
                     tts.engine = Engine(tts, max_streams=engine_streams)
                     tts.engine.warmup()
                 loaded = self.add(src, tts)
-                log.info("loaded %s as %r (%s)", src, loaded.id, loaded.model_type)
+                log.info(
+                    "loaded %s as %r (%s) on %s in %s",
+                    src,
+                    loaded.id,
+                    loaded.model_type,
+                    tts.device,
+                    str(tts.dtype).removeprefix("torch."),
+                )
             self.ready.set()
         except Exception as e:  # reported by /health; the process stays up so operators can see why
             log.exception("model loading failed")

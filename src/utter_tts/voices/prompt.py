@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +13,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from utter_tts.errors import InvalidInput
+from utter_tts.files import write_atomic
 
 FORMAT_VERSION = "1"
 
@@ -86,20 +85,8 @@ class Voice:
         return cls(speaker_embedding=emb, ref_codes=codes, ref_text=ref_text, meta=meta)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash mid-write leaves the old file or none, never a torn one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write atomically and durably: a crash mid-write leaves the old file or none, never a torn one."""
+        write_atomic(path, self.to_bytes(), durable=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Voice:
