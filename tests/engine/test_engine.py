@@ -87,25 +87,31 @@ def test_streamed_audio_equals_one_shot(tts, voices, engine):
 
 def test_concurrent_streams_decode_in_batches(tts, voices, engine):
     """Three players streaming at once: their codec pushes run batched, and each stream's audio still
-    equals its own one-shot decode."""
+    equals its own one-shot decode. Batching is shown deterministically: the decoder is held until all
+    three first pushes wait; the two one-frame pushes (x-vector voices) then run as one pass, the ICL
+    voice's reference push (another length) as a second."""
     reqs = _requests(voices)[:3]
     want = []
     for req in reqs:
         [(r, prompt, _)] = tts.prepare_each([req])
         want.append(tts.decode(tts.generate_codes([req])[0], prompt.ref_codes))
     got: list = [None] * 3
-    before = engine.decoding.batches
+    batches_before = len(engine.decoding.passes)
 
     def play(i):
         got[i] = np.concatenate(list(engine.stream(reqs[i], chunk_frames=2, first_chunk_frames=1)))
 
     threads = [threading.Thread(target=play, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
+    with engine.decoding.held():
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120  # liveness only: how long the pushes take does not matter
+        while len(engine.decoding.jobs) < 3:
+            assert time.monotonic() < deadline, "the three first pushes never arrived"
+            time.sleep(0.01)
     for t in threads:
         t.join()
-    pushes = sum(1 + -(-(len(w) // 1920 - 1) // 2) for w in want) + 1  # first, then by 2; ICL reference
-    assert engine.decoding.batches - before < pushes  # some passes decoded several streams
+    assert sorted(engine.decoding.passes[batches_before]) == [1, 2]
     for g, w in zip(got, want):
         assert len(g) == len(w)
         assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max()

@@ -17,6 +17,7 @@ import torch
 
 from utter_tts.engine.host import to_host_all
 from utter_tts.model.codec import SpeechTokenizer, StreamingDecoder, push_batch
+from utter_tts.model.denormals import flush_denormals
 
 GAP, LINGER = 0.0005, 0.002
 
@@ -40,7 +41,10 @@ class DecodeBatcher:
         self.jobs: deque[_Job] = deque()
         self.wake = threading.Condition()
         self.closed = False
+        self.open = threading.Event()  # cleared by `held()`: pushes queue up but no pass starts
+        self.open.set()
         self.batches = 0  # passes run (for tests and metrics)
+        self.passes: list[list[int]] = []  # per batch taken: streams decoded by each of its codec passes
         self.thread = threading.Thread(target=self._loop, name="utter-tts-decoder", daemon=True)
         self.thread.start()
 
@@ -65,15 +69,32 @@ class DecodeBatcher:
         with self.wake:
             self.closed = True
             self.wake.notify()
+        self.open.set()
         self.thread.join(10)
 
+    @contextlib.contextmanager
+    def held(self):
+        """Start no pass while the block runs; the pushes that queue meanwhile are decoded together when
+        it ends (a deterministic way to show batching, and to line streams up)."""
+        self.open.clear()
+        try:
+            yield
+        finally:
+            self.open.set()
+
     def _loop(self) -> None:
+        with flush_denormals(self.codec.device):  # our own thread: flushed for its whole life
+            self._take_batches()
+
+    def _take_batches(self) -> None:
         while True:
             with self.wake:
                 while not self.jobs and not self.closed:
                     self.wake.wait()
                 if not self.jobs and self.closed:
                     return
+            self.open.wait()
+            with self.wake:
                 # streams batched in the talker get their frames together: give their players a moment
                 # to hand their pushes in (until none came for GAP seconds, at most LINGER in all)
                 deadline = time.perf_counter() + LINGER
@@ -108,8 +129,10 @@ class DecodeBatcher:
 
     def _run(self, batch: list[_Job]) -> None:
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
-            outs = push_batch([j.decoder for j in batch], [j.codes for j in batch])
+            passes: list[int] = []
+            outs = push_batch([j.decoder for j in batch], [j.codes for j in batch], passes)
             self.batches += 1
+            self.passes.append(passes)
             for job, audio in zip(batch, to_host_all(outs)):  # one wait for the whole batch
                 job.audio = audio
 

@@ -14,6 +14,7 @@ import torch
 from utter_tts.engine.runner import FrameRunner
 from utter_tts.errors import UtterTTSError
 from utter_tts.model.config import SamplingConfig
+from utter_tts.model.denormals import flush_denormals
 from utter_tts.model.prompt import Prompt
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,10 @@ class Scheduler:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        with flush_denormals(self.runner.device):  # our own thread: flushed for its whole life
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self.lock:
                 while not self.closed and not self.pending and not self.live:

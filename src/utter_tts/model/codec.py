@@ -24,6 +24,8 @@ from utter_tts.model.codec_encoder import (
 from utter_tts.model.config import _pick
 from utter_tts.model.talker import RMSNorm
 
+SAMPLE_RATE = 24000  # the 12 Hz codec's audio rate, in and out (SpeechTokenizer checks its config)
+
 # Streaming state: each stateful module keeps its left context under its own key (the module itself).
 State = dict
 
@@ -576,12 +578,16 @@ class StreamingDecoder:
 
 
 @torch.inference_mode()
-def push_batch(decoders: list[StreamingDecoder], codes: list[torch.Tensor]) -> list[torch.Tensor]:
+def push_batch(
+    decoders: list[StreamingDecoder], codes: list[torch.Tensor], passes: list[int] | None = None
+) -> list[torch.Tensor]:
     """`decoders[i].push(codes[i])` for many single-stream decoders of one model in few batched passes.
 
     Pushes of equal length that stay inside their decoder's chunk run as one batch (their states are
     stacked, run, and split back); the rest (a push crossing an official chunk boundary) run alone.
-    Each output equals that decoder's own push within float tolerance."""
+    Each output equals that decoder's own push within float tolerance. `passes`, when given, gets the
+    number of streams decoded by each batched pass (a push that ran alone counts as 1)."""
+    passes = [] if passes is None else passes
     out: list[torch.Tensor | None] = [None] * len(decoders)
     groups: dict[int, list[int]] = {}
     for i, (d, c) in enumerate(zip(decoders, codes)):
@@ -593,7 +599,9 @@ def push_batch(decoders: list[StreamingDecoder], codes: list[torch.Tensor]) -> l
             groups.setdefault(c.shape[0], []).append(i)
         else:
             out[i] = d.push(c)
+            passes.append(1)
     for idx in groups.values():
+        passes.append(len(idx))
         if len(idx) == 1:
             out[idx[0]] = decoders[idx[0]].push(codes[idx[0]])
             continue
