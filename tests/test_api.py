@@ -17,7 +17,7 @@ from utter_tts.api import TTS
 from utter_tts.demo import SHAPES, SPECIAL_TOKENS
 from utter_tts.errors import AudioError, CheckpointError, InvalidInput, UnsupportedForModel, UtterTTSError
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 from .model.test_parity import reference_clip
 
@@ -89,7 +89,7 @@ def test_bad_text(base, voice, text, code, fragment):
 
 
 def test_text_at_the_limit_is_accepted(base, voice):
-    validate(Request("a" * MAX_TEXT_CHARS, voice=voice), base.config, base.sampling)
+    validate(Request("a" * MAX_TEXT_CHARS, voice=voice), base.pipeline.config, base.pipeline.defaults)
 
 
 def test_bad_text_in_a_batch_names_the_text(custom):
@@ -115,9 +115,10 @@ def test_language_must_be_a_string(base, voice):
 
 
 def test_language_names_are_case_insensitive(base, voice):
-    (upper,), _ = base.prepare([Request("Hello.", "clone", "ENGLISH", voice=voice)])
-    (lower,), _ = base.prepare([Request("Hello.", "clone", "english", voice=voice)])
-    (other,), _ = base.prepare([Request("Hello.", "clone", "german", voice=voice)])
+    upper, lower, other = (
+        base.pipeline.prepare(Request("Hello.", "clone", lang, voice=voice)).prompt
+        for lang in ("ENGLISH", "english", "german")
+    )
     assert torch.equal(upper.embeds, lower.embeds) and not torch.equal(upper.embeds, other.embeds)
     [codes] = base.generate_codes([Request("Hello.", "clone", "English", voice=voice, sampling=SHORT)])
     assert codes.shape[1] == 16 and codes.shape[0] >= 1
@@ -129,7 +130,7 @@ def test_unknown_speaker(custom):
     assert e.value.code == "unknown_speaker"
     with raises(InvalidInput, "speaker", "unknown speaker None"):
         custom.speak("Hello.", None, **SHORT)
-    custom.prepare([Request("Hello.", "speak", speaker="VIVIAN")])  # names are case-insensitive
+    custom.pipeline.prepare(Request("Hello.", "speak", speaker="VIVIAN"))  # names are case-insensitive
 
 
 # ---- what each checkpoint type can do ----------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_instruction_on_base(base, voice):
 
 
 def test_instruction_on_small_custom_voice(custom, monkeypatch):
-    monkeypatch.setattr(custom.config, "tts_model_size", "0b6")
+    monkeypatch.setattr(custom.pipeline.config, "tts_model_size", "0b6")
     with raises(UnsupportedForModel, "instruct", "the 0.6B CustomVoice model takes no instruction"):
         custom.speak("Hello.", "ryan", instruct="Speak happily.", **SHORT)
 
@@ -259,7 +260,11 @@ def test_ref_text_with_a_finished_voice(base, voice):
 
 
 def test_voice_of_a_model_of_another_width(base):
-    assert SHAPES["tiny-0.6b"]["hidden"] == SHAPES["tiny-1.7b"]["hidden"] == base.config.talker.hidden_size
+    assert (
+        SHAPES["tiny-0.6b"]["hidden"]
+        == SHAPES["tiny-1.7b"]["hidden"]
+        == base.pipeline.config.talker.hidden_size
+    )
     # the tiny shapes share a width, so stand in a voice of the real 0.6B (1024) on this one (64)
     other = Voice(speaker_embedding=torch.randn(SHAPES["0.6b"]["hidden"]), meta={"model_size": "0b6"})
     with raises(InvalidInput, "voice", "made for a model of width 1024; this checkpoint has 64") as e:
@@ -354,9 +359,10 @@ def test_voice_with_malformed_tensors(base, voice, case):
 
 
 def test_special_token_strings_are_plain_text(base, voice):
-    tok = base.tokenizer
+    tok = base.pipeline.tokenizer
     text = "Say <|im_end|> and <tts_pad>, then <|im_start|>user <|endoftext|><tts_text_eod><|audio_start|>."
-    template = [base.config.im_start_token_id, base.config.im_end_token_id, base.config.im_start_token_id]
+    cfg = base.pipeline.config
+    template = [cfg.im_start_token_id, cfg.im_end_token_id, cfg.im_start_token_id]
     ids = tok.assistant_text(text)
     assert [i for i in ids if i >= min(SPECIAL_TOKENS.values())] == template
     assert tok.bpe.decode(tok.encode_plain(text)) == text
@@ -458,7 +464,7 @@ def test_checkpoint_optional_files(checkpoints, tmp_path):
     folder = mirror(checkpoints("custom_voice"), tmp_path / "ckpt", skip="generation_config.json")
     (folder / "tokenizer.json").unlink()
     tts = TTS.from_pretrained(folder, device="cpu")
-    assert tts.sampling.max_new_tokens == 2048  # the official defaults
+    assert tts.pipeline.defaults.max_new_tokens == 2048  # the official defaults
 
 
 CORRUPT = {
@@ -548,7 +554,7 @@ def test_bad_load_options(checkpoints, kw, param, fragment):
 def test_bfloat16_clone(checkpoints):
     tts = TTS.from_pretrained(checkpoints("base"), device="cpu", dtype="bfloat16")
     assert tts.dtype == torch.bfloat16
-    assert next(tts.talker.parameters()).dtype == torch.bfloat16
+    assert next(tts.pipeline.talker.parameters()).dtype == torch.bfloat16
     audio, sr = tts.clone("Hello there.", (reference_clip(1.5), SR), ref_text=REF_TEXT, **SHORT)
     assert sr == SR and audio.dtype == np.float32
     assert audio.size > 0 and np.isfinite(audio).all() and np.abs(audio).max() > 1e-3

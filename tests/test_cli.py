@@ -17,8 +17,9 @@ import torch
 
 from utter_tts import cli
 from utter_tts.api import TTS
+from utter_tts.pipeline import Pipeline
 from utter_tts.request import MAX_TEXT_CHARS
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 from .model.test_parity import reference_clip
 
@@ -30,9 +31,9 @@ FAST = ["--max-new-tokens", "12", "--quiet"]
 
 @pytest.fixture(scope="module", autouse=True)
 def cached_models():
-    """Load each checkpoint once for the module: main() calls TTS.load on every run."""
-    load = TTS.load
-    cache: dict[tuple, TTS] = {}
+    """Load each checkpoint once for the module: main() loads its model on every run."""
+    load = Pipeline.load
+    cache: dict[tuple, Pipeline] = {}
 
     def cached(cls, ckpt, device, dtype):
         key = (str(ckpt.folder), str(device), str(dtype))
@@ -41,7 +42,7 @@ def cached_models():
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TTS, "load", classmethod(cached))
+        mp.setattr(Pipeline, "load", classmethod(cached))
         yield cache
 
 
@@ -49,13 +50,13 @@ def cached_models():
 def loads(monkeypatch):
     """Count model loads (on top of the cache): a bad input must be refused before any."""
     seen = []
-    load = TTS.load.__func__
+    load = Pipeline.load.__func__
 
     def counting(cls, ckpt, device, dtype):
         seen.append(str(ckpt.folder))
         return load(cls, ckpt, device, dtype)
 
-    monkeypatch.setattr(TTS, "load", classmethod(counting))
+    monkeypatch.setattr(Pipeline, "load", classmethod(counting))
     return seen
 
 

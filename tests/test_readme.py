@@ -14,7 +14,9 @@ import torch
 from tests.model.test_parity import reference_clip
 from tests.server.conftest import ServerThread, make_config
 from utter_tts.api import TTS
+from utter_tts.engine.engine import Engine
 from utter_tts.model.checkpoint import open_checkpoint
+from utter_tts.pipeline import Pipeline
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HUB_IDS = {
@@ -47,17 +49,17 @@ def workdir(tmp_path, monkeypatch, checkpoints):
     monkeypatch.chdir(tmp_path)
     write_m4a(tmp_path / "me.m4a", reference_clip(2.0))
     (tmp_path / "chapter.txt").write_text("It was a dark night. The wind was cold! Who would come?", "utf-8")
-    loaded: dict[str, TTS] = {}
+    loaded: dict[str, Pipeline] = {}
 
-    def from_pretrained(cls, path_or_id, device=None, dtype=None, revision=None):
+    def from_pretrained(cls, path_or_id, device=None, dtype=None, revision=None, engine=False):
         kind = HUB_IDS[str(path_or_id)]
         if kind not in loaded:
-            tts = TTS.load.__func__(
-                cls, open_checkpoint(checkpoints(kind)), torch.device("cpu"), torch.float32
-            )
-            tts.sampling = tts.sampling.replace(max_new_tokens=FRAMES)
-            loaded[kind] = tts
-        return loaded[kind]
+            pipeline = Pipeline.load(open_checkpoint(checkpoints(kind)), torch.device("cpu"), torch.float32)
+            pipeline.defaults = pipeline.defaults.replace(max_new_tokens=FRAMES)
+            loaded[kind] = pipeline
+        if engine:
+            return cls(loaded[kind], Engine(loaded[kind], **(engine if isinstance(engine, dict) else {})))
+        return cls(loaded[kind])
 
     monkeypatch.setattr(TTS, "from_pretrained", classmethod(from_pretrained))
     return tmp_path

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # name -> module that defines it (imported when the name is first asked for)
 _LAZY = {
     "TTS": "utter_tts.api",
-    "Voice": "utter_tts.voices.prompt",
+    "Voice": "utter_tts.voices.voice",
     "Request": "utter_tts.request",
     "Engine": "utter_tts.engine.engine",
     "Busy": "utter_tts.engine.scheduler",
@@ -64,4 +64,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from utter_tts.engine.engine import Engine
     from utter_tts.engine.scheduler import Busy, Cancelled, EngineFault
     from utter_tts.request import Request
-    from utter_tts.voices.prompt import Voice
+    from utter_tts.voices.voice import Voice

@@ -1,55 +1,22 @@
-"""The Python API: load a checkpoint, make voices, synthesize speech (clone, design, preset speakers)."""
+"""The Python API: `TTS`, a thin facade over a checkpoint's pipeline and, optionally, an engine."""
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from utter_tts.engine.host import to_host
-from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
-from utter_tts.engine.text import frame_cap
-from utter_tts.errors import InvalidInput, UnsupportedForModel
-from utter_tts.model.checkpoint import (
-    Checkpoint,
-    load_strict,
-    load_talker,
-    open_checkpoint,
-    parse_dtype,
-    read_safetensors,
-)
-from utter_tts.model.codec import SpeechTokenizer
-from utter_tts.model.config import SamplingConfig
-from utter_tts.model.denormals import flush_denormals, flush_each
-from utter_tts.model.generate import RowParams, Trace, generate_codes, iter_frames
-from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
-from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
-from utter_tts.request import MAX_TEXT_CHARS, Request, validate
-from utter_tts.voices.prompt import Voice
-
-log = logging.getLogger(__name__)
-
-# Reference clips: long enough to carry a voice, short enough to keep the ICL prompt small.
-REF_MIN_SECONDS = 1.0
-REF_MAX_SECONDS = 30.0
-
-AudioInput = Any  # path | bytes | (np.ndarray, sample_rate)
-
-
-def _flushing_denormals(method):
-    """Run a TTS method with denormals flushed on the CPU (see model/denormals.py)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with flush_denormals(self.device):
-            return method(self, *args, **kwargs)
-
-    return wrapper
+from utter_tts.device import resolve_device
+from utter_tts.engine.engine import Engine
+from utter_tts.errors import InvalidInput
+from utter_tts.model.checkpoint import open_checkpoint, parse_dtype
+from utter_tts.model.frame import Trace
+from utter_tts.pipeline import AudioInput, Pipeline, check_chunk_sizes
+from utter_tts.request import Request
+from utter_tts.voices.voice import Voice
 
 
 class TTS:
@@ -59,27 +26,15 @@ class TTS:
     >>> voice = tts.create_voice("me.wav", ref_text="What I say in me.wav.")
     >>> audio, sr = tts.clone("Hello!", voice, language="english")
 
-    Every call builds its own KV caches, so one TTS serves many threads at once (the server relies
-    on it); for throughput under concurrency use `utter_tts.engine.Engine`, which batches them.
+    Without an engine every call runs its own batch (one TTS serves many threads at once); with one
+    (`engine=` here or in `from_pretrained`) calls share frames through continuous batching.
     """
 
-    stream_thread_safe = True
-
-    def __init__(
-        self, ckpt, talker, codec: SpeechTokenizer, speaker_encoder: SpeakerEncoder | None, device, dtype
-    ):
-        self.ckpt = ckpt
-        self.config = ckpt.config
-        self.tokenizer = ckpt.tokenizer
-        self.sampling = ckpt.sampling
-        self.talker = talker
-        self.codec = codec
-        self.speaker_encoder = speaker_encoder
-        self.device = device
-        self.dtype = dtype
-        # set to an utter_tts.engine.Engine to serve synthesize/stream (and clone/design/speak) through
-        # continuous batching: concurrent callers then share GPU frames instead of taking turns
-        self.engine = None
+    def __init__(self, pipeline: Pipeline, engine: Engine | None = None):
+        if engine is not None and engine.pipeline is not pipeline:
+            raise ValueError("the engine must run this TTS's pipeline")
+        self.pipeline = pipeline
+        self.engine = engine
 
     @classmethod
     def from_pretrained(
@@ -88,73 +43,55 @@ class TTS:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         revision: str | None = None,
+        engine: bool | dict[str, Any] = False,
     ) -> TTS:
         """Load a local folder or a hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base). Defaults: CUDA in bf16
-        when available, else CPU in fp32. The codec and speaker encoder run in fp32 (as the official)."""
+        when available, else CPU in fp32; the codec and speaker encoder run in fp32 (as the official).
+        `engine=True` (or the Engine's settings as a dict, e.g. {"max_streams": 16}) serves every call
+        through continuous batching."""
         device = resolve_device(device)
         dtype = parse_dtype(dtype, device)
-        return cls.load(open_checkpoint(path_or_id, revision), device, dtype)
+        pipeline = Pipeline.load(open_checkpoint(path_or_id, revision), device, dtype)
+        if not engine:
+            return cls(pipeline)
+        return cls(pipeline, Engine(pipeline, **(engine if isinstance(engine, dict) else {})))
 
-    @classmethod
-    def load(cls, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> TTS:
-        """Load the weights of an opened checkpoint (see `open_checkpoint`; downloads them if it was
-        opened without) on `device` in `dtype`."""
-        ckpt = ckpt.with_weights()
-        talker = load_talker(ckpt, device, dtype)
-        codec = SpeechTokenizer.from_dir(ckpt.folder / "speech_tokenizer", device=device, dtype=torch.float32)
-        spk = None
-        if ckpt.config.tts_model_type == "base":
-            spk = SpeakerEncoder(ckpt.config.speaker_encoder)
-            load_strict(spk, read_safetensors(ckpt.folder, "speaker_encoder."), "speaker_encoder")
-            spk = spk.to(device=device, dtype=dtype).eval()
-        log.info(
-            "loaded %s (%s, %s) on %s in %s",
-            ckpt.folder,
-            ckpt.config.tts_model_type,
-            ckpt.config.tts_model_size,
-            device,
-            str(dtype).removeprefix("torch."),
-        )
-        return cls(ckpt, talker, codec, spk, device, dtype)
+    def close(self) -> None:
+        """Stop the engine's threads (no-op without one)."""
+        if self.engine is not None:
+            self.engine.close()
 
     # ---- facts -------------------------------------------------------------------------------------
     @property
     def model_type(self) -> str:
-        return self.config.tts_model_type
+        return self.pipeline.model_type
 
     @property
     def languages(self) -> list[str]:
-        return self.config.languages
+        return self.pipeline.config.languages
 
     @property
     def speakers(self) -> list[str]:
-        return self.config.speakers
+        return self.pipeline.config.speakers
 
     @property
     def sample_rate(self) -> int:
-        return self.codec.sample_rate
+        return self.pipeline.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.dtype
 
     # ---- voices ------------------------------------------------------------------------------------
-    @_flushing_denormals
-    @torch.inference_mode()
     def create_voice(self, ref_audio: AudioInput, ref_text: str | None = None) -> Voice:
         """A reusable clone prompt from reference audio (path, bytes of any common format, or
         (array, sample_rate)). With `ref_text` (the words spoken in the clip) the voice uses the
         in-context mode, which clones better; without it, only the speaker embedding is used."""
-        if self.model_type != "base":
-            raise UnsupportedForModel(
-                f"voices are made with a Base checkpoint; this one is {self.model_type}", param="ref_audio"
-            )
-        ref_text = check_ref_text(ref_text)
-        wav = load_reference(ref_audio, self.codec.sample_rate)
-        wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        emb = speaker_embedding(self.speaker_encoder, wav_t).float().cpu()
-        codes = self.codec.encode(wav_t).cpu() if ref_text else None
-        meta = {
-            "model_size": self.config.tts_model_size,
-            "ref_seconds": round(len(wav) / self.sample_rate, 3),
-        }
-        return Voice(speaker_embedding=emb, ref_codes=codes, ref_text=ref_text, meta=meta)
+        return self.pipeline.create_voice(ref_audio, ref_text)
 
     def _as_voice(self, voice_or_audio: Voice | AudioInput, ref_text: str | None) -> Voice:
         if isinstance(voice_or_audio, Voice):
@@ -235,137 +172,34 @@ class TTS:
     def _finish(self, wavs: list[np.ndarray], single: bool):
         return (wavs[0] if single else wavs), self.sample_rate
 
-    # ---- the batch core ----------------------------------------------------------------------------
-    def prepare(self, requests: Sequence[Request]) -> tuple[list[Prompt], RowParams]:
-        """Validate requests and build their prompts and batched sampling parameters."""
-        prompts, settings, seeds = [], [], []
-        for req, prompt, sampling in self.prepare_each(requests):
-            prompts.append(prompt)
-            settings.append(sampling)
-            seeds.append(req.seed)
-        return prompts, RowParams.stack(settings, seeds, self.device)
-
-    def prepare_each(self, requests: Sequence[Request]) -> list[tuple[Request, Prompt, SamplingConfig]]:
-        """Validated requests (seed drawn when unset), their prompts and sampling settings. Each
-        generation is capped by its text length (`frame_cap`) so a missing end token cannot run away."""
-        out = []
-        for req in requests:
-            req, sampling = validate(req, self.config, self.sampling)
-            prompt = self.build_prompt(req)
-            n_tokens = len(self.tokenizer.encode_plain(req.text))
-            cap = max(sampling.min_new_tokens, frame_cap(n_tokens) + 1)
-            if sampling.max_new_tokens > cap:
-                sampling = sampling.replace(max_new_tokens=cap)
-            out.append((req, prompt, sampling))
-        return out
-
-    def build_prompt(self, req: Request) -> Prompt:
-        tok = self.tokenizer
-        spec = VoiceSpec()
-        if req.mode == "clone":
-            v = req.voice
-            spec.speaker_embedding = v.speaker_embedding.to(self.device, self.dtype)
-            if v.mode == "icl":
-                spec.ref_codes = v.ref_codes
-                spec.ref_text_ids = tok.ref_text(v.ref_text)[3:-2]
-        elif req.mode == "design":
-            spec.instruct_ids = tok.instruct_text(req.instruct)
-        else:
-            spec.speaker = req.speaker
-            if req.instruct:
-                spec.instruct_ids = tok.instruct_text(req.instruct)
-        # the official defaults: text fed frame by frame when cloning, all in the prompt otherwise
-        nsm = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
-        return build_prompt(self.talker, self.config, tok.assistant_text(req.text), req.language, spec, nsm)
-
-    @_flushing_denormals
-    def generate_codes(
-        self, requests: Sequence[Request], trace: Trace | None = None, on_frame: Callable | None = None
-    ) -> list[torch.Tensor]:
-        """Codes [F, 16] per request (the talker and code predictor only, no audio)."""
-        prompts, params = self.prepare(requests)
-        return generate_codes(
-            self.talker, prompts, params, self.config.talker.codec_eos_token_id, trace, on_frame
-        )
-
-    @_flushing_denormals
-    def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
-        """Codes [F, 16] -> float32 audio. ICL voices decode with their reference codes as left context,
-        whose share of the audio is then cut (the official rule)."""
-        if codes.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
-        if ref_codes is None:
-            return to_host(self.codec.decode(codes)).numpy()
-        full = torch.cat([ref_codes.to(codes.device), codes])
-        wav = to_host(self.codec.decode(full)).numpy()
-        cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wav.shape[0])
-        return wav[cut:]
-
-    @_flushing_denormals
+    # ---- requests ----------------------------------------------------------------------------------
     def synthesize(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """Audio (float32, 24 kHz) for each request; all run together."""
         if self.engine is not None:
             return self.engine.generate(requests)
-        prompts, params = self.prepare(requests)
-        codes = generate_codes(self.talker, prompts, params, self.config.talker.codec_eos_token_id)
-        return [self.decode(c, p.ref_codes) for c, p in zip(codes, prompts)]
+        return self.pipeline.synthesize([self.pipeline.prepare(r) for r in requests])
 
     def stream(
         self, request: Request, chunk_frames: int = 4, first_chunk_frames: int = 1
     ) -> Iterator[np.ndarray]:
-        """Yield float32 audio chunks as frames are generated: the first after `first_chunk_frames`
-        frames, then every `chunk_frames`. The chunks concatenate to the one-shot audio."""
+        """float32 audio chunks as frames are generated: the first after `first_chunk_frames` frames,
+        then every `chunk_frames`. The chunks concatenate to the one-shot audio; closing the iterator
+        early stops the generation."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
         if self.engine is not None:
             return self.engine.stream(request, chunk_frames, first_chunk_frames)
-        prompts, params = self.prepare([request])
-        eos = self.config.talker.codec_eos_token_id
-        frames = (
-            codes[0] for codes, alive in iter_frames(self.talker, prompts, params, eos) if bool(alive[0])
-        )
-        chunks = audio_chunks(
-            frames, self.codec.stream_decoder(), prompts[0].ref_codes, chunk_frames, first_chunk_frames
-        )
-        return flush_each(chunks, self.device)
+        return self.pipeline.stream(self.pipeline.prepare(request), chunk_frames, first_chunk_frames)
 
+    def generate_codes(self, requests: Sequence[Request], trace: Trace | None = None) -> list[torch.Tensor]:
+        """Codes [F, 16] per request (the talker and code predictor only, no audio); `trace` records the
+        raw logits (parity tests)."""
+        if self.engine is not None and trace is None:
+            return self.engine.generate_codes(requests)
+        return self.pipeline.generate_codes([self.pipeline.prepare(r) for r in requests], trace)
 
-def check_ref_text(ref_text: Any) -> str | None:
-    """A reference transcript: a string of at most MAX_TEXT_CHARS; blank means none (x-vector voice)."""
-    if ref_text is None:
-        return None
-    if not isinstance(ref_text, str):
-        raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
-    if len(ref_text) > MAX_TEXT_CHARS:
-        raise InvalidInput(
-            f"ref_text is longer than {MAX_TEXT_CHARS} characters", param="ref_text", code="text_too_long"
-        )
-    return ref_text if ref_text.strip() else None
-
-
-def load_reference(ref_audio: AudioInput, sample_rate: int) -> np.ndarray:
-    """Reference audio (path, bytes of any common format, or (array, rate)) as float32 mono at
-    `sample_rate`, checked: readable, not silent, REF_MIN_SECONDS to REF_MAX_SECONDS long."""
-    from utter_tts.audio.io import load_audio
-
-    return load_audio(
-        ref_audio, sample_rate, min_seconds=REF_MIN_SECONDS, max_seconds=REF_MAX_SECONDS, param="ref_audio"
-    )
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to run on: as asked (checked), else CUDA when available, else the CPU."""
-    try:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError):
-        raise InvalidInput(f"unknown device {device!r}; use cpu, cuda or cuda:N", param="device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput(
-            f"device {str(device)!r}: CUDA is not available (no GPU, or a CPU-only torch)", param="device"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise InvalidInput(
-            f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N", param="device"
-        )
-    return device
+    def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
+        """Codes [F, 16] -> float32 audio (ICL voices: with their reference codes as left context)."""
+        return self.pipeline.decode(codes, ref_codes)
 
 
 def _listify(text) -> tuple[list, bool]:

@@ -11,9 +11,9 @@ import wave
 from pathlib import Path
 from typing import Any
 
-from utter_tts.engine.text import split_sentences
 from utter_tts.errors import CheckpointError, InvalidInput, UtterTTSError
 from utter_tts.files import check_writable, write_atomic
+from utter_tts.text import split_sentences
 
 DEFAULT_CHUNK_CHARS = 400
 DEFAULT_PAUSE_S = 0.15  # silence between chunks (sentence pause; no clicks at the seams)
@@ -127,7 +127,7 @@ def _read_text(args: argparse.Namespace) -> str:
 
 
 def _load_voice(path: str):
-    from utter_tts.voices.prompt import Voice
+    from utter_tts.voices.voice import Voice
 
     p = Path(path)
     if not p.is_file():
@@ -138,7 +138,7 @@ def _load_voice(path: str):
 def _open_model(args: argparse.Namespace):
     """Device, dtype and the checkpoint's config and tokenizer: what every check needs, without the
     weights (a hub id fetches only its small files here)."""
-    from utter_tts.api import resolve_device
+    from utter_tts.device import resolve_device
     from utter_tts.model.checkpoint import open_checkpoint, parse_dtype
 
     device = resolve_device(args.device)
@@ -148,8 +148,9 @@ def _open_model(args: argparse.Namespace):
 
 def _load_model(ckpt, device, dtype):
     from utter_tts.api import TTS
+    from utter_tts.pipeline import Pipeline
 
-    return TTS.load(ckpt, device, dtype)
+    return TTS(Pipeline.load(ckpt, device, dtype))
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -167,8 +168,8 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 def _reference(args: argparse.Namespace):
     """--ref decoded and checked (readable, not silent, 1-30 s), as (samples, rate) for create_voice."""
-    from utter_tts.api import check_ref_text, load_reference
-    from utter_tts.model.codec import SAMPLE_RATE
+    from utter_tts.codec.speech_tokenizer import SAMPLE_RATE
+    from utter_tts.pipeline import check_ref_text, load_reference
 
     check_ref_text(args.ref_text)
     return load_reference(args.ref, SAMPLE_RATE), SAMPLE_RATE

@@ -180,7 +180,7 @@ def write_tokenizer(out_dir: str | Path) -> None:
     placeholders that no merge can produce."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from utter_tts.model.text import QWEN2_PRETOKENIZE_REGEX
+    from utter_tts.model.tokenizer import QWEN2_PRETOKENIZE_REGEX
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -536,7 +536,7 @@ def build_checkpoint(
     """Write a random checkpoint of `model_type` (base / voice_design / custom_voice) and `shape` (see
     SHAPES) to `out_dir` (replaced). The talker (and the speaker encoder of Base) in `dtype`, the codec in
     float32, as the hub's checkpoints are."""
-    from utter_tts.model.codec import SpeechTokenizer, SpeechTokenizerConfig
+    from utter_tts.codec.speech_tokenizer import SpeechTokenizer, SpeechTokenizerConfig
     from utter_tts.model.config import TTSConfig
     from utter_tts.model.speaker_encoder import SpeakerEncoder
     from utter_tts.model.talker import Talker

@@ -11,7 +11,7 @@ import torch
 
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.config import SamplingConfig, TTSConfig
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 MODES = ("clone", "design", "speak")
 MODE_OF_MODEL = {"base": "clone", "voice_design": "design", "custom_voice": "speak"}

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from utter_tts.api import TTS
-from utter_tts.engine.engine import Engine, join_sentences
+from utter_tts.audio.join import join_clips
+from utter_tts.engine.engine import Engine
 from utter_tts.engine.scheduler import Busy, Cancelled
-from utter_tts.engine.text import frame_cap, split_sentences
 from utter_tts.errors import InvalidInput
+from utter_tts.pipeline import frame_cap
 from utter_tts.request import Request
+from utter_tts.text import split_sentences
 
 from ..model.test_parity import TEXTS, reference_clip
 
@@ -38,7 +40,7 @@ def voices(tts):
 
 @pytest.fixture
 def engine(tts):
-    eng = Engine(tts, max_streams=3, max_frames=64, max_prompt=128, max_text_tokens=128, max_queue=4)
+    eng = Engine(tts.pipeline, max_streams=3, max_frames=64, max_prompt=128, max_text_tokens=128, max_queue=4)
     yield eng
     eng.close()
 
@@ -63,10 +65,10 @@ def _requests(voices):
 def test_batched_and_joining_mid_flight_equals_plain(tts, voices, engine):
     reqs = _requests(voices)
     plain = [tts.generate_codes([r])[0] for r in reqs]
-    first, _ = engine.submit(reqs[0])
+    first = engine.submit(reqs[0])
     while first.frames < 5:  # the others join while the first is mid-flight
         time.sleep(0.01)
-    later = [engine.submit(r)[0] for r in reqs[1:]]  # 4 requests, 3 slots: the last waits for a slot
+    later = [engine.submit(r) for r in reqs[1:]]  # 4 requests, 3 slots: the last waits for a slot
     got = [first.result(60)] + [s.result(60) for s in later]
     for a, b in zip(plain, got):
         assert torch.equal(a, b)
@@ -75,8 +77,8 @@ def test_batched_and_joining_mid_flight_equals_plain(tts, voices, engine):
 
 def test_streamed_audio_equals_one_shot(tts, voices, engine):
     for req in _requests(voices)[:2]:  # x-vector and ICL (reference codes as left context)
-        [(r, prompt, _)] = tts.prepare_each([req])
-        one_shot = tts.decode(tts.generate_codes([req])[0], prompt.ref_codes)
+        ref_codes = tts.pipeline.prepare(req).ref_codes
+        one_shot = tts.decode(tts.generate_codes([req])[0], ref_codes)
         for first, chunk in ((1, 1), (2, 5), (3, 4)):
             chunks = list(engine.stream(req, chunk_frames=chunk, first_chunk_frames=first))
             assert len(chunks[0]) == first * 1920
@@ -93,8 +95,7 @@ def test_concurrent_streams_decode_in_batches(tts, voices, engine):
     reqs = _requests(voices)[:3]
     want = []
     for req in reqs:
-        [(r, prompt, _)] = tts.prepare_each([req])
-        want.append(tts.decode(tts.generate_codes([req])[0], prompt.ref_codes))
+        want.append(tts.decode(tts.generate_codes([req])[0], tts.pipeline.prepare(req).ref_codes))
     got: list = [None] * 3
     batches_before = len(engine.decoding.passes)
 
@@ -131,7 +132,7 @@ def test_cancel_frees_the_slot(voices, engine):
     long = dict(max_new_tokens=60, min_new_tokens=60)
     xv = voices[0]
     streams = [
-        engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))[0]
+        engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))
         for i in range(4)
     ]
     while engine.scheduler.active < 3:
@@ -175,9 +176,7 @@ def test_limits(tts, voices, engine):
     with pytest.raises(Busy):
         for i in range(20):
             streams.append(
-                engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))[
-                    0
-                ]
+                engine.submit(Request(TEXTS["english"], "clone", "english", voice=xv, sampling=long, seed=i))
             )
     assert 4 <= len(streams) <= 3 + 4  # the queue holds 4; up to 3 more may already run
     for s in streams:
@@ -191,14 +190,16 @@ def test_limits(tts, voices, engine):
             voice=xv,
             sampling=dict(max_new_tokens=500, min_new_tokens=500),
         )
-    )[0]
+    )
     assert big.result(120).shape[0] == 64
 
 
 def test_frame_cap_by_text_length(tts, voices):
     req = Request("Hi.", "clone", "english", voice=voices[0], sampling=dict(max_new_tokens=4000))
-    [(_, _, sampling)] = tts.prepare_each([req])
-    assert sampling.max_new_tokens == frame_cap(len(tts.tokenizer.encode_plain("Hi."))) + 1
+    assert tts.pipeline.prepare(req).frames == frame_cap(len(tts.pipeline.tokenizer.encode_plain("Hi.")))
+    assert tts.pipeline.prepare(req, limit=7).frames == 7  # an engine's caches bound it too
+    asked = Request("Hi.", "clone", "english", voice=voices[0], sampling=dict(max_new_tokens=6))
+    assert tts.pipeline.prepare(asked).frames == 5  # the token sampled last gets no residual codes
 
 
 def test_split_sentences():
@@ -233,22 +234,21 @@ def test_document(tts, voices, engine):
 
 def test_join_has_no_clicks():
     a = np.ones(2400, dtype=np.float32) * 0.5
-    joined = join_sentences([a, a], 24000)
+    joined = join_clips([a, a], 24000)
     assert np.abs(np.diff(joined)).max() < 0.5 / 100  # faded edges: no step at the joins
 
 
 def test_tts_served_by_its_engine(tts, voices):
-    """With `tts.engine` set, the plain API's calls go through continuous batching, same audio."""
+    """A TTS made with an engine serves the plain API's calls through continuous batching, same audio."""
     req = _requests(voices)[1]
     plain = np.concatenate(list(tts.stream(req)))
-    eng = Engine(tts, max_streams=2, max_frames=64, max_prompt=128, max_text_tokens=128)
+    eng = Engine(tts.pipeline, max_streams=2, max_frames=64, max_prompt=128, max_text_tokens=128)
+    served_tts = TTS(tts.pipeline, eng)
     try:
-        tts.engine = eng
-        served = np.concatenate(list(tts.stream(req)))
-        batch = tts.synthesize([req, _requests(voices)[0]])
+        served = np.concatenate(list(served_tts.stream(req)))
+        batch = served_tts.synthesize([req, _requests(voices)[0]])
     finally:
-        tts.engine = None
-        eng.close()
+        served_tts.close()
     assert np.abs(served - plain).max() <= 1e-5 * np.abs(plain).max()
     assert np.abs(batch[0] - plain).max() <= 1e-5 * np.abs(plain).max()
     assert eng.scheduler.frames_run > 0
@@ -258,14 +258,15 @@ def test_a_failing_push_fails_only_its_stream(tts):
     """One player's bad codes in a batch must not fail the other players' audio."""
     from utter_tts.engine.decoding import DecodeBatcher, _Job
 
-    batcher = DecodeBatcher(tts.codec)
+    codec = tts.pipeline.codec
+    batcher = DecodeBatcher(codec)
     try:
         codes = torch.randint(0, 2048, (2, 16))
-        good = _Job(tts.codec.stream_decoder(), codes)
-        bad = _Job(tts.codec.stream_decoder(), codes[:, :15])  # 15 codebooks: invalid
+        good = _Job(codec.stream_decoder(), codes)
+        bad = _Job(codec.stream_decoder(), codes[:, :15])  # 15 codebooks: invalid
         batcher._serve([good, bad])  # one batch, as the thread would run it
         assert isinstance(bad.error, ValueError) and bad.done.is_set()
         assert good.error is None and good.done.is_set()
-        assert torch.allclose(good.audio, tts.codec.stream_decoder().push(codes), atol=1e-5)
+        assert torch.allclose(good.audio, codec.stream_decoder().push(codes), atol=1e-5)
     finally:
         batcher.close()

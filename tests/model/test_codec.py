@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from utter_tts.codec.speech_tokenizer import SpeechTokenizer, push_batch
 from utter_tts.errors import CheckpointError
-from utter_tts.model.codec import SpeechTokenizer, push_batch
 
 WAVE_RTOL = 1e-4  # decode parity: max|ours - official| / max|official| (observed: 0.0, bit-identical)
 STREAM_RTOL = 3e-5  # streaming vs decode(): same metric, fp32 (observed 4e-6 to 9.4e-6: GEMM-shape noise)
@@ -100,7 +100,7 @@ def test_strict_keys_and_attributes(folder, ours):
 
 def test_runtime_does_not_import_reference_packages():
     code = (
-        "import sys, utter_tts.model.codec;"
+        "import sys, utter_tts.codec.speech_tokenizer;"
         "bad = [m for m in ('transformers', 'qwen_tts') if m in sys.modules];"
         "assert not bad, bad"
     )
@@ -328,10 +328,8 @@ def test_push_batch_equals_each_stream_alone(small_chunks, monkeypatch):
     pushes give each stream's own one-shot decode."""
     st, _, _ = small_chunks
     batch_sizes = []
-    run = st._run
-    monkeypatch.setattr(
-        st, "_run", lambda codes, state=None: batch_sizes.append(len(codes)) or run(codes, state)
-    )
+    run = st.run
+    monkeypatch.setattr(st, "run", lambda codes, state: batch_sizes.append(len(codes)) or run(codes, state))
     streams = [random_codes(n, seed=50 + i) for i, n in enumerate((90, 61, 77))]
     decoders = [st.stream_decoder() for _ in streams]
     outs: list[list[torch.Tensor]] = [[] for _ in streams]

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from tests.support.official import install_oracle_stubs
 from utter_tts.api import TTS
 from utter_tts.model import prompt as prompt_mod
-from utter_tts.model.generate import RowParams, Trace, pick_codebook0, suppressed_ids
-from utter_tts.model.talker import Rotary
+from utter_tts.model.frame import SamplingParams, Trace, pick_codebook0, suppressed_ids
+from utter_tts.model.layers import Rotary
 from utter_tts.request import Request
 
 from .test_parity import GREEDY, N_TOKENS, TEXTS, Oracle, reference_clip
@@ -93,7 +93,9 @@ def test_codebook0_rules_match_hf_processors():
     torch.manual_seed(0)
     vocab, eos = 3072, 2150
     suppress = suppressed_ids(vocab, eos)
-    history = torch.randint(0, 2048, (3, 5))
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[suppress] = True
+    history = torch.randint(0, 2048, (3, 5))  # with repeats: HF penalises a token said twice once
     logits = torch.randn(3, vocab)
     rows = torch.arange(3)
     logits[rows, history[:, 0]] = 10.0  # the favourite was already said ...
@@ -106,17 +108,22 @@ def test_codebook0_rules_match_hf_processors():
             MinNewTokensLengthLogitsProcessor(0, min_new, eos),
         ):
             expected = proc(history[:, :step], expected)
-        params = RowParams.stack(
+        params = SamplingParams.stack(
             [SamplingConfig(do_sample=False, repetition_penalty=1.3)] * 3, [0, 1, 2], "cpu"
         )
-        got = pick_codebook0(logits.clone(), history[:, :step], step, params, torch.tensor(suppress), eos)
+        got = pick_codebook0(logits.clone(), seen_mask(history[:, :step], vocab), step, params, mask, eos)
         assert torch.equal(got, expected.argmax(-1))
     assert torch.equal(got, torch.full((3,), 2047))
-    no_penalty = RowParams.stack(
+    no_penalty = SamplingParams.stack(
         [SamplingConfig(do_sample=False, repetition_penalty=1.0)] * 3, [0] * 3, "cpu"
     )
-    faulty = pick_codebook0(logits.clone(), history, 5, no_penalty, torch.tensor(suppress), eos)
+    faulty = pick_codebook0(logits.clone(), seen_mask(history, vocab), 5, no_penalty, mask, eos)
     assert not torch.equal(faulty, got)
+
+
+def seen_mask(history: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The frame step's form of a token history: which tokens each row has said."""
+    return torch.zeros(history.shape[0], vocab, dtype=torch.bool).scatter_(1, history, True)
 
 
 def test_decode_position_off_by_one_fails(case, monkeypatch):
@@ -139,7 +146,7 @@ def test_text_codec_alignment_off_by_one_fails(case, monkeypatch):
         p.trailing = p.trailing[1:]  # each text token arrives one frame early
         return p
 
-    monkeypatch.setattr("utter_tts.api.build_prompt", shifted)
+    monkeypatch.setattr("utter_tts.pipeline.build_prompt", shifted)
     codes, _ = ours(tts, voice)
     assert not torch.equal(codes, expected)
 
@@ -147,7 +154,7 @@ def test_text_codec_alignment_off_by_one_fails(case, monkeypatch):
 @pytest.mark.parametrize("field", ["tts_pad_token_id", "codec_bos_id", "codec_think_id"])
 def test_wrong_special_id_fails(case, field):
     tts, voice, expected, _ = case
-    cfg = tts.config.talker if field.startswith("codec") else tts.config
+    cfg = tts.pipeline.config.talker if field.startswith("codec") else tts.pipeline.config
     old = getattr(cfg, field)
     setattr(cfg, field, old + 1)
     try:
@@ -160,8 +167,10 @@ def test_wrong_special_id_fails(case, field):
 def test_logits_check_sees_small_faults(case, monkeypatch):
     """A fault too small to flip an argmax still fails the per-step logit comparison."""
     tts, voice, _, official_logits = case
-    w = tts.talker.model.layers[0].mlp.down_proj.weight
-    monkeypatch.setattr(tts.talker.model.layers[0].mlp.down_proj, "weight", torch.nn.Parameter(w * 1.001))
+    w = tts.pipeline.talker.model.layers[0].mlp.down_proj.weight
+    monkeypatch.setattr(
+        tts.pipeline.talker.model.layers[0].mlp.down_proj, "weight", torch.nn.Parameter(w * 1.001)
+    )
     _, trace = ours(tts, voice)
     worst = max((a - b).abs().max().item() for a, b in zip(trace.talker_logits, official_logits))
     assert worst > 2e-4  # the parity tolerance

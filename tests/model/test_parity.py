@@ -8,7 +8,7 @@ import torch
 
 from tests.support.official import load_official
 from utter_tts.api import TTS
-from utter_tts.model.generate import Trace
+from utter_tts.model.frame import Trace
 
 N_TOKENS = 34  # 33 frames per case with EOS masked (the last sampled token gets no residual codes)
 LOGIT_ATOL = 2e-4  # fp32, tiny models: observed differences are ~1e-5

@@ -279,14 +279,14 @@ def test_web_page_is_served(server):
 def test_per_frame_delay_streams_early_and_feeds_the_decoder_only_new_frames(client, monkeypatch):
     """A delay after every generated frame (in the model, not the server): audio still starts long
     before the last frame, and the codec decoder receives each frame exactly once."""
-    import utter_tts.api as api_module
-    from utter_tts.model.codec import StreamingDecoder
+    from utter_tts.codec.speech_tokenizer import StreamingDecoder
+    from utter_tts.pipeline import Pipeline
 
     delay, generated, pushed = 0.15, [], []
-    frames_of = api_module.iter_frames
+    frames_of = Pipeline.frames
 
-    def slow_frames(*a, **kw):
-        for item in frames_of(*a, **kw):
+    def slow_frames(self, *a, **kw):
+        for item in frames_of(self, *a, **kw):
             generated.append(time.monotonic())
             yield item
             time.sleep(delay)
@@ -297,7 +297,7 @@ def test_per_frame_delay_streams_early_and_feeds_the_decoder_only_new_frames(cli
         pushed.append(int(codes.shape[-2]))
         return push(self, codes)
 
-    monkeypatch.setattr(api_module, "iter_frames", slow_frames)
+    monkeypatch.setattr(Pipeline, "frames", slow_frames)
     monkeypatch.setattr(StreamingDecoder, "push", counting_push)
     body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan", "response_format": "pcm", "seed": 11}
     with client.stream("POST", "/v1/audio/speech", json=body) as r:

@@ -21,7 +21,7 @@ from utter_tts.voices.library import (
     VoiceNotFound,
     owner_for_key,
 )
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 ALICE = owner_for_key("sk-alice")
 BOB = owner_for_key("sk-bob")
@@ -165,7 +165,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time, torch
     from utter_tts.voices.library import VoiceLibrary, owner_for_key
-    from utter_tts.voices import prompt
+    from utter_tts.voices import voice as prompt
     data_dir, key, count, stall = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "stall"
     if stall:
         real_save = prompt.Voice.save

@@ -10,7 +10,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 
 def prompt_key(caller: str, audio: bytes, ref_text: str | None) -> tuple[str, str]:

@@ -82,13 +82,14 @@ def load_service(
     from utter_tts.api import TTS
 
     def load(source: str):
-        tts = TTS.from_pretrained(source, device=settings.device, dtype=settings.dtype)
-        engine = None
-        if settings.use_engine:
-            from utter_tts.engine.engine import Engine
-
-            engine = Engine(tts, max_streams=settings.engine_streams, max_frames=settings.engine_frames)
-        return tts, engine
+        engine = {"max_streams": settings.engine_streams, "max_frames": settings.engine_frames}
+        tts = TTS.from_pretrained(
+            source,
+            device=settings.device,
+            dtype=settings.dtype,
+            engine=engine if settings.use_engine else False,
+        )
+        return tts, tts.engine
 
     base, base_engine = load(settings.base_model)
     design, design_engine = load(settings.design_model) if load_design else (None, None)

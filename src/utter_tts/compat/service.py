@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from utter_tts.audio.join import join_clips
 from utter_tts.compat.cache import PromptCache, prompt_key
 from utter_tts.compat.fetch import FetchError, FetchPolicy, fetch_url
 from utter_tts.compat.languages import (
@@ -23,10 +24,10 @@ from utter_tts.compat.languages import (
     normalize_language,
     unsupported_message,
 )
-from utter_tts.engine.engine import attention_backend, join_sentences
-from utter_tts.engine.text import split_sentences
+from utter_tts.engine.runner import attention_backend
 from utter_tts.errors import InvalidInput, UtterTTSError
 from utter_tts.request import Request
+from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -254,7 +255,7 @@ class CompatService:
             wavs.extend(self._generate(mode, reqs[start : start + step]))
             if progress is not None:
                 progress(len(wavs), len(reqs))
-        return join_sentences(wavs, self.sample_rate)
+        return join_clips(wavs, self.sample_rate)
 
     def _generate(self, mode: str, reqs: Sequence[Request]) -> list[np.ndarray]:
         engine = self.base_engine if mode == "clone" else self.design_engine

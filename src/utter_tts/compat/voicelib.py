@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from utter_tts.voices.library import VoiceLibrary
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 
 def apply(

@@ -15,11 +15,13 @@ from collections import deque
 
 import torch
 
-from utter_tts.engine.host import to_host_all
-from utter_tts.model.codec import SpeechTokenizer, StreamingDecoder, push_batch
+from utter_tts.codec.speech_tokenizer import SpeechTokenizer, StreamingDecoder, push_batch
+from utter_tts.device import to_host_all
 from utter_tts.model.denormals import flush_denormals
 
-GAP, LINGER = 0.0005, 0.002
+# Streams batched in the talker get their frames together: after the first push arrives, wait for more
+# until none came for QUIET_S seconds, at most GATHER_S in all.
+QUIET_S, GATHER_S = 0.0005, 0.002
 
 
 class _Job:
@@ -37,7 +39,7 @@ class DecodeBatcher:
         self.codec = codec
         self.max_batch = max_batch
         self.cuda = codec.device.type == "cuda"
-        self.stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
+        self.cuda_stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
         self.jobs: deque[_Job] = deque()
         self.wake = threading.Condition()
         self.closed = False
@@ -95,14 +97,12 @@ class DecodeBatcher:
                     return
             self.open.wait()
             with self.wake:
-                # streams batched in the talker get their frames together: give their players a moment
-                # to hand their pushes in (until none came for GAP seconds, at most LINGER in all)
-                deadline = time.perf_counter() + LINGER
+                deadline = time.perf_counter() + GATHER_S  # let the other players hand their pushes in
                 while len(self.jobs) < self.max_batch and not self.closed:
                     n, left = len(self.jobs), deadline - time.perf_counter()
                     if left <= 0:
                         break
-                    self.wake.wait(min(GAP, left))
+                    self.wake.wait(min(QUIET_S, left))
                     if len(self.jobs) == n:
                         break
                 batch = []
@@ -128,7 +128,7 @@ class DecodeBatcher:
             job.done.set()
 
     def _run(self, batch: list[_Job]) -> None:
-        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+        with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
             passes: list[int] = []
             outs = push_batch([j.decoder for j in batch], [j.codes for j in batch], passes)
             self.batches += 1

@@ -1,9 +1,8 @@
-"""The fast engine's face: submit requests, get audio, stream audio, synthesize whole documents."""
+"""The fast engine's face: submit requests of a pipeline, get audio, stream audio, synthesize documents."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
@@ -11,32 +10,29 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from utter_tts.api import TTS
+from utter_tts.audio.join import join_clips
 from utter_tts.engine.decoding import DecodeBatcher
-from utter_tts.engine.runner import FrameRunner
-from utter_tts.engine.scheduler import Scheduler, Stream
-from utter_tts.engine.streaming import audio_chunks, check_chunk_sizes
-from utter_tts.engine.text import split_sentences
+from utter_tts.engine.runner import Runner, attention_backend
+from utter_tts.engine.scheduler import Generation, Scheduler
 from utter_tts.errors import InvalidInput
+from utter_tts.pipeline import Pipeline, audio_chunks, check_chunk_sizes
 from utter_tts.request import Request
+from utter_tts.text import split_sentences
 
 log = logging.getLogger(__name__)
 
-SENTENCE_GAP_SECONDS = 0.12  # pause between the sentences of a document
-EDGE_FADE_SECONDS = 0.005  # fade at sentence edges so joins never click
-
 
 class Engine:
-    """Continuous batching over one loaded model (CUDA graphs on the GPU, eager elsewhere).
+    """Continuous batching over one pipeline (CUDA graphs on the GPU, eager elsewhere).
 
-    >>> engine = Engine(TTS.from_pretrained(path), max_streams=16)
+    >>> engine = Engine(Pipeline.load(...), max_streams=16)
     >>> audio = engine.generate([Request("Hello.", "clone", voice=voice)])[0]
     >>> for chunk in engine.stream(Request("Hello.", "clone", voice=voice)): ...
     """
 
     def __init__(
         self,
-        tts: TTS,
+        pipeline: Pipeline,
         max_streams: int = 16,
         max_frames: int = 2048,
         max_prompt: int = 1024,
@@ -44,10 +40,10 @@ class Engine:
         max_queue: int = 256,
         use_graphs: bool | None = None,
     ):
-        self.tts = tts
-        self.runner = FrameRunner(
-            tts.talker,
-            tts.config.talker.codec_eos_token_id,
+        self.pipeline = pipeline
+        self.runner = Runner(
+            pipeline.talker,
+            pipeline.eos_id,
             max_slots=max_streams,
             max_prompt=max_prompt,
             max_frames=max_frames,
@@ -55,13 +51,13 @@ class Engine:
             use_graphs=use_graphs,
         )
         self.scheduler = Scheduler(self.runner, max_queue=max_queue)
-        self.decoding = DecodeBatcher(tts.codec, max_batch=max(1, max_streams))
+        self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
         log.info(
             "engine ready: %d streams x %d frames, graphs %s, attention %s",
             max_streams,
             max_frames,
             self.runner.use_graphs,
-            attention_backend(tts.device),
+            attention_backend(pipeline.device),
         )
 
     def warmup(self, spans: tuple[int, ...] = (256,)) -> int:
@@ -73,32 +69,29 @@ class Engine:
 
     @property
     def sample_rate(self) -> int:
-        return self.tts.sample_rate
+        return self.pipeline.sample_rate
 
     def close(self) -> None:
         self.scheduler.close()
         self.decoding.close()
 
     # ---- requests ----------------------------------------------------------------------------------
-    def submit(self, request: Request) -> tuple[Stream, torch.Tensor | None]:
-        """Start one request; returns its stream of codes and the reference codes (ICL voices) that
-        decoding needs as left context."""
-        [(req, prompt, sampling)] = self.tts.prepare_each([request])
-        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.runner.max_frames + 1))
+    def submit(self, request: Request) -> Generation:
+        """Check and start one request; returns its running generation."""
+        job = self.pipeline.prepare(request, limit=self.runner.max_frames)
         try:
-            stream = self.scheduler.submit(prompt, sampling, req.seed)
+            return self.scheduler.submit(job)
         except ValueError as e:  # the prompt does not fit the engine's static shapes
             raise InvalidInput(str(e), param="input", code="too_long") from None
-        return stream, prompt.ref_codes
 
     def generate_codes(self, requests: Sequence[Request]) -> list[torch.Tensor]:
-        streams = [self.submit(r)[0] for r in requests]
-        return [s.result() for s in streams]
+        generations = [self.submit(r) for r in requests]
+        return [g.result() for g in generations]
 
     def generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """Audio for each request; all run concurrently."""
-        started = [self.submit(r) for r in requests]
-        return [self.tts.decode(s.result(), ref) for s, ref in started]
+        generations = [self.submit(r) for r in requests]
+        return [self.pipeline.decode(g.result(), g.job.ref_codes) for g in generations]
 
     def stream(
         self, request: Request, chunk_frames: int = 4, first_chunk_frames: int = 1
@@ -106,18 +99,19 @@ class Engine:
         """Audio chunks as frames are generated: the first after `first_chunk_frames` frames, then every
         `chunk_frames`. Closing the iterator early cancels the request and frees its slot."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
-        stream, ref = self.submit(request)
-        return self.audio(stream, ref, chunk_frames, first_chunk_frames)
+        return self.audio(self.submit(request), chunk_frames, first_chunk_frames)
 
     def audio(
-        self, stream: Stream, ref: torch.Tensor | None, chunk_frames: int = 4, first_chunk_frames: int = 1
+        self, generation: Generation, chunk_frames: int = 4, first_chunk_frames: int = 1
     ) -> Iterator[np.ndarray]:
-        """Audio chunks of a submitted stream (see `stream`); decoding is batched with other streams'."""
+        """Audio chunks of a submitted generation (see `stream`); decoding is batched with other streams'."""
         try:
             decoder = self.decoding.decoder()
-            yield from audio_chunks(stream, decoder, ref, chunk_frames, first_chunk_frames)
+            yield from audio_chunks(
+                generation, decoder, generation.job.ref_codes, chunk_frames, first_chunk_frames
+            )
         finally:
-            stream.cancel()  # no-op when finished; frees the slot when the consumer walked away
+            generation.cancel()  # no-op when finished; frees the slot when the consumer walked away
 
     async def astream(
         self, request: Request, chunk_frames: int = 4, first_chunk_frames: int = 1
@@ -146,38 +140,4 @@ class Engine:
             replace(request, text=p, seed=None if base_seed is None else base_seed + i)
             for i, p in enumerate(pieces)
         ]
-        return join_sentences(self.generate(reqs), self.sample_rate)
-
-
-def join_sentences(wavs: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-    fade = int(EDGE_FADE_SECONDS * sample_rate)
-    gap = np.zeros(int(SENTENCE_GAP_SECONDS * sample_rate), dtype=np.float32)
-    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-    out = []
-    for i, w in enumerate(wavs):
-        w = w.astype(np.float32, copy=True)
-        if len(w) > 2 * fade:
-            w[:fade] *= ramp
-            w[-fade:] *= ramp[::-1]
-        if i:
-            out.append(gap)
-        out.append(w)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=8)  # asked per /health and model-info call; the answer never changes
-def attention_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
-    """Which attention kernel runs: PyTorch SDPA over the masked static cache, and the kernel SDPA picks
-    for a decode step's shapes on this GPU (on an H100 the profile shows cuDNN's; the flash-attn package
-    is not used by the engine)."""
-    if device.type != "cuda":
-        return "sdpa (cpu)"
-    names = {0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN"}  # torch.nn.attention.SDPBackend
-    try:
-        q = torch.zeros(1, 8, 2, 128, device=device, dtype=dtype)
-        k = torch.zeros(1, 8, 256, 128, device=device, dtype=dtype)
-        mask = torch.ones(1, 1, 2, 256, dtype=torch.bool, device=device)
-        choice = int(torch._fused_sdp_choice(q, k, k, mask, 0.0, False))
-        return f"sdpa ({names.get(choice, str(choice))} kernel, masked static cache)"
-    except Exception:  # a private helper: if it moves, say less rather than fail
-        return "sdpa (masked static cache)"
+        return join_clips(self.generate(reqs), self.sample_rate)

@@ -1,4 +1,7 @@
-"""Continuous batching: admit requests at frame boundaries, run a frame for all live streams, retire."""
+"""Continuous batching, vLLM v1's shape: schedule (admit waiting generations into free slots at a frame
+boundary, retire cancelled ones) -> execute (the runner's frame) -> update (hand each generation its
+frame, retire the finished). The scheduler only keeps books: which generation holds which slot, and how
+many frames each has made of its budget."""
 
 from __future__ import annotations
 
@@ -11,11 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from utter_tts.engine.runner import FrameRunner
+from utter_tts.engine.runner import Runner, StepResult
 from utter_tts.errors import UtterTTSError
-from utter_tts.model.config import SamplingConfig
 from utter_tts.model.denormals import flush_denormals
-from utter_tts.model.prompt import Prompt
+from utter_tts.pipeline import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class Busy(UtterTTSError):
 
 
 class EngineFault(UtterTTSError):
-    """The engine produced something unusable for this stream (an internal error, not the caller's)."""
+    """The engine produced something unusable for this generation (an internal error, not the caller's)."""
 
 
 class Cancelled(UtterTTSError):
@@ -35,12 +37,11 @@ class Cancelled(UtterTTSError):
 
 
 @dataclass
-class Stream:
-    """One request in the engine. Iterate it for its frames' codes ([16] int64 tensors) as they come."""
+class Generation:
+    """One request running in the engine: iterate it for its frames' codes ([16] int64 tensors) as they
+    come, or wait for all of them with `result()`; `cancel()` frees its slot at the next frame."""
 
-    prompt: Prompt
-    sampling: SamplingConfig
-    seed: int
+    job: Prepared
     submitted: float = field(default_factory=time.perf_counter)
     first_frame_at: float | None = None
     frames: int = 0
@@ -71,9 +72,9 @@ class Stream:
             yield item
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
-        """All codes [F, 16] once the stream has finished."""
+        """All codes [F, 16] once the generation has finished."""
         if not self._done.wait(timeout):
-            raise TimeoutError("stream still running")
+            raise TimeoutError("generation still running")
         if self.error is not None:
             raise self.error
         return torch.stack(self.codes) if self.codes else torch.zeros(0, 16, dtype=torch.long)
@@ -93,13 +94,13 @@ class Stream:
 
 
 class Scheduler:
-    """Owns a FrameRunner and a thread that drives it. Thread-safe `submit`."""
+    """Drives a Runner from its own thread. Thread-safe `submit`."""
 
-    def __init__(self, runner: FrameRunner, max_queue: int = 256):
+    def __init__(self, runner: Runner, max_queue: int = 256):
         self.runner = runner
         self.max_queue = max_queue
-        self.pending: list[Stream] = []
-        self.live: list[Stream] = []  # index = slot
+        self.pending: list[Generation] = []
+        self.live: list[Generation] = []  # index = slot
         self.lock = threading.Condition()
         self.closed = False
         self.frames_run = 0
@@ -114,32 +115,32 @@ class Scheduler:
     def active(self) -> int:
         return len(self.live)
 
-    def submit(self, prompt: Prompt, sampling: SamplingConfig, seed: int) -> Stream:
-        self.runner.check_fits(prompt)
-        stream = Stream(prompt, sampling, seed)
+    def submit(self, job: Prepared) -> Generation:
+        self.runner.check_fits(job.prompt)
+        generation = Generation(job)
         with self.lock:
             if self.closed:
                 raise Cancelled("the engine is shut down")
             self._drop_cancelled_pending()
             if len(self.pending) >= self.max_queue:
                 raise Busy(f"{len(self.pending)} requests already wait; try again shortly")
-            self.pending.append(stream)
+            self.pending.append(generation)
             self.lock.notify()
-        return stream
+        return generation
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop: cancel what waits and what runs."""
         with self.lock:
             self.closed = True
-            for s in self.pending + self.live:
-                s.cancel()
+            for g in self.pending + self.live:
+                g.cancel()
             self.lock.notify()
         self.thread.join(timeout)
 
     def _drop_cancelled_pending(self) -> None:
-        for s in [s for s in self.pending if s.cancelled]:
-            self.pending.remove(s)
-            s._finish(Cancelled("cancelled before it started"))
+        for g in [g for g in self.pending if g.cancelled]:
+            self.pending.remove(g)
+            g._finish(Cancelled("cancelled before it started"))
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -157,41 +158,40 @@ class Scheduler:
                 while self.pending and len(self.live) + len(admit) < self.runner.max_slots:
                     admit.append(self.pending.pop(0))
             try:
-                with self._on_stream():
-                    for s in admit:
-                        self._admit(s)
+                with self._on_cuda_stream():
+                    for g in admit:
+                        self._admit(g)
                     self._retire_cancelled()
                     if self.live:
-                        self._frame()
+                        self._update(self.runner.step(len(self.live)))
             except Exception as e:  # a fault in the model: fail what runs, keep serving
                 log.exception("engine step failed")
-                for s in self.live:
-                    s._finish(e)
-                    self.runner.clear(self.live.index(s))
+                for slot, g in enumerate(self.live):
+                    g._finish(e)
+                    self.runner.clear(slot)
                 self.live = []
             if self.closed:
-                for s in self.live:
-                    s._finish(Cancelled("the engine is shut down"))
-                for s in self.pending:
-                    s._finish(Cancelled("the engine is shut down"))
+                for g in self.live + self.pending:
+                    g._finish(Cancelled("the engine is shut down"))
                 self.live, self.pending = [], []
                 return
 
-    def _on_stream(self):
-        stream = self.runner.stream
-        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    def _on_cuda_stream(self):
+        cuda_stream = self.runner.cuda_stream
+        return torch.cuda.stream(cuda_stream) if cuda_stream is not None else contextlib.nullcontext()
 
-    def _admit(self, s: Stream) -> None:
-        if s.cancelled:
-            s._finish(Cancelled("cancelled before it started"))
+    def _admit(self, g: Generation) -> None:
+        if g.cancelled:
+            g._finish(Cancelled("cancelled before it started"))
             return
         slot = len(self.live)
-        self.runner.prefill(slot, s.prompt, s.sampling, s.seed)
-        if self.runner.first_token(slot) == self.runner.eos_id or self.runner.info[slot].max_frames <= 0:
+        job = g.job
+        ended = self.runner.prefill(slot, job.prompt, job.sampling, job.request.seed)
+        if ended or job.frames <= 0:
             self.runner.clear(slot)
-            s._finish()
+            g._finish()
             return
-        self.live.append(s)
+        self.live.append(g)
 
     def _retire(self, i: int) -> None:
         last = len(self.live) - 1
@@ -204,31 +204,24 @@ class Scheduler:
     def _retire_cancelled(self) -> None:
         for i in range(len(self.live) - 1, -1, -1):
             if self.live[i].cancelled:
-                s = self.live[i]
+                g = self.live[i]
                 self._retire(i)
-                s._finish(Cancelled("cancelled"))
+                g._finish(Cancelled("cancelled"))
 
-    def _frame(self) -> None:
-        out = self.runner.step(len(self.live))
+    def _update(self, result: StepResult) -> None:
+        """Hand each live generation its frame; retire the finished and the failed."""
         self.frames_run += 1
-        eos = self.runner.eos_id
         for i in range(len(self.live) - 1, -1, -1):
-            s = self.live[i]
-            frame = out[i, :-1]
-            if bool(((frame < 0) | (frame >= self.runner.codebook_size)).any()):
+            g = self.live[i]
+            if not result.valid[i]:
                 # a frame with a control id or an out-of-range code cannot be decoded (and would put a
-                # device-side assert into the codec): fail this stream loudly, keep the others
-                log.error(
-                    "slot %d of %d produced an undecodable frame %s; failing it",
-                    i,
-                    len(self.live),
-                    frame.tolist(),
-                )
+                # device-side assert into the codec): fail this generation loudly, keep the others
+                log.error("slot %d of %d made an undecodable frame %s; failing it", i, len(self.live),
+                          result.codes[i].tolist())  # fmt: skip
                 self._retire(i)
-                s._finish(EngineFault("the model produced an invalid frame"))
+                g._finish(EngineFault("the model produced an invalid frame"))
                 continue
-            s._push(out[i, :-1].clone())
-            info = self.runner.info[i]
-            if int(out[i, -1]) == eos or info.frames >= info.max_frames:
+            g._push(result.codes[i])  # a row of this step's own host copy
+            if result.ended[i] or g.frames >= g.job.frames:
                 self._retire(i)
-                s._finish()
+                g._finish()

@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from utter_tts.errors import CheckpointError, InvalidInput
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.model.talker import Talker
-from utter_tts.model.text import TextTokenizer
+from utter_tts.model.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 

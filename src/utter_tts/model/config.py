@@ -8,21 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LANGUAGES = (
-    "english",
-    "chinese",
-    "japanese",
-    "korean",
-    "german",
-    "french",
-    "russian",
-    "portuguese",
-    "spanish",
-    "italian",
-)
 
-
-def _pick(cls, raw: dict[str, Any]) -> dict[str, Any]:
+def pick_fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
     """Keep only the keys the dataclass knows; official configs carry many HF bookkeeping keys."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in raw.items() if k in names}
@@ -46,7 +33,7 @@ class CodePredictorConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CodePredictorConfig:
-        return cls(**_pick(cls, raw))
+        return cls(**pick_fields(cls, raw))
 
 
 @dataclass
@@ -93,7 +80,7 @@ class TalkerConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TalkerConfig:
-        kw = _pick(cls, raw)
+        kw = pick_fields(cls, raw)
         kw["code_predictor"] = CodePredictorConfig.from_dict(raw.get("code_predictor_config") or {})
         # the official config lower-cases nothing: speaker and language lookups are case-insensitive
         for key in ("spk_id", "spk_is_dialect", "codec_language_id"):
@@ -115,7 +102,7 @@ class SpeakerEncoderConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SpeakerEncoderConfig:
-        return cls(**_pick(cls, raw))
+        return cls(**pick_fields(cls, raw))
 
 
 @dataclass
@@ -180,7 +167,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SamplingConfig:
-        return cls(**_pick(cls, raw))
+        return cls(**pick_fields(cls, raw))
 
     @classmethod
     def from_file(cls, path: str | Path) -> SamplingConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from utter_tts.errors import InvalidInput
@@ -23,13 +23,6 @@ class LoadedModel:
     id: str
     source: str
     tts: Any
-    # Concurrent TTS.stream() calls on one model currently produce wrong audio (one-shot calls are
-    # fine), so streams of one model take turns unless the model declares `stream_thread_safe = True`.
-    stream_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def stream_thread_safe(self) -> bool:
-        return bool(getattr(self.tts, "stream_thread_safe", False))
 
     @property
     def model_type(self) -> str:
@@ -82,14 +75,18 @@ class ModelRegistry:
         """Load every checkpoint (blocking); failures are logged and leave the server not ready."""
         try:
             from utter_tts.api import TTS
+            from utter_tts.device import resolve_device
 
             for src in sources:
                 log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
-                tts = TTS.from_pretrained(src, device=device, dtype=dtype)
-                if engine == "on" or (engine == "auto" and tts.device.type == "cuda"):
-                    from utter_tts.engine.engine import Engine
-
-                    tts.engine = Engine(tts, max_streams=engine_streams)
+                use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
+                tts = TTS.from_pretrained(
+                    src,
+                    device=device,
+                    dtype=dtype,
+                    engine={"max_streams": engine_streams} if use_engine else False,
+                )
+                if tts.engine is not None:
                     tts.engine.warmup()
                 loaded = self.add(src, tts)
                 log.info(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import re
 import threading
@@ -16,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from utter_tts.errors import AudioError, InvalidInput, UnsupportedForModel
+from utter_tts.request import Request
 from utter_tts.server.registry import GENERIC_MODEL_NAMES, LoadedModel, ModelRegistry
 from utter_tts.voices.library import VoiceLibrary, VoiceNotFound
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 # Strings the tokenizer would turn into control tokens (chat turns, audio/TTS markers): never
 # allowed in user text, or a request could steer the prompt.
@@ -184,30 +184,19 @@ class Plan:
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
     def chunks(self, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
-        """Audio as it is generated: the model's frame stream when it has one, else sentence by sentence."""
-        tts = self.model.tts
-        if hasattr(tts, "stream"):
-            from utter_tts.request import Request
-
-            request = Request(
-                self.text,
-                mode=self.mode,
-                language=self.language,
-                voice=self.voice,
-                speaker=self.speaker,
-                instruct=self.instruct,
-                seed=self.seed,
-                sampling=dict(self.sampling),
-            )
-            lock = contextlib.nullcontext() if self.model.stream_thread_safe else self.model.stream_lock
-            with lock:
-                for chunk in tts.stream(request):
-                    yield np.asarray(chunk, dtype=np.float32).reshape(-1)
-            return
-        for sentence in split_sentences(self.text) or [self.text]:
-            if cancel is not None and cancel.is_set():
-                return
-            yield self.generate(sentence)
+        """Audio as the model makes it (the model's frame stream, through its engine when it has one)."""
+        request = Request(
+            self.text,
+            mode=self.mode,
+            language=self.language,
+            voice=self.voice,
+            speaker=self.speaker,
+            instruct=self.instruct,
+            seed=self.seed,
+            sampling=dict(self.sampling),
+        )
+        for chunk in self.model.tts.stream(request):
+            yield np.asarray(chunk, dtype=np.float32).reshape(-1)
 
 
 class Planner:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from utter_tts.errors import InvalidInput
-from utter_tts.voices.prompt import Voice
+from utter_tts.voices.voice import Voice
 
 VOICE_ID_RE = re.compile(r"^voice_[0-9a-f]{24}$")
 MAX_NAME_CHARS = 64

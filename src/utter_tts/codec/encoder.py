@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utter_tts.model.config import _pick
+from utter_tts.model.config import pick_fields
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
@@ -71,7 +71,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EncoderConfig:
-        return cls(**_pick(cls, raw))
+        return cls(**pick_fields(cls, raw))
 
 
 # --- shared by the encoder and decoder transformers -------------------------------------------------

@@ -1,0 +1,1 @@
+"""The 12 Hz speech tokenizer (codec): Mimi encoder, causal decoder with typed streaming state."""

@@ -1,0 +1,463 @@
+"""Decoder half of the 12 Hz speech tokenizer: codes to 24 kHz audio, causal end to end.
+
+Every layer that looks back in time (causal convolutions, the windowed transformer) keeps its left
+context in a small typed state (as Kyutai's Mimi does), made by `init_state(batch)`. There is one code
+path: a one-shot decode is a streamed decode from a fresh state, and a stream is the same call repeated
+with the state it left behind. States are plain tensors with the batch first, so the states of many
+independent streams stack into one batch and split back (`stack_states`, `split_state`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utter_tts.codec.encoder import ACTIVATIONS, LayerScale, apply_rope, rope_cos_sin
+from utter_tts.model.config import pick_fields
+from utter_tts.model.layers import RMSNorm
+
+
+@dataclass
+class DecoderConfig:
+    """`decoder_config` of speech_tokenizer/config.json."""
+
+    codebook_size: int = 2048
+    codebook_dim: int = 512
+    hidden_size: int = 1024
+    latent_dim: int = 1024
+    max_position_embeddings: int = 8000
+    rope_theta: float = 10000.0
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int | None = None
+    attention_bias: bool = False
+    sliding_window: int = 72
+    intermediate_size: int = 3072
+    hidden_act: str = "silu"
+    layer_scale_initial_scale: float = 0.01
+    rms_norm_eps: float = 1e-5
+    num_hidden_layers: int = 8
+    num_quantizers: int = 16
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 3])
+    upsampling_ratios: list[int] = field(default_factory=lambda: [2, 2])
+    decoder_dim: int = 1536
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @property
+    def total_upsample(self) -> int:
+        return math.prod(self.upsample_rates) * math.prod(self.upsampling_ratios)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DecoderConfig:
+        return cls(**pick_fields(cls, raw))
+
+
+# --- streaming states ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvState:
+    """A causal (or transposed) convolution's left context: its last inputs [B, C, n]."""
+
+    inputs: torch.Tensor
+
+
+@dataclass
+class ResidualUnitState:
+    conv1: ConvState
+    conv2: ConvState
+
+
+@dataclass
+class DecoderBlockState:
+    upsample: ConvState
+    units: list[ResidualUnitState]
+
+
+@dataclass
+class AttentionState:
+    """The window-1 keys and values before the next frame [B, kv_heads, window-1, head_dim] (zeros, and
+    masked, before the stream's start: every stream's state has the same shape)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class TransformerState:
+    frames: torch.Tensor  # [B] frames decoded so far: positions continue from here, per row
+    layers: list[AttentionState]
+
+
+@dataclass
+class UpsampleState:
+    conv: ConvState
+    convnext: ConvState
+
+
+@dataclass
+class DecoderState:
+    """Everything the decoder needs to continue a batch of streams."""
+
+    pre_conv: ConvState
+    transformer: TransformerState
+    upsample: list[UpsampleState]
+    first_conv: ConvState
+    blocks: list[DecoderBlockState]
+    last_conv: ConvState
+
+
+def map_states(fn: Callable[..., torch.Tensor], *states):
+    """Apply `fn` to the matching tensors of states of one shape (dataclasses, lists, tensors)."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return fn(*states)
+    if isinstance(first, list):
+        return [map_states(fn, *items) for items in zip(*states)]
+    return type(first)(
+        **{f.name: map_states(fn, *(getattr(s, f.name) for s in states)) for f in dataclasses.fields(first)}
+    )
+
+
+def stack_states(states: list[DecoderState]) -> DecoderState:
+    """One state for a batch made of the given streams' states (each of batch 1 or more), in order."""
+    return map_states(lambda *ts: torch.cat(ts), *states)
+
+
+def split_state(state: DecoderState) -> list[DecoderState]:
+    """The batch-1 states of a batch's streams (views; `stack_states` undoes it)."""
+    n = state.transformer.frames.shape[0]
+    return [map_states(lambda t, i=i: t[i : i + 1], state) for i in range(n)]
+
+
+# --- causal building blocks ---------------------------------------------------------------------------------
+
+
+class CausalConv1d(nn.Module):
+    """Stride-1 causal conv whose left context is the previous inputs (zeros at the start)."""
+
+    def __init__(self, cin, cout, kernel_size, dilation=1, groups=1):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel_size, dilation=dilation, groups=groups)
+        self.pad = (kernel_size - 1) * dilation
+
+    def init_state(self, batch: int, dtype, device) -> ConvState:
+        return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+        x = torch.cat([state.inputs, x], dim=-1)
+        state.inputs = x[..., x.shape[-1] - self.pad :]
+        return self.conv(x)
+
+
+class CausalConvTranspose1d(nn.Module):
+    """ConvTranspose1d giving exactly stride*length outputs. Output block t sums the contributions of
+    inputs t, t-1, ..., so the state keeps the last ceil(kernel/stride)-1 inputs and their overlap is
+    recomputed rather than stored as partial sums."""
+
+    def __init__(self, cin, cout, kernel_size, stride):
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(cin, cout, kernel_size, stride=stride)
+        self.stride = stride
+        self.history = math.ceil(kernel_size / stride) - 1
+
+    def init_state(self, batch: int, dtype, device) -> ConvState:
+        return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+        n = x.shape[-1]
+        x = torch.cat([state.inputs, x], dim=-1)
+        state.inputs = x[..., x.shape[-1] - self.history :]
+        start = self.history * self.stride
+        return self.conv(x)[..., start : start + n * self.stride]
+
+
+class SnakeBeta(nn.Module):
+    """x + sin^2(x * e^alpha) / e^beta, per channel (alpha, beta stored in log scale)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.exp(self.alpha)[None, :, None]
+        beta = torch.exp(self.beta)[None, :, None]
+        return x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = CausalConv1d(dim, dim, 7, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+
+    def forward(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+        h = self.dwconv(x, state).transpose(1, 2)
+        h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int):
+        super().__init__()
+        self.act1 = SnakeBeta(dim)
+        self.conv1 = CausalConv1d(dim, dim, 7, dilation=dilation)
+        self.act2 = SnakeBeta(dim)
+        self.conv2 = CausalConv1d(dim, dim, 1)
+
+    def init_state(self, batch: int, dtype, device) -> ResidualUnitState:
+        return ResidualUnitState(
+            self.conv1.init_state(batch, dtype, device), self.conv2.init_state(batch, dtype, device)
+        )
+
+    def forward(self, x: torch.Tensor, state: ResidualUnitState) -> torch.Tensor:
+        h = self.conv1(self.act1(x), state.conv1)
+        return x + self.conv2(self.act2(h), state.conv2)
+
+
+class DecoderBlock(nn.Module):
+    """Snake, transposed-conv upsample by `rate`, then residual units with dilations 1, 3, 9 (`block`
+    keeps the checkpoint's indices)."""
+
+    def __init__(self, cin: int, cout: int, rate: int):
+        super().__init__()
+        blocks: list[nn.Module] = [SnakeBeta(cin), CausalConvTranspose1d(cin, cout, 2 * rate, rate)]
+        blocks += [ResidualUnit(cout, d) for d in (1, 3, 9)]
+        self.block = nn.ModuleList(blocks)
+
+    def init_state(self, batch: int, dtype, device) -> DecoderBlockState:
+        return DecoderBlockState(
+            self.block[1].init_state(batch, dtype, device),
+            [unit.init_state(batch, dtype, device) for unit in self.block[2:]],
+        )
+
+    def forward(self, x: torch.Tensor, state: DecoderBlockState) -> torch.Tensor:
+        x = self.block[1](self.block[0](x), state.upsample)
+        for unit, unit_state in zip(self.block[2:], state.units):
+            x = unit(x, unit_state)
+        return x
+
+
+# --- decoder transformer: causal, sliding window, RoPE ------------------------------------------------
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        self.cfg = cfg  # the window is read at each call (the transformer's mask and the state agree)
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
+
+    def init_state(self, batch: int, dtype, device) -> AttentionState:
+        shape = (batch, self.n_kv, self.cfg.sliding_window - 1, self.head_dim)
+        return AttentionState(
+            torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        )
+
+    def forward(self, x, cos, sin, mask, state: AttentionState) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # keys: the window-1 before this call, then the n new ones (a query sees itself and window-1 back)
+        k, v = torch.cat([state.keys, k], dim=2), torch.cat([state.values, v], dim=2)
+        keep = self.cfg.sliding_window - 1
+        state.keys, state.values = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.self_attn = DecoderAttention(cfg)
+        self.mlp = DecoderMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
+        self.mlp_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
+
+    def forward(self, x, cos, sin, mask, state: AttentionState):
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, mask, state))
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+
+
+class DecoderTransformer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.input_proj = nn.Linear(cfg.latent_dim, cfg.hidden_size)
+        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
+
+    def init_state(self, batch: int, dtype, device) -> TransformerState:
+        return TransformerState(
+            torch.zeros(batch, dtype=torch.long, device=device),
+            [layer.self_attn.init_state(batch, dtype, device) for layer in self.layers],
+        )
+
+    def forward(self, x: torch.Tensor, state: TransformerState) -> torch.Tensor:
+        """x [B, n, latent] -> [B, n, latent]; row b's positions continue from state.frames[b]."""
+        n = x.shape[1]
+        window = self.cfg.sliding_window
+        start = state.frames
+        state.frames = start + n
+        pos = start[:, None] + torch.arange(n, device=x.device)[None]
+        # keys: window-1 cached columns (zeros before the stream began: masked), then the n new ones
+        kpos = start[:, None] + torch.arange(-(window - 1), n, device=x.device)[None]
+        qpos, kpos = pos[:, :, None], kpos[:, None, :]
+        mask = ((kpos <= qpos) & (kpos > qpos - window) & (kpos >= 0))[:, None]
+        cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        x = self.input_proj(x)
+        for layer, layer_state in zip(self.layers, state.layers):
+            x = layer(x, cos, sin, mask, layer_state)
+        return self.output_proj(self.norm(x))
+
+
+# --- decode-side split RVQ (its own parameter names, distinct from the Mimi encoder's) --------------
+
+
+class Codebook(nn.Module):
+    def __init__(self, size: int, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.cluster_usage = nn.Parameter(torch.ones(size))
+        self.embedding_sum = nn.Parameter(torch.zeros(size, dim))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        embed = self.embedding_sum / self.cluster_usage.clamp(min=self.eps)[:, None]
+        return F.embedding(codes, embed)
+
+
+class VQ(nn.Module):
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self._codebook = Codebook(size, dim)
+
+
+class RVQ(nn.Module):
+    def __init__(self, n_q: int, size: int, dim: int, io_dim: int):
+        super().__init__()
+        self.vq = nn.Module()
+        self.vq.layers = nn.ModuleList([VQ(size, dim) for _ in range(n_q)])
+        # input_proj serves only the (absent) training-time encode; kept for strict loading
+        self.input_proj = nn.Conv1d(io_dim, dim, 1, bias=False)
+        self.output_proj = nn.Conv1d(dim, io_dim, 1, bias=False)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] -> [B, io_dim, T]; codebook vectors summed in order, then projected."""
+        quantized = 0
+        for k in range(codes.shape[1]):
+            quantized = quantized + self.vq.layers[k]._codebook.decode(codes[:, k]).transpose(1, 2)
+        return self.output_proj(quantized)
+
+
+class SplitRVQ(nn.Module):
+    def __init__(self, cfg: DecoderConfig, n_semantic: int = 1):
+        super().__init__()
+        self.n_semantic = n_semantic
+        dim = cfg.codebook_dim // 2
+        self.rvq_first = RVQ(n_semantic, cfg.codebook_size, dim, cfg.codebook_dim)
+        self.rvq_rest = RVQ(cfg.num_quantizers - n_semantic, cfg.codebook_size, dim, cfg.codebook_dim)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        out = self.rvq_first.decode(codes[:, : self.n_semantic])
+        if codes.shape[1] > self.n_semantic:
+            out = out + self.rvq_rest.decode(codes[:, self.n_semantic :])
+        return out
+
+
+class CodecDecoder(nn.Module):
+    """Codes [B, 16, F] -> waveform [B, 1, F * 1920] in [-1, 1]. Module names follow the checkpoint:
+    `decoder` is [conv, 4 upsampling blocks, Snake, conv]."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.quantizer = SplitRVQ(cfg)
+        self.pre_conv = CausalConv1d(cfg.codebook_dim, cfg.latent_dim, 3)
+        self.pre_transformer = DecoderTransformer(cfg)
+        self.upsample = nn.ModuleList(
+            nn.ModuleList(
+                [CausalConvTranspose1d(cfg.latent_dim, cfg.latent_dim, r, r), ConvNeXtBlock(cfg.latent_dim)]
+            )
+            for r in cfg.upsampling_ratios
+        )
+        dims = [cfg.decoder_dim // 2**i for i in range(len(cfg.upsample_rates) + 1)]
+        layers: list[nn.Module] = [CausalConv1d(cfg.latent_dim, cfg.decoder_dim, 7)]
+        layers += [DecoderBlock(dims[i], dims[i + 1], r) for i, r in enumerate(cfg.upsample_rates)]
+        layers += [SnakeBeta(dims[-1]), CausalConv1d(dims[-1], 1, 7)]
+        self.decoder = nn.ModuleList(layers)
+
+    def init_state(self, batch: int, dtype=None, device=None) -> DecoderState:
+        """The state of `batch` streams at their first frame."""
+        p = self.pre_conv.conv.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        return DecoderState(
+            pre_conv=self.pre_conv.init_state(batch, dtype, device),
+            transformer=self.pre_transformer.init_state(batch, dtype, device),
+            upsample=[
+                UpsampleState(
+                    up.init_state(batch, dtype, device), block.dwconv.init_state(batch, dtype, device)
+                )
+                for up, block in self.upsample
+            ],
+            first_conv=self.decoder[0].init_state(batch, dtype, device),
+            blocks=[block.init_state(batch, dtype, device) for block in self.decoder[1:-2]],
+            last_conv=self.decoder[-1].init_state(batch, dtype, device),
+        )
+
+    def forward(self, codes: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """The next frames of `state`'s streams: codes [B, 16, n] -> audio [B, 1, n * 1920]."""
+        if codes.shape[1] != self.cfg.num_quantizers:
+            raise ValueError(f"expected {self.cfg.num_quantizers} codebooks, got {codes.shape[1]}")
+        x = self.quantizer.decode(codes)
+        x = self.pre_conv(x, state.pre_conv)
+        x = self.pre_transformer(x.transpose(1, 2), state.transformer).transpose(1, 2)
+        for (up, block), up_state in zip(self.upsample, state.upsample):
+            x = block(up(x, up_state.conv), up_state.convnext)
+        x = self.decoder[0](x, state.first_conv)
+        for block, block_state in zip(self.decoder[1:-2], state.blocks):
+            x = block(x, block_state)
+        x = self.decoder[-1](self.decoder[-2](x), state.last_conv)
+        return x.clamp(-1.0, 1.0)

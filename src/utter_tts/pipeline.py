@@ -1,0 +1,314 @@
+"""The synthesis pipeline of one checkpoint: validate -> prompt -> frame budget -> frames -> audio.
+
+Everything between a `Request` and audio that does not depend on how requests are scheduled lives here,
+once: loading, voices, the checks, the prompt, the frame budget (the one tokens-to-frames rule), the
+plain frame loop over `FrameBatch` (the same frame step the engine replays), decoding and streaming.
+The engine (`utter_tts.engine`) runs prepared requests of a pipeline concurrently; `utter_tts.api.TTS` is
+the facade over both.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from utter_tts.codec.speech_tokenizer import SpeechTokenizer
+from utter_tts.device import to_host
+from utter_tts.errors import InvalidInput, UnsupportedForModel
+from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, read_safetensors
+from utter_tts.model.config import SamplingConfig, TTSConfig
+from utter_tts.model.denormals import flush_denormals, flush_each
+from utter_tts.model.frame import FrameBatch, Trace
+from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
+from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
+from utter_tts.request import MAX_TEXT_CHARS, Request, validate
+from utter_tts.voices.voice import Voice
+
+log = logging.getLogger(__name__)
+
+# Reference clips: long enough to carry a voice, short enough to keep the ICL prompt small.
+REF_MIN_SECONDS = 1.0
+REF_MAX_SECONDS = 30.0
+# Frames per text token: speech runs at 2-6 tokens/s and the codec at 12.5 frames/s, so 8 frames a
+# token is twice the slowest reading; the constant covers short texts and trailing silence.
+FRAMES_PER_TOKEN = 8
+FRAMES_BASE = 25
+
+AudioInput = Any  # path | bytes | (np.ndarray, sample_rate)
+
+
+def frame_cap(n_text_tokens: int) -> int:
+    """Most frames a text of this many tokens may take: a missing end token cannot run away."""
+    return FRAMES_BASE + FRAMES_PER_TOKEN * n_text_tokens
+
+
+def frame_budget(sampling: SamplingConfig, n_text_tokens: int, limit: int | None = None) -> int:
+    """The frames a request may make, the one place they are counted. `max_new_tokens` counts codebook-0
+    tokens as the official `generate` does, and the token sampled last gets no residual codes, so a
+    request makes at most max_new_tokens - 1 frames; at most `frame_cap` of its text (unless
+    min_new_tokens asks for more); at most `limit` (an engine's static caches, a deployment's cap)."""
+    frames = min(sampling.max_new_tokens - 1, max(sampling.min_new_tokens - 1, frame_cap(n_text_tokens)))
+    return max(0, frames if limit is None else min(frames, limit))
+
+
+@dataclass
+class Prepared:
+    """A request checked and ready to run: its prompt, sampling settings and frame budget."""
+
+    request: Request  # validated, seed drawn
+    prompt: Prompt
+    sampling: SamplingConfig
+    frames: int  # the most frames it may make (`frame_budget`)
+
+    @property
+    def ref_codes(self) -> torch.Tensor | None:
+        """Codes of an ICL voice's reference: the left context its audio is decoded with."""
+        return self.prompt.ref_codes
+
+
+def _flushing_denormals(method):
+    """Run a pipeline method with denormals flushed on the CPU (see model/denormals.py)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with flush_denormals(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Pipeline:
+    """One loaded checkpoint: its talker, codec, speaker encoder (Base), tokenizer and defaults. Every
+    call builds its own state, so one pipeline serves many threads at once."""
+
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        talker,
+        codec: SpeechTokenizer,
+        speaker_encoder: SpeakerEncoder | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        self.ckpt = ckpt
+        self.config: TTSConfig = ckpt.config
+        self.tokenizer = ckpt.tokenizer
+        self.defaults: SamplingConfig = ckpt.sampling  # generation_config.json
+        self.talker = talker
+        self.codec = codec
+        self.speaker_encoder = speaker_encoder
+        self.device = device
+        self.dtype = dtype
+        self.eos_id = self.config.talker.codec_eos_token_id
+
+    @classmethod
+    def load(cls, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Pipeline:
+        """Load the weights of an opened checkpoint (downloading them if it was opened without) on
+        `device` in `dtype`; the codec runs in float32, as the official does."""
+        ckpt = ckpt.with_weights()
+        talker = load_talker(ckpt, device, dtype)
+        codec = SpeechTokenizer.from_dir(ckpt.folder / "speech_tokenizer", device=device, dtype=torch.float32)
+        spk = None
+        if ckpt.config.tts_model_type == "base":
+            spk = SpeakerEncoder(ckpt.config.speaker_encoder)
+            load_strict(spk, read_safetensors(ckpt.folder, "speaker_encoder."), "speaker_encoder")
+            spk = spk.to(device=device, dtype=dtype).eval()
+        log.info(
+            "loaded %s (%s, %s) on %s in %s",
+            ckpt.folder,
+            ckpt.config.tts_model_type,
+            ckpt.config.tts_model_size,
+            device,
+            str(dtype).removeprefix("torch."),
+        )
+        return cls(ckpt, talker, codec, spk, device, dtype)
+
+    @property
+    def model_type(self) -> str:
+        return self.config.tts_model_type
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    # ---- voices ------------------------------------------------------------------------------------
+    @_flushing_denormals
+    @torch.inference_mode()
+    def create_voice(self, ref_audio: AudioInput, ref_text: str | None = None) -> Voice:
+        """A reusable clone prompt from reference audio (path, bytes of any common format, or
+        (array, sample_rate)). With `ref_text` (the words spoken in the clip) the voice uses the
+        in-context mode, which clones better; without it, only the speaker embedding is used."""
+        if self.model_type != "base":
+            raise UnsupportedForModel(
+                f"voices are made with a Base checkpoint; this one is {self.model_type}", param="ref_audio"
+            )
+        ref_text = check_ref_text(ref_text)
+        wav = load_reference(ref_audio, self.sample_rate)
+        wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        emb = speaker_embedding(self.speaker_encoder, wav_t).float().cpu()
+        codes = self.codec.encode(wav_t).cpu() if ref_text else None
+        meta = {
+            "model_size": self.config.tts_model_size,
+            "ref_seconds": round(len(wav) / self.sample_rate, 3),
+        }
+        return Voice(speaker_embedding=emb, ref_codes=codes, ref_text=ref_text, meta=meta)
+
+    # ---- requests ----------------------------------------------------------------------------------
+    def prepare(self, request: Request, limit: int | None = None) -> Prepared:
+        """Check a request against this checkpoint (seed drawn when unset), build its prompt and give it
+        its frame budget (at most `limit` frames, when the caller has a limit)."""
+        req, sampling = validate(request, self.config, self.defaults)
+        prompt = self.build_prompt(req)
+        frames = frame_budget(sampling, len(self.tokenizer.encode_plain(req.text)), limit)
+        return Prepared(req, prompt, sampling, frames)
+
+    def build_prompt(self, req: Request) -> Prompt:
+        tok = self.tokenizer
+        spec = VoiceSpec()
+        if req.mode == "clone":
+            voice = req.voice
+            spec.speaker_embedding = voice.speaker_embedding.to(self.device, self.dtype)
+            if voice.mode == "icl":
+                spec.ref_codes = voice.ref_codes
+                spec.ref_text_ids = tok.ref_text(voice.ref_text)[3:-2]
+        elif req.mode == "design":
+            spec.instruct_ids = tok.instruct_text(req.instruct)
+        else:
+            spec.speaker = req.speaker
+            if req.instruct:
+                spec.instruct_ids = tok.instruct_text(req.instruct)
+        # the official defaults: text fed frame by frame when cloning, all in the prompt otherwise
+        text_in_prompt = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
+        return build_prompt(
+            self.talker, self.config, tok.assistant_text(req.text), req.language, spec, text_in_prompt
+        )
+
+    # ---- the plain loop ----------------------------------------------------------------------------
+    def frames(
+        self, jobs: Sequence[Prepared], trace: Trace | None = None
+    ) -> Iterator[list[torch.Tensor | None]]:
+        """Frame by frame, each request's codes [16] (on the CPU), or None for a request that has ended.
+        All requests run as one batch through the frame step until every one has ended."""
+        batch = FrameBatch(
+            self.talker,
+            self.eos_id,
+            slots=len(jobs),
+            max_len=max(j.prompt.embeds.shape[0] + j.frames + 1 for j in jobs),
+            max_text=max(1, max(j.prompt.trailing.shape[0] for j in jobs)),
+        )
+        first_logits = Trace() if trace is not None else None
+        tokens = [
+            batch.prefill(i, j.prompt, j.sampling, j.request.seed, first_logits) for i, j in enumerate(jobs)
+        ]
+        if trace is not None:
+            trace.talker_logits.append(torch.cat(first_logits.talker_logits))
+        alive = [bool(t != self.eos_id) and j.frames > 0 for t, j in zip(tokens, jobs)]
+        made = [0] * len(jobs)
+        while any(alive):
+            batch.step(len(jobs), trace=trace)
+            out = to_host(batch.out[: len(jobs)])
+            frame = []
+            for i, job in enumerate(jobs):
+                frame.append(out[i, :-1] if alive[i] else None)
+                if alive[i]:
+                    made[i] += 1
+                    alive[i] = int(out[i, -1]) != self.eos_id and made[i] < job.frames
+            yield frame
+
+    @_flushing_denormals
+    def generate_codes(self, jobs: Sequence[Prepared], trace: Trace | None = None) -> list[torch.Tensor]:
+        """Codes [F, 16] per prepared request (the talker and code predictor only, no audio)."""
+        rows: list[list[torch.Tensor]] = [[] for _ in jobs]
+        for frame in self.frames(jobs, trace):
+            for row, codes in zip(rows, frame):
+                if codes is not None:
+                    row.append(codes)
+        width = self.config.talker.num_code_groups
+        return [torch.stack(r) if r else torch.zeros(0, width, dtype=torch.long) for r in rows]
+
+    @_flushing_denormals
+    def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
+        """Codes [F, 16] -> float32 audio. ICL voices decode with their reference codes as left context,
+        whose share of the audio is then cut (the official rule)."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        if ref_codes is None:
+            return to_host(self.codec.decode(codes)).numpy()
+        full = torch.cat([ref_codes.to(codes.device), codes])
+        wav = to_host(self.codec.decode(full)).numpy()
+        cut = int(ref_codes.shape[0] / max(full.shape[0], 1) * wav.shape[0])
+        return wav[cut:]
+
+    def synthesize(self, jobs: Sequence[Prepared]) -> list[np.ndarray]:
+        """Audio for each prepared request, all run as one batch."""
+        return [self.decode(codes, job.ref_codes) for codes, job in zip(self.generate_codes(jobs), jobs)]
+
+    def stream(
+        self, job: Prepared, chunk_frames: int = 4, first_chunk_frames: int = 1
+    ) -> Iterator[np.ndarray]:
+        """float32 audio chunks of one prepared request as its frames are made (see `audio_chunks`)."""
+        check_chunk_sizes(chunk_frames, first_chunk_frames)
+        frames = (frame[0] for frame in self.frames([job]) if frame[0] is not None)
+        chunks = audio_chunks(
+            frames, self.codec.stream_decoder(), job.ref_codes, chunk_frames, first_chunk_frames
+        )
+        return flush_each(chunks, self.device)
+
+
+def check_chunk_sizes(chunk_frames: int, first_chunk_frames: int) -> None:
+    for name, value in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}", param=name)
+
+
+def audio_chunks(
+    frames: Iterable[torch.Tensor],
+    decoder,
+    ref_codes: torch.Tensor | None,
+    chunk_frames: int,
+    first_chunk_frames: int,
+) -> Iterator[np.ndarray]:
+    """float32 chunks from frames ([16] codes each): the first after `first_chunk_frames` frames, then
+    every `chunk_frames`. The decoder keeps exact left context, so the chunks concatenate to the
+    one-shot decode. ICL voices first feed their reference codes, whose audio is the reference's.
+    `decoder` is anything with the StreamingDecoder's `push` (the engine's batched one too)."""
+    if ref_codes is not None:
+        decoder.push(ref_codes)
+    pending: list[torch.Tensor] = []
+    want = first_chunk_frames
+    for codes in frames:
+        pending.append(codes)
+        if len(pending) >= want:
+            yield to_host(decoder.push(torch.stack(pending))).numpy()
+            pending, want = [], chunk_frames
+    if pending:
+        yield to_host(decoder.push(torch.stack(pending))).numpy()
+
+
+def check_ref_text(ref_text: Any) -> str | None:
+    """A reference transcript: a string of at most MAX_TEXT_CHARS; blank means none (x-vector voice)."""
+    if ref_text is None:
+        return None
+    if not isinstance(ref_text, str):
+        raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
+    if len(ref_text) > MAX_TEXT_CHARS:
+        raise InvalidInput(
+            f"ref_text is longer than {MAX_TEXT_CHARS} characters", param="ref_text", code="text_too_long"
+        )
+    return ref_text if ref_text.strip() else None
+
+
+def load_reference(ref_audio: AudioInput, sample_rate: int) -> np.ndarray:
+    """Reference audio (path, bytes of any common format, or (array, rate)) as float32 mono at
+    `sample_rate`, checked: readable, not silent, REF_MIN_SECONDS to REF_MAX_SECONDS long."""
+    from utter_tts.audio.io import load_audio
+
+    return load_audio(
+        ref_audio, sample_rate, min_seconds=REF_MIN_SECONDS, max_seconds=REF_MAX_SECONDS, param="ref_audio"
+    )
