@@ -104,14 +104,13 @@ class PackedDecoder:
                 torch.empty(M, H, splits, D, dtype=torch.float32, device=dev),
                 torch.empty(M, H, splits, dtype=torch.float32, device=dev),
             )
+        shape = dict(heads=H, kv_heads=KV, head_dim=D, eps=self.eps)
         resid = x
         for layer, cache in zip(self.layers, caches):
             ck, cv = _kv(cache)
             linear(resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv)
-            qk_norm_rope_write(
-                qkv, layer.q_norm, layer.k_norm, self.inv_freq, self.axis_of, pos, slot, col, ck, cv,
-                heads=H, kv_heads=KV, head_dim=D, eps=self.eps, q_out=q,
-            )  # fmt: skip
+            rope = (self.inv_freq, self.axis_of, pos, slot, col)
+            qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
             decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
             linear(attn, layer.w_o, layer.b_o, residual=resid, out=h)
             gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act)
