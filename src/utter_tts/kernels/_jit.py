@@ -55,7 +55,7 @@ class Kernel(JITFunction):
 
     def __call__(self, *args, **kwargs):
         # only reached from an interpreted kernel (a compiled one inlines helpers without calling this)
-        return self._interp(*args, **kwargs)
+        return _run_helper(self._interp, args, kwargs)
 
 
 _RECORDING: list | None = None
@@ -96,7 +96,20 @@ def _call_interpreted(self, *args, **kwargs):
     f = _INTERPRETED.get(self.fn)
     if f is None:
         f = _INTERPRETED[self.fn] = InterpretedFunction(self.fn)
-    return f(*args, **kwargs)
+    return _run_helper(f, args, kwargs)
+
+
+def _run_helper(f: InterpretedFunction, args, kwargs):
+    """InterpretedFunction.__call__ without its leak: it patches triton.language's builtins for the
+    helper's module (tl.core for triton.language's own helpers) and never undoes it, which would leave
+    later *compiled* kernels in this process calling the interpreter's semantics."""
+    from triton.runtime import interpreter as ti
+
+    scope = ti._patch_lang(f.fn)
+    try:
+        return f.rewrite()(*args, **kwargs)
+    finally:
+        scope.restore()
 
 
 @contextlib.contextmanager
