@@ -148,8 +148,11 @@ def compile_production_variants() -> list:
         if key in seen:
             continue
         seen.add(key)
-        res = _resources(compile_for(kernel, args, kwargs, arch=90))
+        compiled = compile_for(kernel, args, kwargs, arch=90)
+        res = _resources(compiled)
+        res["shared"] = compiled.metadata.shared
         report.append((kernel.fn.__name__, res))
+        assert res["shared"] <= 227 * 1024, ("more shared memory than an H100/H200 block may have", key, res)
         # (a stack frame alone is fine: libdevice's cos/sin keep their slow-path reduction table there)
         assert res["spill_stores"] == 0 and res["spill_loads"] == 0, ("spills", key, res)
     return report
