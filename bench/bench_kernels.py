@@ -234,12 +234,14 @@ class LinearCase:
         el = torch.finfo(dtype).bits // 8
         self.bytes = rows * K * el + M * K * el + M * N * el * (2 if kind == "res" else 1)
 
-    def ours(self, i, config=None):
+    def ours(self, i, config=None, mode=None):
         w, kind = self.w[i], self.kind
         if kind == "gate":
-            return lambda: gate_up_silu(self.x, self.nw, w, EPS, out=self.out, config=config)
+            return lambda: gate_up_silu(self.x, self.nw, w, EPS, out=self.out, config=config, norm_mode=mode)
         if kind == "norm":
-            return lambda: linear(self.x, w, norm_weight=self.nw, eps=EPS, out=self.out, config=config)
+            return lambda: linear(
+                self.x, w, norm_weight=self.nw, eps=EPS, out=self.out, config=config, norm_mode=mode
+            )
         if kind == "res":
             return lambda: linear(self.x, w, residual=self.r, out=self.out, config=config)
         if kind == "bias":
@@ -452,7 +454,10 @@ def section_kernels(sh, device, timer, Ms, smoke):
             n = len(c.w)
             us = timer.per_call([c.ours(i) for i in range(n)])
             eager = timer.per_call([c.eager(i) for i in range(n)])
-            record_kernel(name, M, us, c.bytes, eager, config=str(config_for(M)))
+            record_kernel(name, M, us, c.bytes, eager, config=str(config_for(M, N)))
+            if kind in ("norm", "gate"):  # the other rounding point of the fused RMSNorm: one pass over x
+                us = timer.per_call([c.ours(i, mode="one_pass") for i in range(n)])
+                record_kernel(name + " 1-pass", M, us, c.bytes, eager, config=str(config_for(M, N)))
     t = sh["talker"]
     H, KV, D, L = t["heads"], t["kv"], t["hd"], t["span"]
     rot = Rotary(D, t["theta"], t["sections"], True).to(device)
@@ -588,10 +593,12 @@ def section_passes(sh, device, timer, Ms):
     for which in ("talker", "predictor"):
         dec, rot = make_decoder(sh[which], dtype, device)
         rot = rot.to(device)
-        packed = PackedDecoder(dec, rot)
-        for M in Ms:
-            bench_pass(which, sh[which], dec, rot, packed, M, device, timer)
-        del dec, packed
+        for mode in ("prologue", "one_pass"):
+            packed = PackedDecoder(dec, rot, norm_mode=mode)
+            for M in Ms if mode == "prologue" else Ms[:1]:
+                bench_pass(which, sh[which], dec, rot, packed, M, device, timer)
+            del packed
+        del dec
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -622,8 +629,9 @@ def bench_pass(which, s, dec, rot, packed, M, device, timer):
         )
     layer_bytes = sum(p.numel() * p.element_size() for p in dec.layers.parameters())
     nbytes = layer_bytes + len(dec.layers) * M * s["kv"] * (ctx + 1) * s["hd"] * 2 * 2
+    name = f"{which} pass" + (" 1-pass" if packed.norm_mode == "one_pass" else "")
     row = dict(
-        name=f"{which} pass",
+        name=name,
         M=M,
         us=ours,
         gbps=gbps(nbytes, ours),
@@ -635,9 +643,7 @@ def bench_pass(which, s, dec, rot, packed, M, device, timer):
     )
     RESULTS["passes"].append(row)
     n = len(rec)
-    log(
-        f"pass {which:9s} M={M:<3d} {ours:8.1f} us {row['gbps']:6.0f} GB/s {n} launches; eager {eager_us:.1f}"
-    )
+    log(f"{name:22s} M={M:<3d} {ours:8.1f} us {row['gbps']:6.0f} GB/s {n} launches; eager {eager_us:.1f}")
 
 
 # ---- section: sweep ---------------------------------------------------------------------------------------
@@ -713,7 +719,7 @@ def table(Ms) -> str:
         out.append("== passes (CUDA graph): us | GB/s | launches | eager us")
         for r in RESULTS["passes"]:
             out.append(
-                f"{r['name']:16s} M={r['M']:<3d} {r['us']:9.1f} us {r['gbps']:6.0f} GB/s {r['launches']:4d} "
+                f"{r['name']:22s} M={r['M']:<3d} {r['us']:9.1f} us {r['gbps']:6.0f} GB/s {r['launches']:4d} "
                 f"launches   eager {r['eager_us']:9.1f} us"
             )
         est = frame_estimate()

@@ -101,9 +101,9 @@ def step(dec, rot, packed, pair, streams, dtype, tol, eager_layer=None):
     return h
 
 
-def scenario(shape, dtype, tol, seed=0):
+def scenario(shape, dtype, tol, seed=0, norm_mode=None):
     dec, rot = build(shape, dtype, seed)
-    packed = PackedDecoder(dec, rot)
+    packed = PackedDecoder(dec, rot, norm_mode=norm_mode)
     pair = Pair(dec, slots=5, L=16, dtype=dtype)
     # packed prefill of three streams of different lengths (one left-padded: starts at column 2)
     step(dec, rot, packed, pair, [(3, 0, 0, 5), (0, 2, 2, 3), (4, 0, 0, 7)], dtype, tol)
@@ -122,6 +122,11 @@ def test_packed_decoder_fp32(shape):
 @pytest.mark.parametrize("shape", [TINY, ODD], ids=["tiny", "odd"])
 def test_packed_decoder_bf16(shape):
     scenario(shape, torch.bfloat16, BF16_VS_EAGER)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_decoder_one_pass_norms(dtype):
+    scenario(TINY, dtype, TOL[dtype] if dtype == torch.float32 else BF16_VS_EAGER, norm_mode="one_pass")
 
 
 def test_tiny_code_predictor_shape_with_split_attention_and_final_norm():

@@ -12,7 +12,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from utter_tts.kernels.linear import (  # noqa: E402
     CONFIGS,
+    MIN_PROGRAMS,
+    NORM_MODES,
     LinearConfig,
+    config_for,
     gate_up_silu,
     gate_up_silu_ref,
     linear,
@@ -40,8 +43,9 @@ def case(M, K, N, dtype, seed=0, x_stride=1):
     )
 
 
-def check_linear(c, dtype, config=None, use=("bias", "norm_weight", "residual"), ref=linear_ref):
+def check_linear(c, dtype, config=None, use=("bias", "norm_weight", "residual"), ref=linear_ref, mode=None):
     kw = {k: c[k] for k in use if k != "bias"}
+    kw["norm_mode"] = mode
     bias = c["bias"] if "bias" in use else None
     M, N = c["x"].shape[0], c["w"].shape[0]
     out = poison(M, N, dtype=dtype)
@@ -50,14 +54,15 @@ def check_linear(c, dtype, config=None, use=("bias", "norm_weight", "residual"),
     close(y, ref(c["x"], c["w"], bias, **kw), dtype)
 
 
+@pytest.mark.parametrize("mode", NORM_MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "M,config",
     [(1, None), (1, ONE_ROW), (3, ONE_ROW), (3, DOT), (8, None), (20, None), (20, DOT), (40, None)],
 )
-def test_linear_fused(M, config, dtype):
+def test_linear_fused(M, config, dtype, mode):
     # K and N not multiples of the tiles: masking on both
-    check_linear(case(M, 72, 40, dtype, seed=M), dtype, config)
+    check_linear(case(M, 72, 40, dtype, seed=M), dtype, config, mode=mode)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,9 +107,36 @@ def test_gate_up_silu(M, config, dtype):
     c = case(M, 56, 36, dtype, seed=M)
     w_up = (torch.randn(36, 56) / 8).to(dtype)
     packed = pack_gate_up(c["w"], w_up)
-    for nw in (c["norm_weight"], None):
-        y = gate_up_silu(c["x"], nw, packed, 1e-6, out=poison(M, 36, dtype=dtype), config=config)
-        close(y, gate_up_silu_ref(c["x"], nw, packed), dtype)
+    for nw, mode in ((c["norm_weight"], "prologue"), (c["norm_weight"], "one_pass"), (None, None)):
+        y = gate_up_silu(
+            c["x"], nw, packed, 1e-6, out=poison(M, 36, dtype=dtype), config=config, norm_mode=mode
+        )
+        close(y, gate_up_silu_ref(c["x"], nw, packed, norm_mode=mode), dtype)
+
+
+def test_norm_modes_agree_with_the_eager_norm():
+    """Both rounding points make a faithful RMSNorm: within bf16 rounding of the eager RMSNorm + Linear."""
+    from utter_tts.model.talker import RMSNorm
+
+    torch.manual_seed(6)
+    norm = RMSNorm(96, 1e-6)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    w = torch.randn(40, 96) / 10
+    x = torch.randn(4, 96) * 3
+    with torch.no_grad():
+        expected = norm(x) @ w.T
+    for mode in NORM_MODES:
+        close(linear(x, w, norm_weight=norm.weight.detach(), norm_mode=mode), expected, torch.float32)
+        y = linear(x.bfloat16(), w.bfloat16(), norm_weight=norm.weight.detach().bfloat16(), norm_mode=mode)
+        close(y, expected, torch.bfloat16)
+
+
+def test_tiles_shrink_for_skinny_outputs():
+    assert config_for(1, 1024).block_n * MIN_PROGRAMS <= 2 * 1024  # >= MIN_PROGRAMS/2 programs at batch 1
+    assert config_for(1, 12288) == CONFIGS[1]  # wide enough already
+    cfg = config_for(64, 1024)
+    assert cfg.block_n == 16 and cfg.block_m == 16  # 4 x 64 programs instead of 2 x 16
+    assert config_for(64) == CONFIGS[64]
 
 
 def test_gate_up_silu_matches_the_eager_mlp_activation():
@@ -145,12 +177,13 @@ def test_linear_any_shape(M, K, N, dtype, stride, tile, seed):
 # ---- planted faults: each wrong reference must fail the same comparison -----------------------------------
 
 
+@pytest.mark.parametrize("mode", NORM_MODES)
 @pytest.mark.parametrize("config", [ONE_ROW, DOT])
-def test_faults_are_caught(config):
+def test_faults_are_caught(config, mode):
     c = case(4, 48, 24, torch.float32, seed=5)
 
     def no_residual(x, w, b, **kw):
-        return linear_ref(x, w, b, **{**kw, "residual": None}).to(x.dtype)
+        return linear_ref(x, w, b, **{**kw, "residual": None})
 
     def unit_norm_weight(x, w, b, norm_weight=None, **kw):
         return linear_ref(x, w, b, norm_weight=torch.ones_like(norm_weight), **kw)
@@ -158,12 +191,13 @@ def test_faults_are_caught(config):
     def no_bias(x, w, b, **kw):
         return linear_ref(x, w, None, **kw)
 
-    def norm_over_half_row(x, w, b, norm_weight=None, **kw):  # rstd from the first K/2 columns only
+    def norm_over_half_row(x, w, b, norm_weight=None, norm_mode=None, **kw):  # rstd from K/2 columns only
         rstd = torch.rsqrt(x[:, : x.shape[1] // 2].pow(2).mean(-1, keepdim=True) + 1e-6)
         return linear_ref(x * rstd * norm_weight, w, b, **kw)
 
+    check_linear(c, torch.float32, config, mode=mode)
     for fault in (no_residual, unit_norm_weight, no_bias, norm_over_half_row):
-        must_fail(check_linear, c, torch.float32, config, ref=fault)
+        must_fail(check_linear, c, torch.float32, config, ref=fault, mode=mode)
     w_up = torch.randn(24, 48)
     packed = pack_gate_up(c["w"], w_up)
     y = gate_up_silu(c["x"], c["norm_weight"], packed, out=poison(4, 24), config=config)

@@ -40,9 +40,11 @@ def _cat_bias(*linears) -> torch.Tensor | None:
 
 class PackedDecoder:
     """Built once from an eager `utter_tts.model.talker.Decoder` (weights are copied into packed tensors:
-    QKV in one [N, hidden] weight, gate and up in one) and its `Rotary` (inv_freq, axis_of)."""
+    QKV in one [N, hidden] weight, gate and up in one) and its `Rotary` (inv_freq, axis_of). norm_mode:
+    how the fused RMSNorms round (kernels.linear; None: its NORM_MODE)."""
 
-    def __init__(self, decoder, rotary):
+    def __init__(self, decoder, rotary, norm_mode: str | None = None):
+        self.norm_mode = norm_mode
         attn0 = decoder.layers[0].self_attn
         self.heads, self.kv_heads, self.head_dim = attn0.heads, attn0.kv_heads, attn0.head_dim
         self.eps = decoder.norm.eps
@@ -105,15 +107,18 @@ class PackedDecoder:
                 torch.empty(M, H, splits, dtype=torch.float32, device=dev),
             )
         shape = dict(heads=H, kv_heads=KV, head_dim=D, eps=self.eps)
+        mode = self.norm_mode
         resid = x
         for layer, cache in zip(self.layers, caches):
             ck, cv = _kv(cache)
-            linear(resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv)
+            linear(
+                resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode
+            )
             rope = (self.inv_freq, self.axis_of, pos, slot, col)
             qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
             decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
             linear(attn, layer.w_o, layer.b_o, residual=resid, out=h)
-            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act)
+            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode)
             linear(act, layer.w_down, residual=h, out=h)
             resid = h
         return h
