@@ -97,10 +97,10 @@ def run(r, x=None, codebook=0, **kw):
 
 @pytest.mark.parametrize("seed", [0])
 def test_talker_codebook0_equals_pick(seed):
-    V, eos = 3072, 2150
-    r = rows(48, V, seed)
+    V, eos, n = 3072, 2150, 32
+    r = rows(n, V, seed)
     x = talker_extras(r, V, eos, seed)
-    r["logits"][:, eos] += 4 * (torch.arange(48) % 3 == 0)  # make EOS a contender on some rows
+    r["logits"][:, eos] += 4 * (torch.arange(n) % 3 == 0)  # make EOS a contender on some rows
     got = run(r, x)
     assert torch.equal(got, pick(r, x))
     assert torch.equal(
@@ -123,7 +123,7 @@ def test_greedy_rows_and_argmax_ties():
 @pytest.mark.parametrize("codebook", [1, 15])
 def test_code_predictor_rows_equal_choose(codebook):
     V = 2048
-    r = rows(32, V, codebook)
+    r = rows(24, V, codebook)
     got = run(r, codebook=codebook)
     expected = choose(
         r["logits"],
@@ -254,11 +254,11 @@ def test_embedding_epilogue_builds_the_talker_input_bit_for_bit():
 
 
 def test_sampling_faults_are_caught():
-    V = 2048
-    r = rows(40, V, 21, sampled=1.0)
-    r["top_k"] = torch.randint(2, 5, (40,))  # a few candidates each: the noise and k decide
-    r["top_p"] = torch.ones(40)
-    r["temperature"] = torch.full((40,), 2.0)
+    V, n = 2048, 24
+    r = rows(n, V, 21, sampled=1.0)
+    r["top_k"] = torch.randint(2, 5, (n,))  # a few candidates each: the noise and k decide
+    r["top_p"] = torch.ones(n)
+    r["temperature"] = torch.full((n,), 2.0)
     got = run(r, codebook=2)
 
     def eager(frame=r["frame"], codebook=2, top_k=r["top_k"], top_p=r["top_p"]):
@@ -269,19 +269,19 @@ def test_sampling_faults_are_caught():
     must_fail(same_as, got, eager(frame=r["frame"] + 1))  # noise frame counter off by one
     must_fail(same_as, got, eager(codebook=3))  # wrong codebook key
     must_fail(same_as, got, eager(top_k=r["top_k"] + 1))  # top-k off by one
-    r["top_k"] = torch.zeros(40, dtype=torch.long)
-    r["top_p"] = torch.full((40,), 0.5)
+    r["top_k"] = torch.zeros(n, dtype=torch.long)
+    r["top_p"] = torch.full((n,), 0.5)
     got = run(r, codebook=2)
     same_as(got, eager(top_k=r["top_k"], top_p=r["top_p"]))
-    must_fail(same_as, got, eager(top_k=r["top_k"], top_p=torch.full((40,), 0.6)))  # another cut
+    must_fail(same_as, got, eager(top_k=r["top_k"], top_p=torch.full((n,), 0.6)))  # another cut
     V, eos = 3072, 2150
-    t = rows(40, V, 22)
+    t = rows(n, V, 22)
     x = talker_extras(t, V, eos, 22)
     x["repetition_penalty"][:] = 3.0
     x["seen"][:, :64] = True
     t["logits"][:, :64] += 3.0  # seen tokens are the likely ones: the penalty decides
     t["logits"][:, eos] += 8.0  # and EOS, where it is allowed
-    x["min_new_tokens"] = t["frame"] + (torch.arange(40) % 2)  # every second row holds EOS back
+    x["min_new_tokens"] = t["frame"] + (torch.arange(n) % 2)  # every second row holds EOS back
     got0 = run(t, x)
     assert torch.equal(got0, pick(t, x))
     flipped = dict(x, repetition_penalty=1 / x["repetition_penalty"])  # penalty the wrong way round

@@ -360,6 +360,7 @@ def decode_attention(
     M, heads, head_dim = q.shape
     S, kv_heads, L, D = cache_k.shape
     assert D == head_dim and heads % kv_heads == 0 and q.stride(2) == 1
+    assert q.dtype == cache_k.dtype == cache_v.dtype, "q and the caches enter the same tensor-core products"
     assert cache_k.stride(3) == 1 and cache_v.stride(3) == 1 and cache_v.shape == cache_k.shape
     rep = heads // kv_heads
     if out is None:

@@ -232,7 +232,8 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         assert norm_weight.shape == (K,) and norm_weight.is_contiguous()
     mode = norm_mode or NORM_MODE
     assert mode in NORM_MODES, mode
-    cfg = config or config_for(M, N)
+    # tiles shrink for GPU occupancy only; under the CPU interpreter more programs only cost time
+    cfg = config or config_for(M, N if x.is_cuda else None)
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n))
     res = residual if residual is not None else out
     _linear_kernel[grid](
@@ -287,8 +288,8 @@ def linear(
     an nn.Linear weight (bf16 or fp32), bias [N], norm_weight [K]. residual and out are [M, N] with
     contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
     written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
-    `config_for(M, N)`); norm_mode: "prologue" or "one_pass" (default NORM_MODE; see the module doc).
-    No host syncs, so it can be captured in a CUDA graph."""
+    `config_for(M, N)` on the GPU); norm_mode: "prologue" or "one_pass" (default NORM_MODE; see the
+    module docstring). No host syncs, so it can be captured in a CUDA graph."""
     return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode)
 
 
