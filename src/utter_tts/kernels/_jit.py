@@ -153,21 +153,29 @@ def _patch_interpreter() -> None:
     builder = ti.InterpreterBuilder
     orig_cast, orig_fp_to_fp, orig_dot = builder.cast_impl, builder.create_fp_to_fp, builder.create_dot
 
+    # each fix applies only to the representation it was written for (fp32 data, bf16 as uint16 bits),
+    # so an interpreter that stops needing it is left alone
+    def to_bf16(src, dst_type):
+        fix = (
+            src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16 and src.data.dtype == np.float32
+        )
+        return ti.TensorHandle(_f32_to_bf16_bits(src.data), tl.bfloat16) if fix else None
+
     def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            return ti.TensorHandle(_f32_to_bf16_bits(src.data), tl.bfloat16)
-        return orig_cast(self, src, dst_type)
+        fixed = to_bf16(src, dst_type)
+        return fixed if fixed is not None else orig_cast(self, src, dst_type)
 
     def create_fp_to_fp(self, src, dst_type, rounding_mode):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            return ti.TensorHandle(_f32_to_bf16_bits(src.data), tl.bfloat16)
-        return orig_fp_to_fp(self, src, dst_type, rounding_mode)
+        fixed = to_bf16(src, dst_type)
+        return fixed if fixed is not None else orig_fp_to_fp(self, src, dst_type, rounding_mode)
+
+    def as_f32(h):
+        if h.dtype.scalar == tl.bfloat16 and h.data.dtype == np.uint16:
+            return ti.TensorHandle(_bf16_bits_to_f32(h.data), tl.float32)
+        return h
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if a.dtype.scalar == tl.bfloat16 or b.dtype.scalar == tl.bfloat16:
-            a = ti.TensorHandle(_bf16_bits_to_f32(a.data), tl.float32) if a.dtype.scalar == tl.bfloat16 else a
-            b = ti.TensorHandle(_bf16_bits_to_f32(b.data), tl.float32) if b.dtype.scalar == tl.bfloat16 else b
-        return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+        return orig_dot(self, as_f32(a), as_f32(b), d, input_precision, max_num_imprecise_acc)
 
     orig_patch_tensor = ti._patch_lang_tensor
 
