@@ -247,10 +247,11 @@ def test_embedding_epilogue_builds_the_talker_input_bit_for_bit():
         assert torch.equal(nxt, table.detach()[codes[:, k]])
     with torch.no_grad():
         expected = talker.frame_embed(codes) + text
+        tables = [talker.model.codec_embedding] + list(talker.code_predictor.model.codec_embedding)
+        summed_in_fp32 = sum(t.weight[codes[:, k]].float() for k, t in enumerate(tables)) + text.float()
     assert torch.equal(acc, expected)
-
-
-# ---- planted faults ---------------------------------------------------------------------------------------
+    must_fail(same_as, acc, expected - text)  # a missing addend shows
+    must_fail(same_as, acc, summed_in_fp32.bfloat16())  # so does rounding once instead of after every add
 
 
 def test_sampling_faults_are_caught():
