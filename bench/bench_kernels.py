@@ -284,7 +284,9 @@ def rel_err(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-6))
 
 
-TOLS = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # max error relative to the largest |value|
+# max error relative to the largest |value|. fp32 at the real widths sums 2,048-6,144 products in another
+# order than cuBLAS, which may drift past the tests' 1e-5 (tiny shapes; not measured here): 5e-5
+TOLS = {torch.float32: 5e-5, torch.bfloat16: 2e-2}
 
 
 def section_check(sh, device, smoke):

@@ -204,7 +204,7 @@ class AttentionConfig:
     block_n: int = 64  # cache columns per step
     num_warps: int = 4
     num_stages: int = 2
-    min_split_cols: int = 256  # a split covers at least this many columns of the cache span
+    min_split_cols: int = 128  # a split covers at least this many columns of the cache span
 
 
 ATTENTION_CONFIG = AttentionConfig()
@@ -329,7 +329,7 @@ def _sm_count(device: torch.device) -> int:
 
 def default_splits(m: int, kv_heads: int, span: int, device: torch.device, cfg=ATTENTION_CONFIG) -> int:
     """Column splits from shapes only (graph-safe): enough programs for ~2 waves of the SMs, each split
-    still >= min_split_cols of the cache span. Batch 1, 2,560-column talker cache: 8 kv heads x 10 splits."""
+    still >= min_split_cols of the cache span. Batch 1, 2,560-column talker cache: 8 kv heads x 20 splits."""
     want = triton.cdiv(2 * _sm_count(device), m * kv_heads)
     return max(1, min(want, span // cfg.min_split_cols))
 
