@@ -1,0 +1,204 @@
+"""Kernel plumbing: a @triton.jit that runs under Triton's interpreter when its tensors are on the CPU.
+
+Triton decides between compiling and interpreting when a function is decorated (it reads
+TRITON_INTERPRET then), and so do triton.language's own helpers (tl.zeros, tl.sum, ...: decorated when
+triton is imported). A test that sets the variable after something imported triton or our kernels would
+get compiled functions that cannot run on CPU tensors. So `jit` keeps both forms and picks per launch:
+the interpreter for CPU tensors (or when TRITON_INTERPRET=1), the compiler otherwise; and during an
+interpreted launch, calls to compiled helpers (ours or triton.language's) run through the interpreter
+too (`_helpers_interpreted`). Import order and the variable then do not matter.
+
+The Triton 3.6 interpreter mishandles bf16 (it keeps bf16 as raw uint16 bits): `tl.dot` on bf16
+multiplies the bit patterns and fp32 -> bf16 casts truncate instead of rounding to nearest even.
+And with NumPy >= 2.4 its `range(0, K, ...)` over a scalar argument fails. `_patch_interpreter` fixes
+these inside the interpreter (the GPU path is untouched) so CPU runs of the bf16 kernels compute what
+the GPU computes. Our kernels do every other bf16 op in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+
+def _uses_cpu(args, kwargs) -> bool:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device.type == "cpu"
+    return False
+
+
+class Kernel(JITFunction):
+    """A JITFunction that launches through the interpreter for CPU tensors (see the module docstring)."""
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(fn, **kwargs)
+        self._interp = InterpretedFunction(fn, **kwargs)
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if _RECORDING is not None:  # record_launches(): note the launch, run nothing
+            _RECORDING.append((self, args, dict(kwargs), grid))
+            return None
+        if knobs.runtime.interpret or _uses_cpu(args, kwargs):
+            _patch_interpreter()
+            with _helpers_interpreted():
+                return self._interp.run(*args, grid=grid, warmup=warmup, **kwargs)
+        return super().run(*args, grid=grid, warmup=warmup, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        # only reached from an interpreted kernel (a compiled one inlines helpers without calling this)
+        return _run_helper(self._interp, args, kwargs)
+
+
+_RECORDING: list | None = None
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect (kernel, args, kwargs, grid) of every launch instead of running it (for `compile_for`)."""
+    global _RECORDING
+    saved, _RECORDING = _RECORDING, []
+    try:
+        yield _RECORDING
+    finally:
+        _RECORDING = saved
+
+
+def compile_for(kernel: Kernel, args, kwargs, arch: int = 90):
+    """Compile one recorded launch for a CUDA arch without a GPU (Triton ships ptxas), exactly as a launch
+    with those arguments would specialise it. Returns the CompiledKernel (asm: ttgir, ptx, cubin)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
+    return compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+_INTERPRETED: dict = {}
+_HELPERS_LOCK = threading.RLock()
+
+
+def _call_interpreted(self, *args, **kwargs):
+    f = _INTERPRETED.get(self.fn)
+    if f is None:
+        f = _INTERPRETED[self.fn] = InterpretedFunction(self.fn)
+    return _run_helper(f, args, kwargs)
+
+
+def _run_helper(f: InterpretedFunction, args, kwargs):
+    """InterpretedFunction.__call__ without its leak: it patches triton.language's builtins for the
+    helper's module (tl.core for triton.language's own helpers) and never undoes it, which would leave
+    later *compiled* kernels in this process calling the interpreter's semantics."""
+    from triton.runtime import interpreter as ti
+
+    scope = ti._patch_lang(f.fn)
+    try:
+        return f.rewrite()(*args, **kwargs)
+    finally:
+        scope.restore()
+
+
+@contextlib.contextmanager
+def _helpers_interpreted():
+    """While an interpreted kernel runs, a compiled helper it calls (JITFunction.__call__, which would
+    raise "Cannot call @triton.jit'd outside of the scope of a kernel") runs interpreted instead."""
+    with _HELPERS_LOCK:
+        saved = JITFunction.__call__
+        JITFunction.__call__ = _call_interpreted
+        try:
+            yield
+        finally:
+            JITFunction.__call__ = saved
+
+
+def jit(fn=None, **kwargs):
+    """Decorator like triton.jit, returning a `Kernel`."""
+    if fn is None:
+        return lambda f: Kernel(f, **kwargs)
+    return Kernel(fn, **kwargs)
+
+
+_PATCHED = False
+
+
+def _bf16_bits_to_f32(data: np.ndarray) -> np.ndarray:
+    return (data.astype(np.uint32) << 16).view(np.float32)
+
+
+def _f32_to_bf16_bits(data: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def _patch_interpreter() -> None:
+    global _PATCHED
+    if _PATCHED:
+        return
+    from triton.runtime import interpreter as ti
+
+    builder = ti.InterpreterBuilder
+    orig_cast, orig_fp_to_fp, orig_dot = builder.cast_impl, builder.create_fp_to_fp, builder.create_dot
+
+    # each fix applies only to the representation it was written for (fp32 data, bf16 as uint16 bits),
+    # so an interpreter that stops needing it is left alone
+    def to_bf16(src, dst_type):
+        fix = (
+            src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16 and src.data.dtype == np.float32
+        )
+        return ti.TensorHandle(_f32_to_bf16_bits(src.data), tl.bfloat16) if fix else None
+
+    def cast_impl(self, src, dst_type):
+        fixed = to_bf16(src, dst_type)
+        return fixed if fixed is not None else orig_cast(self, src, dst_type)
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        fixed = to_bf16(src, dst_type)
+        return fixed if fixed is not None else orig_fp_to_fp(self, src, dst_type, rounding_mode)
+
+    def as_f32(h):
+        if h.dtype.scalar == tl.bfloat16 and h.data.dtype == np.uint16:
+            return ti.TensorHandle(_bf16_bits_to_f32(h.data), tl.float32)
+        return h
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return orig_dot(self, as_f32(a), as_f32(b), d, input_precision, max_num_imprecise_acc)
+
+    orig_patch_tensor = ti._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, scope):
+        # scalars are 1-element arrays there; NumPy >= 2.4 refuses int() of those (`range(0, K, ...)`)
+        orig_patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    ti._patch_lang_tensor = patch_lang_tensor
+    builder.cast_impl = cast_impl
+    builder.create_fp_trunc = cast_impl
+    builder.create_fp_to_fp = create_fp_to_fp
+    builder.create_dot = create_dot
+    _PATCHED = True
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands multiply exactly ("ieee"); Triton's default would round them to tf32 on the GPU."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}

@@ -1,0 +1,130 @@
+"""PackedDecoder: an eager `Decoder` with weights packed once, run over packed tokens in 6 launches a layer.
+
+Per layer: (1) input RMSNorm + QKV projection (`linear`, norm as prologue); (2) q/k RMSNorm + M-RoPE
++ cache write (`qk_norm_rope_write`); (3) attention (`decode_attention`; a 7th launch combines the
+column splits when it splits, i.e. long caches at small batch); (4) o-projection + residual; (5)
+post-attention RMSNorm + gate/up + SiLU (`gate_up_silu`); (6) down-projection + residual. The result is
+the hidden state BEFORE the final norm: the caller fuses that norm into the next linear
+(`linear(h, head_w, norm_weight=packed.final_norm)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
+from utter_tts.kernels.linear import gate_up_silu, linear, pack_gate_up
+
+
+@dataclass
+class PackedLayer:
+    ln1: torch.Tensor  # input_layernorm.weight [hidden]
+    w_qkv: torch.Tensor  # [(heads + 2 kv_heads) head_dim, hidden]
+    b_qkv: torch.Tensor | None
+    q_norm: torch.Tensor  # [head_dim]
+    k_norm: torch.Tensor
+    w_o: torch.Tensor  # [hidden, heads head_dim]
+    b_o: torch.Tensor | None
+    ln2: torch.Tensor  # post_attention_layernorm.weight
+    w_gate_up: torch.Tensor  # [2 inter, hidden], pack_gate_up
+    w_down: torch.Tensor  # [hidden, inter]
+
+
+def _cat_bias(*linears) -> torch.Tensor | None:
+    if linears[0].bias is None:
+        return None
+    return torch.cat([lin.bias.detach() for lin in linears]).contiguous()
+
+
+class PackedDecoder:
+    """Built once from an eager `utter_tts.model.talker.Decoder` (weights are copied into packed tensors:
+    QKV in one [N, hidden] weight, gate and up in one) and its `Rotary` (inv_freq, axis_of). norm_mode:
+    how the fused RMSNorms round (kernels.linear; None: its NORM_MODE)."""
+
+    def __init__(self, decoder, rotary, norm_mode: str | None = None):
+        self.norm_mode = norm_mode
+        attn0 = decoder.layers[0].self_attn
+        self.heads, self.kv_heads, self.head_dim = attn0.heads, attn0.kv_heads, attn0.head_dim
+        self.eps = decoder.norm.eps
+        self.hidden = decoder.norm.weight.shape[0]
+        self.inter = decoder.layers[0].mlp.gate_proj.out_features
+        self.layers: list[PackedLayer] = []
+        with torch.no_grad():
+            for layer in decoder.layers:
+                a, mlp = layer.self_attn, layer.mlp
+                self.layers.append(
+                    PackedLayer(
+                        ln1=layer.input_layernorm.weight.detach().contiguous(),
+                        w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous(),
+                        b_qkv=_cat_bias(a.q_proj, a.k_proj, a.v_proj),
+                        q_norm=a.q_norm.weight.detach().contiguous(),
+                        k_norm=a.k_norm.weight.detach().contiguous(),
+                        w_o=a.o_proj.weight.detach().contiguous(),
+                        b_o=a.o_proj.bias.detach().contiguous() if a.o_proj.bias is not None else None,
+                        ln2=layer.post_attention_layernorm.weight.detach().contiguous(),
+                        w_gate_up=pack_gate_up(mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()),
+                        w_down=mlp.down_proj.weight.detach().contiguous(),
+                    )
+                )
+            self.final_norm = decoder.norm.weight.detach().contiguous()
+            device = self.final_norm.device
+            self.inv_freq = rotary.inv_freq.detach().float().to(device).contiguous()
+            self.axis_of = rotary.axis_of.detach().to(device=device, dtype=torch.int32).contiguous()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        slot: torch.Tensor,
+        col: torch.Tensor,
+        pos: torch.Tensor,
+        start: torch.Tensor,
+        caches,
+        out: torch.Tensor | None = None,
+        num_splits: int | None = None,
+    ) -> torch.Tensor:
+        """x [M, hidden] packed tokens (rows may be strided) -> hidden [M, hidden] before the final norm.
+
+        slot, col, start [M] int64 and pos [A, M] as in kernels.attention; caches: one (k, v) pair (or an
+        eager KVCache with .k, .v) per layer, each [S, kv_heads, L, head_dim]. Rows' keys are written at
+        (slot, col) in every layer. out may be x itself (updated in place). Buffers are allocated from
+        the shapes only, so the pass can be captured in a CUDA graph."""
+        M = x.shape[0]
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        dev, dt = x.device, self.final_norm.dtype
+        h = out if out is not None else torch.empty(M, self.hidden, dtype=x.dtype, device=dev)
+        qkv = torch.empty(M, (H + 2 * KV) * D, dtype=dt, device=dev)
+        q = torch.empty(M, H, D, dtype=dt, device=dev)
+        attn = torch.empty(M, H * D, dtype=dt, device=dev)
+        act = torch.empty(M, self.inter, dtype=dt, device=dev)
+        ck0 = _kv(caches[0])[0]
+        splits = num_splits or default_splits(M, KV, ck0.shape[2], dev)
+        ws = None
+        if splits > 1:  # one workspace for every layer's split attention
+            ws = (
+                torch.empty(M, H, splits, D, dtype=torch.float32, device=dev),
+                torch.empty(M, H, splits, dtype=torch.float32, device=dev),
+            )
+        shape = dict(heads=H, kv_heads=KV, head_dim=D, eps=self.eps)
+        mode = self.norm_mode
+        resid = x
+        for layer, cache in zip(self.layers, caches):
+            ck, cv = _kv(cache)
+            linear(
+                resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode
+            )
+            rope = (self.inv_freq, self.axis_of, pos, slot, col)
+            qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
+            decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
+            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h)
+            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode)
+            linear(act, layer.w_down, residual=h, out=h)
+            resid = h
+        return h
+
+    __call__ = forward
+
+
+def _kv(cache) -> tuple[torch.Tensor, torch.Tensor]:
+    return (cache.k, cache.v) if hasattr(cache, "k") else (cache[0], cache[1])

@@ -1,0 +1,353 @@
+"""Small-M GEMM y = x @ w.T (nn.Linear weights [N, K]) with RMSNorm prologue, bias/residual/SiLU epilogues.
+
+Decode multiplies a handful of rows by a large weight, so the kernel is a bandwidth problem: every
+program streams a [BLOCK_N, BLOCK_K] weight tile per step with wide loads along K. Two tile kinds:
+BLOCK_M = 1 multiplies one row on CUDA cores, accumulating [BLOCK_N, BLOCK_K] partial products in the
+weight tile's own register layout and reducing over K once at the end (a [M, N, K] broadcast instead
+would cost a shared-memory layout shuffle of every weight tile); BLOCK_M >= 16 uses tensor cores
+(`tl.dot`, rows padded to the tile, weight tiles software-pipelined). With BLOCK_M = 1 and a few rows,
+the programs of one weight tile run side by side (rows are grid axis 0) and re-read it from L2. Small
+BLOCK_N (not split-K) gives skinny outputs enough programs to fill the GPU and keeps the kernel
+deterministic and single-launch. The tile comes from `CONFIGS`, keyed by the row bucket (override per
+call with `config=`); the GPU benchmark sweeps `candidate_configs` and prints the best per bucket.
+
+Numerics: the RMSNorm prologue (norm_mode "prologue", the default) sums x^2 over the whole row in fp32
+first, then the main loop scales each x block by rstd * norm_weight in fp32 and casts it to the weight
+dtype for the product (one rounding, where the eager RMSNorm rounds twice). norm_mode "one_pass" saves
+that extra pass over x (a chain of dependent loads in every program before its weights stream; at batch
+1 maybe ~1 us of a few-us launch: to be measured, the benchmark times both): the loop sums x^2 while it
+multiplies x * norm_weight (fp32, rounded to the weight dtype), and rstd scales the fp32 result at the
+end. Both round x once; only the rounding point differs. Accumulation, bias, SiLU and the residual add
+are fp32; the result is rounded once into `out`'s dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from utter_tts.kernels._jit import dot_precision, jit
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        assert self.block_m == 1 or self.block_m >= 16, "one row on CUDA cores, or tl.dot's 16-row tiles"
+
+    @property
+    def use_dot(self) -> bool:
+        return self.block_m >= 16
+
+
+# Row bucket -> tile. Guesses for an H200 until the benchmark's sweep replaces them (see docs/kernels.md).
+CONFIGS: dict[int, LinearConfig] = {
+    1: LinearConfig(1, 8, 512, 4, 3),
+    2: LinearConfig(1, 8, 512, 4, 3),
+    4: LinearConfig(16, 16, 256, 4, 4),
+    8: LinearConfig(16, 16, 256, 4, 4),
+    16: LinearConfig(16, 32, 128, 4, 4),
+    32: LinearConfig(32, 32, 128, 4, 4),
+    64: LinearConfig(32, 64, 128, 4, 4),
+    128: LinearConfig(64, 64, 64, 4, 3),
+}
+
+
+# Programs wanted per launch before tiles shrink: ~2 per SM of an H100/H200 (132 SMs), so that each SM has
+# another program's loads in flight while one waits.
+MIN_PROGRAMS = 264
+
+
+def config_for(m: int, n: int | None = None) -> LinearConfig:
+    """The bucket's tile for m rows; with the output width n, BLOCK_N (then BLOCK_M) halves while the launch
+    would have fewer than MIN_PROGRAMS programs (skinny outputs at small batch). Shapes only: graph-safe."""
+    cfg = next((c for b, c in CONFIGS.items() if m <= b), CONFIGS[max(CONFIGS)])
+    if n is None:
+        return cfg
+    bm, bn = cfg.block_m, cfg.block_n
+    min_bn = 16 if bm >= 16 else 2
+
+    def programs(bm, bn):
+        return triton.cdiv(m, bm) * triton.cdiv(n, bn)
+
+    while bn > min_bn and programs(bm, bn) < MIN_PROGRAMS:
+        bn //= 2
+    while bm > 16 and programs(bm, bn) < MIN_PROGRAMS:
+        bm //= 2
+    return replace(cfg, block_m=bm, block_n=bn)
+
+
+def candidate_configs(m: int) -> list[LinearConfig]:
+    """Tiles worth timing for `m` rows (the GPU benchmark's sweep): ~10-24 per bucket, 33 distinct in all."""
+    out = []
+    if m <= 4:  # one-row CUDA-core tiles: BLOCK_N * BLOCK_K fp32 partial products per program
+        for bn, bk, warps in ((4, 512, 4), (8, 256, 4), (8, 512, 4), (8, 512, 8), (16, 256, 4), (16, 512, 8)):
+            for stages in (1, 3):  # 1: no cp.async pipelining of the weight stream
+                out.append(LinearConfig(1, bn, bk, warps, stages))
+    p2 = triton.next_power_of_2(m)
+    for bm in (16, 32, 64):
+        if not (bm == 16 and p2 <= 32 or bm == 32 and p2 >= 32 or bm == 64 and p2 >= 64):
+            continue
+        for bn in (16, 32, 64):
+            for bk, warps, stages in ((128, 4, 4), (256, 4, 3), (128, 8, 3)):
+                out.append(LinearConfig(bm, bn, bk, warps, stages))
+    return out
+
+
+@jit
+def _linear_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    nw_ptr,
+    res_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_rm,
+    stride_om,
+    up_offset,
+    eps,
+    HAS_BIAS: tl.constexpr,
+    NORM: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    # axis 0 (rows) varies fastest, so the programs that share a weight tile run together (L2 reuse)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    ks0 = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
+    w_dtype = w_ptr.dtype.element_ty
+
+    ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORM == 1:  # two passes: the whole row's sum of squares first (x is tiny and stays in cache)
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+            ks = k0 + ks0
+            x_mask = row_ok[:, None] & (ks < K)[None, :]
+            xt = tl.load(x_rows + ks[None, :] * stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+            ss += tl.sum(xt * xt, axis=1)
+        rstd = tl.math.rsqrt(ss / K + eps)
+
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if GATED:
+            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:  # one row: elementwise partial products in the weight tile's own layout, reduced once at the end
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        if GATED:
+            acc2_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+
+    # tl.range(num_stages=...): the weight stream is software-pipelined (cp.async) on the CUDA-core path too
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        ks = k0 + ks0
+        k_ok = ks < K
+        xt = tl.load(x_rows + ks[None, :] * stride_xk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM == 1:
+            nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            xt = xt.to(tl.float32) * rstd[:, None] * nw[None, :]
+        if NORM == 2:  # one pass: sum of squares alongside, rstd applied to the fp32 result at the end
+            nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            xt = xt.to(tl.float32)
+            ss += tl.sum(xt * xt, axis=1)
+            xt = xt * nw[None, :]
+        xt = xt.to(w_dtype)  # the product's operand is the weight dtype (bf16 or fp32)
+        w_mask = col_ok[:, None] & k_ok[None, :]
+        wt = tl.load(w_rows + ks[None, :] * stride_wk, mask=w_mask, other=0.0)
+        if GATED:  # the up rows sit N rows below the gate rows (pack_gate_up)
+            wu = tl.load(w_rows + up_offset + ks[None, :] * stride_wk, mask=w_mask, other=0.0)
+        if USE_DOT:
+            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=DOT_PREC)
+            if GATED:
+                acc_up = tl.dot(xt, tl.trans(wu), acc_up, input_precision=DOT_PREC)
+        else:
+            xf = xt.to(tl.float32)  # [1, BLOCK_K]
+            acc2 += wt.to(tl.float32) * xf
+            if GATED:
+                acc2_up += wu.to(tl.float32) * xf
+
+    if not USE_DOT:
+        acc = tl.sum(acc2, axis=1)[None, :]
+        if GATED:
+            acc_up = tl.sum(acc2_up, axis=1)[None, :]
+    if NORM == 2:
+        rstd = tl.math.rsqrt(ss / K + eps)
+        acc = acc * rstd[:, None]
+        if GATED:
+            acc_up = acc_up * rstd[:, None]
+    if GATED:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc_up  # silu(gate) * up
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_RES:
+        r_ptrs = res_ptr + rows.to(tl.int64)[:, None] * stride_rm + cols[None, :]
+        acc += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    o_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+NORM_MODES = ("prologue", "one_pass")
+NORM_MODE = "prologue"  # the default of every call (see the module docstring); pass norm_mode= to choose
+
+
+def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode):
+    assert x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
+    M, K = x.shape
+    N = w.shape[0] // 2 if gated else w.shape[0]
+    out_dtype = residual.dtype if residual is not None else x.dtype
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=x.device)
+    assert out.shape == (M, N) and out.stride(1) == 1, "out: [M, N] with contiguous rows"
+    if residual is not None:
+        assert residual.shape == (M, N) and residual.stride(1) == 1, "residual: [M, N] with contiguous rows"
+    if bias is not None:
+        assert bias.shape == (N,) and bias.is_contiguous()
+    if norm_weight is not None:
+        assert norm_weight.shape == (K,) and norm_weight.is_contiguous()
+    mode = norm_mode or NORM_MODE
+    assert mode in NORM_MODES, mode
+    # tiles shrink for GPU occupancy only; under the CPU interpreter more programs only cost time
+    cfg = config or config_for(M, N if x.is_cuda else None)
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n))
+    res = residual if residual is not None else out
+    _linear_kernel[grid](
+        x,
+        w,
+        bias if bias is not None else w,
+        norm_weight if norm_weight is not None else w,
+        res,
+        out,
+        M,
+        N,
+        K,
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        res.stride(0),
+        out.stride(0),
+        N * w.stride(0),
+        float(eps),
+        HAS_BIAS=bias is not None,
+        NORM=0 if norm_weight is None else 1 + NORM_MODES.index(mode),
+        HAS_RES=residual is not None,
+        GATED=gated,
+        USE_DOT=cfg.use_dot,
+        DOT_PREC=dot_precision(w.dtype),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    config: LinearConfig | None = None,
+    norm_mode: str | None = None,
+) -> torch.Tensor:
+    """y = (rmsnorm(x) * norm_weight if norm_weight is given else x) @ w.T (+ bias) (+ residual).
+
+    x [M, K] may be any strided view (e.g. every second row of a packed batch: x[1::2]); w [N, K] is
+    an nn.Linear weight (bf16 or fp32), bias [N], norm_weight [K]. residual and out are [M, N] with
+    contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
+    written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
+    `config_for(M, N)` on the GPU); norm_mode: "prologue" or "one_pass" (default NORM_MODE; see the
+    module docstring). No host syncs, so it can be captured in a CUDA graph."""
+    return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode)
+
+
+def pack_gate_up(w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+    """One [2N, K] weight: gate rows, then up rows. A program computing output columns n0..n1 reads rows
+    n0..n1 and N+n0..N+n1, so any BLOCK_N pairs matching gate and up columns."""
+    assert w_gate.shape == w_up.shape
+    return torch.cat([w_gate, w_up], dim=0).contiguous()
+
+
+def gate_up_silu(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    w_gate_up: torch.Tensor,
+    eps: float = 1e-6,
+    out: torch.Tensor | None = None,
+    config: LinearConfig | None = None,
+    norm_mode: str | None = None,
+) -> torch.Tensor:
+    """silu(g) * u with [g | u] = rmsnorm(x) * norm_weight @ w_gate_up.T (no norm if norm_weight is None).
+    w_gate_up comes from `pack_gate_up`; out [M, N] has x's dtype by default."""
+    return _launch(x, w_gate_up, None, norm_weight, eps, None, out, True, config, norm_mode)
+
+
+# ---- references (plain PyTorch, the same numerics contract) ----------------------------------------------
+
+
+def rms_normalize_ref(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, dtype: torch.dtype, mode=None):
+    """The product's operand and the fp32 factor applied after it: ("prologue") rmsnorm in fp32 scaled by
+    the weight in fp32, rounded once to `dtype`, factor 1; ("one_pass") x * weight in fp32 rounded to
+    `dtype`, factor rstd (fp32)."""
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if (mode or NORM_MODE) == "one_pass":
+        return (xf * norm_weight.float()).to(dtype), rstd
+    return (xf * rstd * norm_weight.float()).to(dtype), torch.ones_like(rstd)
+
+
+def linear_ref(x, w, bias=None, *, norm_weight=None, eps=1e-6, residual=None, out_dtype=None, norm_mode=None):
+    """Reference of `linear`: fp32 accumulation of weight-dtype operands."""
+    if norm_weight is not None:
+        xin, scale = rms_normalize_ref(x, norm_weight, eps, w.dtype, norm_mode)
+    else:
+        xin, scale = x.to(w.dtype), 1.0
+    y = (xin.float() @ w.float().T) * scale
+    if bias is not None:
+        y = y + bias.float()
+    if residual is not None:
+        y = y + residual.float()
+    dtype = out_dtype or (residual.dtype if residual is not None else x.dtype)
+    return y.to(dtype)
+
+
+def gate_up_silu_ref(x, norm_weight, w_gate_up, eps=1e-6, out_dtype=None, norm_mode=None):
+    """Reference of `gate_up_silu`."""
+    if norm_weight is not None:
+        xin, scale = rms_normalize_ref(x, norm_weight, eps, w_gate_up.dtype, norm_mode)
+    else:
+        xin, scale = x.to(w_gate_up.dtype), 1.0
+    g, u = ((xin.float() @ w_gate_up.float().T) * scale).chunk(2, dim=-1)
+    return (F.silu(g) * u).to(out_dtype or x.dtype)

@@ -1,0 +1,212 @@
+"""linear / gate_up_silu against their references: both tile kinds, fused prologue/epilogues, strided x."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from utter_tts.kernels.linear import (  # noqa: E402
+    CONFIGS,
+    MIN_PROGRAMS,
+    NORM_MODES,
+    LinearConfig,
+    config_for,
+    gate_up_silu,
+    gate_up_silu_ref,
+    linear,
+    linear_ref,
+    pack_gate_up,
+)
+
+from .util import DTYPES, close, must_fail, poison  # noqa: E402
+
+ONE_ROW = LinearConfig(1, 8, 32, 4, 3)  # CUDA-core tile, K split into several blocks
+NARROW = LinearConfig(1, 2, 16, 1, 1)  # the narrowest tile config_for shrinks to, unpipelined
+DOT = LinearConfig(16, 16, 32, 4, 3)  # tensor-core tile
+
+
+def case(M, K, N, dtype, seed=0, x_stride=1):
+    g = torch.Generator().manual_seed(seed)
+    big = torch.randn(M * x_stride, K, generator=g)
+    x = big.to(dtype)[::x_stride]  # every x_stride-th row: a strided view
+    w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
+    return dict(
+        x=x,
+        w=w,
+        bias=torch.randn(N, generator=g).to(dtype),
+        norm_weight=(torch.rand(K, generator=g) + 0.5).to(dtype),
+        residual=torch.randn(M, N, generator=g).to(dtype),
+    )
+
+
+def check_linear(c, dtype, config=None, use=("bias", "norm_weight", "residual"), ref=linear_ref, mode=None):
+    kw = {k: c[k] for k in use if k != "bias"}
+    kw["norm_mode"] = mode
+    bias = c["bias"] if "bias" in use else None
+    M, N = c["x"].shape[0], c["w"].shape[0]
+    out = poison(M, N, dtype=dtype)
+    y = linear(c["x"], c["w"], bias, **kw, out=out, config=config)
+    assert y is out
+    close(y, ref(c["x"], c["w"], bias, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "M,config",
+    [(1, None), (1, ONE_ROW), (3, NARROW), (3, DOT), (8, None), (20, None), (20, DOT), (40, None)],
+)
+def test_linear_fused(M, config, dtype):
+    # K and N not multiples of the tiles: masking on both
+    check_linear(case(M, 72, 40, dtype, seed=M), dtype, config)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,config", [(1, None), (3, ONE_ROW), (20, DOT)])
+def test_linear_fused_one_pass_norm(M, config, dtype):
+    check_linear(case(M, 72, 40, dtype, seed=M), dtype, config, mode="one_pass")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use", [(), ("bias",), ("norm_weight",), ("residual",)])
+def test_linear_each_feature_alone(use, dtype):
+    for config in (ONE_ROW, DOT):
+        check_linear(case(5, 48, 24, dtype, seed=1), dtype, config, use)
+
+
+@pytest.mark.parametrize("config", [ONE_ROW, DOT])
+def test_linear_strided_rows_and_in_place_residual(config):
+    c = case(6, 64, 64, torch.float32, seed=2, x_stride=2)
+    assert c["x"].stride(0) == 2 * 64
+    check_linear(c, torch.float32, config)
+    # out = residual: h += o_proj(attn) in place
+    h = c["residual"].clone()
+    expected = linear_ref(c["x"], c["w"], residual=h)
+    linear(c["x"], c["w"], residual=h, out=h, config=config)
+    close(h, expected, torch.float32)
+
+
+def test_linear_column_strided_x():
+    base = torch.randn(4, 80)
+    x = base[:, ::2]  # stride along K as well
+    w = torch.randn(24, 40)
+    close(linear(x, w, out=poison(4, 24)), linear_ref(x, w), torch.float32)
+
+
+def test_linear_fp32_activations_with_bf16_weights():
+    # the decoder's residual stream may be fp32 while weights are bf16: x is rounded to bf16 for the product
+    c = case(3, 64, 32, torch.bfloat16, seed=3)
+    x = torch.randn(3, 64)
+    r = torch.randn(3, 32)
+    y = linear(x, c["w"], norm_weight=c["norm_weight"], residual=r, out=poison(3, 32))
+    expected = linear_ref(x, c["w"], norm_weight=c["norm_weight"], residual=r)
+    close(y, expected, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,config", [(1, None), (3, ONE_ROW), (5, DOT), (17, None)])
+def test_gate_up_silu(M, config, dtype):
+    c = case(M, 56, 36, dtype, seed=M)
+    w_up = (torch.randn(36, 56) / 8).to(dtype)
+    packed = pack_gate_up(c["w"], w_up)
+    for nw, mode in ((c["norm_weight"], "prologue"), (c["norm_weight"], "one_pass"), (None, None)):
+        y = gate_up_silu(
+            c["x"], nw, packed, 1e-6, out=poison(M, 36, dtype=dtype), config=config, norm_mode=mode
+        )
+        close(y, gate_up_silu_ref(c["x"], nw, packed, norm_mode=mode), dtype)
+
+
+def test_norm_modes_agree_with_the_eager_norm():
+    """Both rounding points make a faithful RMSNorm: within bf16 rounding of the eager RMSNorm + Linear."""
+    from utter_tts.model.talker import RMSNorm
+
+    torch.manual_seed(6)
+    norm = RMSNorm(96, 1e-6)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    w = torch.randn(40, 96) / 10
+    x = torch.randn(4, 96) * 3
+    with torch.no_grad():
+        expected = norm(x) @ w.T
+    for mode in NORM_MODES:
+        close(linear(x, w, norm_weight=norm.weight.detach(), norm_mode=mode), expected, torch.float32)
+        y = linear(x.bfloat16(), w.bfloat16(), norm_weight=norm.weight.detach().bfloat16(), norm_mode=mode)
+        close(y, expected, torch.bfloat16)
+
+
+def test_tiles_shrink_for_skinny_outputs():
+    assert config_for(1, 1024).block_n * MIN_PROGRAMS <= 2 * 1024  # >= MIN_PROGRAMS/2 programs at batch 1
+    assert config_for(1, 12288) == CONFIGS[1]  # wide enough already
+    cfg = config_for(64, 1024)
+    assert cfg.block_n == 16 and cfg.block_m == 16  # 4 x 64 programs instead of 2 x 16
+    assert config_for(64) == CONFIGS[64]
+
+
+def test_gate_up_silu_matches_the_eager_mlp_activation():
+    from utter_tts.model.talker import MLP, RMSNorm
+
+    torch.manual_seed(4)
+    mlp, norm = MLP(32, 48), RMSNorm(32, 1e-6)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        hn = norm(x)
+        expected = torch.nn.functional.silu(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+        packed = pack_gate_up(mlp.gate_proj.weight, mlp.up_proj.weight)
+        y = gate_up_silu(x, norm.weight.detach(), packed, 1e-6, out=poison(3, 48))
+    close(y, expected, torch.float32)
+
+
+def test_config_table_covers_every_bucket():
+    assert all(cfg.block_m == 1 or cfg.block_m >= 16 for cfg in CONFIGS.values())
+    with pytest.raises(AssertionError):
+        LinearConfig(4, 8, 64)  # neither one row nor a tl.dot tile
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    M=st.integers(1, 24),
+    K=st.integers(4, 90),
+    N=st.integers(1, 40),
+    dtype=st.sampled_from(DTYPES),
+    stride=st.sampled_from([1, 3]),
+    tile=st.sampled_from([None, ONE_ROW, DOT]),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_any_shape(M, K, N, dtype, stride, tile, seed):
+    check_linear(case(M, K, N, dtype, seed=seed, x_stride=stride), dtype, tile)
+
+
+# ---- planted faults: each wrong reference must fail the same comparison -----------------------------------
+
+
+@pytest.mark.parametrize("mode", NORM_MODES)
+@pytest.mark.parametrize("config", [ONE_ROW, DOT])
+def test_faults_are_caught(config, mode):
+    c = case(4, 48, 24, torch.float32, seed=5)
+
+    def no_residual(x, w, b, **kw):
+        return linear_ref(x, w, b, **{**kw, "residual": None})
+
+    def unit_norm_weight(x, w, b, norm_weight=None, **kw):
+        return linear_ref(x, w, b, norm_weight=torch.ones_like(norm_weight), **kw)
+
+    def no_bias(x, w, b, **kw):
+        return linear_ref(x, w, None, **kw)
+
+    def norm_over_half_row(x, w, b, norm_weight=None, norm_mode=None, **kw):  # rstd from K/2 columns only
+        rstd = torch.rsqrt(x[:, : x.shape[1] // 2].pow(2).mean(-1, keepdim=True) + 1e-6)
+        return linear_ref(x * rstd * norm_weight, w, b, **kw)
+
+    check_linear(c, torch.float32, config, mode=mode)
+    for fault in (no_residual, unit_norm_weight, no_bias, norm_over_half_row):
+        must_fail(check_linear, c, torch.float32, config, ref=fault, mode=mode)
+    w_up = torch.randn(24, 48)
+    packed = pack_gate_up(c["w"], w_up)
+    y = gate_up_silu(c["x"], c["norm_weight"], packed, out=poison(4, 24), config=config)
+    swapped = pack_gate_up(w_up, c["w"])  # gate and up exchanged
+    must_fail(close, y, gate_up_silu_ref(c["x"], c["norm_weight"], swapped), torch.float32)
+    must_fail(close, poison(4, 24), gate_up_silu_ref(c["x"], c["norm_weight"], packed), torch.float32)
