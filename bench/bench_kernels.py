@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from utter_tts.engine.runner import FrameRunner, span_bucket  # noqa: E402
+from utter_tts.engine.runner import span_bucket  # noqa: E402
 from utter_tts.kernels import (  # noqa: E402
     PackedDecoder,
     decode_attention,
@@ -48,9 +48,9 @@ from utter_tts.kernels import (  # noqa: E402
 )
 from utter_tts.kernels._jit import record_launches  # noqa: E402
 from utter_tts.kernels.linear import candidate_configs, config_for  # noqa: E402
-from utter_tts.model.generate import suppressed_ids  # noqa: E402
+from utter_tts.model.frame import pick_codebook0, suppressed_ids  # noqa: E402
+from utter_tts.model.layers import Decoder, KVCache, Rotary  # noqa: E402
 from utter_tts.model.sampling import choose, uniform_noise  # noqa: E402
-from utter_tts.model.talker import Decoder, KVCache, Rotary  # noqa: E402
 
 REAL = {
     "talker": dict(
@@ -413,8 +413,7 @@ def check_sampling(sh, device, smoke):
         min_new_tokens=frame + torch.randint(-2, 3, (M,), device=device),
     )
     seen = torch.rand(M, V, device=device) < 0.05
-    runner = SimpleNamespace(suppress=suppress, eos_id=eos)
-    expected = FrameRunner._pick(runner, logits.clone(), seen, frame, p, graph_safe=True)
+    expected = pick_codebook0(logits.clone(), seen, frame, p, suppress, eos, graph_safe=True)
     got = sample(
         logits,
         do_sample=p.do_sample,
@@ -433,7 +432,7 @@ def check_sampling(sh, device, smoke):
     diff = int((got != expected).sum())
     # a near-tie at the top-p cut or a 1-ulp log difference may flip a rare row (the CPU tests demand 0)
     record_check(
-        "sample vs FrameRunner._pick", torch.float32, diff / M, 0.01, dict(mismatched_rows=diff, rows=M)
+        "sample vs pick_codebook0", torch.float32, diff / M, 0.01, dict(mismatched_rows=diff, rows=M)
     )
 
 
@@ -564,9 +563,8 @@ def section_kernels(sh, device, timer, Ms, smoke):
 
                 def eager(i, logits=logits, kw=kw, extra=extra, p=p, talker=talker):
                     if talker:
-                        runner = SimpleNamespace(suppress=extra["suppress"], eos_id=extra["eos_id"])
-                        return lambda: FrameRunner._pick(
-                            runner, logits[i], extra["seen"], kw["frame"], p, True
+                        return lambda: pick_codebook0(
+                            logits[i], extra["seen"], kw["frame"], p, extra["suppress"], extra["eos_id"], True
                         )
                     return lambda: choose(
                         logits[i],

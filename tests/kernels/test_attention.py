@@ -14,7 +14,7 @@ from utter_tts.kernels.attention import (  # noqa: E402
     qk_norm_rope_write_ref,
 )
 from utter_tts.kernels.linear import linear  # noqa: E402
-from utter_tts.model.talker import Attention, Decoder, KVCache, Rotary  # noqa: E402
+from utter_tts.model.layers import Attention, Decoder, KVCache, Rotary  # noqa: E402
 
 from .util import DTYPES, TOL, close, must_fail, poison  # noqa: E402
 

@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs us
 
 from utter_tts.kernels.decoder import PackedDecoder  # noqa: E402
 from utter_tts.kernels.linear import linear  # noqa: E402
-from utter_tts.model.talker import Decoder, DecoderLayer, KVCache, Rotary  # noqa: E402
+from utter_tts.model.layers import Decoder, DecoderLayer, KVCache, Rotary  # noqa: E402
 
 from .util import TOL, close, must_fail, poison  # noqa: E402
 

@@ -122,7 +122,7 @@ def test_gate_up_silu(M, config, dtype):
 
 def test_norm_modes_agree_with_the_eager_norm():
     """Both rounding points make a faithful RMSNorm: within bf16 rounding of the eager RMSNorm + Linear."""
-    from utter_tts.model.talker import RMSNorm
+    from utter_tts.model.layers import RMSNorm
 
     torch.manual_seed(6)
     norm = RMSNorm(96, 1e-6)
@@ -146,7 +146,7 @@ def test_tiles_shrink_for_skinny_outputs():
 
 
 def test_gate_up_silu_matches_the_eager_mlp_activation():
-    from utter_tts.model.talker import MLP, RMSNorm
+    from utter_tts.model.layers import MLP, RMSNorm
 
     torch.manual_seed(4)
     mlp, norm = MLP(32, 48), RMSNorm(32, 1e-6)

@@ -19,7 +19,7 @@ from utter_tts.kernels._jit import compile_for, record_launches  # noqa: E402
 from utter_tts.kernels.decoder import PackedDecoder  # noqa: E402
 from utter_tts.kernels.linear import linear  # noqa: E402
 from utter_tts.kernels.sampling import Embed, noise, sample  # noqa: E402
-from utter_tts.model.talker import Decoder, Rotary  # noqa: E402
+from utter_tts.model.layers import Decoder, Rotary  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -1,4 +1,4 @@
-"""The one-launch sampler equals the eager FrameRunner._pick / choose token for token; noise is bit-exact."""
+"""The one-launch sampler equals the eager pick_codebook0 / choose token for token; noise is bit-exact."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 
 pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
 
-from utter_tts.engine.runner import FrameRunner  # noqa: E402
 from utter_tts.kernels.sampling import Embed, noise, sample, sample_ref  # noqa: E402
-from utter_tts.model.generate import suppressed_ids  # noqa: E402
+from utter_tts.model.frame import pick_codebook0, suppressed_ids  # noqa: E402
 from utter_tts.model.sampling import choose, uniform_noise  # noqa: E402
 
 from .util import must_fail, poison  # noqa: E402
@@ -78,15 +77,15 @@ def talker_extras(r, V, eos_id, seed):
 
 
 def pick(r, x):
-    """The eager codebook-0 choice: FrameRunner._pick (masks) then choose, as the runner calls it."""
+    """The eager codebook-0 choice: pick_codebook0 (masks, then choose), as the frame step calls it."""
     p = SimpleNamespace(
         repetition_penalty=x["repetition_penalty"],
         min_new_tokens=x["min_new_tokens"],
         **{k: r[k] for k in ("do_sample", "temperature", "top_k", "top_p", "seeds")},
     )
-    runner = SimpleNamespace(suppress=x["suppress"], eos_id=x["eos_id"])
-    seen = x["seen"]
-    return FrameRunner._pick(runner, r["logits"].clone(), seen, r["frame"], p, graph_safe=True)
+    return pick_codebook0(
+        r["logits"].clone(), x["seen"], r["frame"], p, x["suppress"], x["eos_id"], graph_safe=True
+    )
 
 
 def run(r, x=None, codebook=0, **kw):
