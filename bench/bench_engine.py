@@ -22,8 +22,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from utter_tts.api import TTS  # noqa: E402
-from utter_tts.engine.engine import Engine, attention_backend  # noqa: E402
-from utter_tts.model.generate import Trace  # noqa: E402
+from utter_tts.engine.engine import Engine  # noqa: E402
+from utter_tts.engine.runner import attention_backend  # noqa: E402
+from utter_tts.model.frame import Trace  # noqa: E402
 from utter_tts.request import Request  # noqa: E402
 
 TEXT = (
@@ -32,6 +33,7 @@ TEXT = (
 )
 FRAME_SECONDS = 0.08
 RESULTS: dict = {}
+KERNELS: bool | None = None  # --kernels: the engine's frame step (None: fused on CUDA)
 
 
 def log(*a):
@@ -85,38 +87,100 @@ def section_env(args, ctx):
     log("env", RESULTS["env"])
 
 
+TEXTS = [  # mixed prompt lengths
+    "Hi there.",
+    "This is a short test sentence.",
+    TEXT,
+    "Another sentence, of a middling length, to vary the prompts a little bit more.",
+]
+
+
+def _parity_batch(tts, voice, batch: int, frames: int, trace_plain: bool):
+    """The fused engine (requests joining mid-flight) vs the eager plain loop (one batch), greedy:
+    per request, the first frame where the codes differ (None: equal)."""
+    reqs = [
+        Request(TEXTS[i % len(TEXTS)], "clone", "english", voice=voice, seed=i,
+                sampling=forced(frames, do_sample=False, subtalker_dosample=False))
+        for i in range(batch)
+    ]  # fmt: skip
+    pipeline = tts.pipeline
+    trace = Trace() if trace_plain else None
+    plain = pipeline.generate_codes([pipeline.prepare(r) for r in reqs], trace)
+    eng = Engine(pipeline, max_streams=batch, max_frames=frames + 8, max_prompt=256, max_text_tokens=256,
+                 kernels=KERNELS)  # fmt: skip
+    try:
+        half = max(1, batch // 2)
+        gens = [eng.submit(r) for r in reqs[:half]]
+        while gens[0].frames < min(10, frames - 1):  # the rest join mid-flight
+            time.sleep(0.001)
+        gens += [eng.submit(r) for r in reqs[half:]]
+        got = [g.result(600) for g in gens]
+        fused = eng.runner.fused is not None
+    finally:
+        eng.close()
+    firsts = []
+    for a, b in zip(plain, got):
+        diff = (a != b).any(dim=1).nonzero() if a.shape == b.shape else torch.zeros(1, 1)
+        firsts.append(int(diff[0]) if len(diff) else None)
+    return firsts, trace, fused
+
+
 def section_parity(args, ctx):
-    """Engine vs the plain model: fp32 greedy token for token; bf16: the first diverging frame and margin."""
+    """Fused engine vs the eager plain model. fp32 greedy: token for token over 60 frames at batch 1, 8
+    and 64 (mixed prompt lengths, half joining mid-flight). bf16: the first divergent frame and the
+    logit margin there. A 3,000-frame bf16 stream: codes stay valid, audio RMS stays within 2x."""
     out = {}
     for dtype in ("float32", "bfloat16"):
         tts = TTS.from_pretrained(args.base, device="cuda", dtype=dtype)
         voice = tts.create_voice((reference(), 24000))
-        req = Request(
-            TEXT,
-            "clone",
-            "english",
-            voice=voice,
-            seed=1,
-            sampling=forced(60, do_sample=False, subtalker_dosample=False),
-        )
-        trace = Trace()
-        plain = tts.generate_codes([req], trace=trace)[0]
-        eng = Engine(tts, max_streams=2, max_frames=256, max_prompt=256, max_text_tokens=256)
-        got = eng.generate_codes([req])[0]
-        eng.close()
-        diff = (plain != got).any(dim=1).nonzero()
-        first = int(diff[0]) if len(diff) else None
-        entry = dict(frames=int(plain.shape[0]), equal=bool(first is None), first_divergent_frame=first)
-        if first is not None:
-            top2 = trace.talker_logits[first].topk(2, dim=-1).values[0]
-            entry["codebook0_margin_at_divergence"] = float(top2[0] - top2[1])
-            cp_top2 = trace.predictor_logits[first].topk(2, dim=-1).values[0]
-            entry["min_predictor_margin_at_divergence"] = float((cp_top2[:, 0] - cp_top2[:, 1]).min())
+        entry = {}
+        for batch in (1, 8, min(64, args.max_streams)):
+            firsts, trace, fused = _parity_batch(tts, voice, batch, 60, trace_plain=dtype == "bfloat16")
+            diverged = [(i, f) for i, f in enumerate(firsts) if f is not None]
+            e = dict(requests=batch, frames=60, fused=fused, equal=sum(f is None for f in firsts),
+                     first_divergent_frames=sorted(f for _, f in diverged)[:10])  # fmt: skip
+            if diverged and trace is not None:
+                i, f = min(diverged, key=lambda x: x[1])
+                top2 = trace.talker_logits[f][i].topk(2).values  # codebook 0 of frame f
+                e["codebook0_margin_at_first_divergence"] = float(top2[0] - top2[1])
+                cp_top2 = trace.predictor_logits[f][i].topk(2, dim=-1).values
+                e["min_predictor_margin_at_first_divergence"] = float((cp_top2[:, 0] - cp_top2[:, 1]).min())
+            entry[f"batch{batch}"] = e
+            log("parity", dtype, batch, e)
+        if dtype == "bfloat16":
+            entry["long_stream"] = _long_stream(tts, voice, 3000)
+            log("parity long stream", entry["long_stream"])
         out[dtype] = entry
-        log("parity", dtype, entry)
         del tts
         torch.cuda.empty_cache()
     RESULTS["parity"] = out
+
+
+def _long_stream(tts, voice, frames: int) -> dict:
+    """One bf16 stream of `frames` frames on the fused engine: every code decodable, and no numerical
+    blow-up (the RMS of the audio of its last 100 frames within 2x of its first 100)."""
+    eng = Engine(tts.pipeline, max_streams=1, max_frames=frames + 8, max_prompt=256, max_text_tokens=256,
+                 kernels=KERNELS)  # fmt: skip
+    try:
+        t = time.perf_counter()
+        codes = eng.generate_codes(
+            [Request(TEXT, "clone", "english", voice=voice, seed=5, sampling=forced(frames))]
+        )[0]
+        wall = time.perf_counter() - t
+    finally:
+        eng.close()
+    audio = tts.decode(codes)
+    n = 100 * 1920
+    rms_first = float(np.sqrt(np.mean(audio[:n] ** 2)))
+    rms_last = float(np.sqrt(np.mean(audio[-n:] ** 2)))
+    return dict(
+        frames=int(codes.shape[0]),
+        codes_valid=bool(((codes >= 0) & (codes < 2048)).all()),
+        rms_first_100=round(rms_first, 5),
+        rms_last_100=round(rms_last, 5),
+        rms_within_2x=bool(rms_first > 0 and 0.5 <= rms_last / rms_first <= 2.0),
+        wall_s=round(wall, 2),
+    )
 
 
 def _engine(ctx, args, slots=64):
@@ -126,7 +190,14 @@ def _engine(ctx, args, slots=64):
         tts = ctx.get("tts") or TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
         ctx["tts"] = tts
         ctx["voice"] = tts.create_voice((reference(), 24000))
-        ctx["engine"] = Engine(tts, max_streams=slots, max_frames=512, max_prompt=256, max_text_tokens=256)
+        ctx["engine"] = Engine(
+            tts.pipeline,
+            max_streams=slots,
+            max_frames=512,
+            max_prompt=256,
+            max_text_tokens=256,
+            kernels=KERNELS,
+        )
         t = time.perf_counter()
         n = ctx["engine"].warmup((256, 512))
         RESULTS["graph_capture"] = dict(graphs=n, seconds=round(time.perf_counter() - t, 2))
@@ -143,17 +214,15 @@ def section_single(args, ctx):
     for i in range(5):
         sync()
         t0 = time.perf_counter()
-        stream, ref = eng.submit(
-            Request(TEXT, "clone", "english", voice=voice, seed=10 + i, sampling=forced(125))
-        )
-        codes = stream.result()
+        gen = eng.submit(Request(TEXT, "clone", "english", voice=voice, seed=10 + i, sampling=forced(125)))
+        codes = gen.result()
         t1 = time.perf_counter()
-        audio = tts.decode(codes, ref)
+        audio = tts.decode(codes, gen.job.ref_codes)
         sync()
         t2 = time.perf_counter()
         assert codes.shape[0] == 125 and len(audio) == 125 * 1920
         walls.append(t2 - t0)
-        gen_ms.append((t1 - stream.first_frame_at) / (codes.shape[0] - 1) * 1e3)
+        gen_ms.append((t1 - gen.first_frame_at) / (codes.shape[0] - 1) * 1e3)
         decode_s.append(t2 - t1)
     wall = statistics.median(walls)
     RESULTS["single"] = dict(
@@ -172,15 +241,15 @@ def _stream_once(eng, req, first, chunk, timings=None):
     """Consume one stream through the engine's streaming API, as a player would; returns (ttfa, wall,
     audio_s, ran_dry). With `timings`, also records where the first chunk's time went."""
     t0 = time.perf_counter()
-    stream, ref = eng.submit(req)
+    gen = eng.submit(req)
     got, arrivals = 0, []
-    for audio in eng.audio(stream, ref, chunk_frames=chunk, first_chunk_frames=first):
+    for audio in eng.audio(gen, chunk_frames=chunk, first_chunk_frames=first):
         arrivals.append((time.perf_counter() - t0, len(audio) / 24000))
         got += len(audio)
     wall = time.perf_counter() - t0
     ttfa = arrivals[0][0]
     if timings is not None:
-        first_frame = stream.first_frame_at - t0
+        first_frame = gen.first_frame_at - t0
         timings.append(dict(first_frame_s=first_frame, first_decode_s=ttfa - first_frame))
     played, dry = ttfa, False  # playback starts when the first chunk lands
     for at, dur in arrivals:
@@ -314,8 +383,12 @@ def section_memory(args, ctx):
     base = TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
     design = TTS.from_pretrained(args.design, device="cuda", dtype="bfloat16")
     after_load = torch.cuda.memory_allocated()
-    eb = Engine(base, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512)
-    ed = Engine(design, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512)
+    eb = Engine(
+        base.pipeline, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512, kernels=KERNELS
+    )
+    ed = Engine(
+        design.pipeline, max_streams=8, max_frames=2048, max_prompt=512, max_text_tokens=512, kernels=KERNELS
+    )
     voice = base.create_voice((reference(), 24000))
     reqs_b = [Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(100)) for i in range(8)]
     reqs_d = [
@@ -341,7 +414,7 @@ def section_memory(args, ctx):
 
 def section_floor(args, ctx):
     tts = ctx.get("tts") or TTS.from_pretrained(args.base, device="cuda", dtype="bfloat16")
-    t = tts.talker
+    t = tts.pipeline.talker
     n_layers = sum(p.numel() for p in t.model.layers.parameters())
     cp = t.code_predictor
     cp_layers = sum(p.numel() for p in cp.model.layers.parameters())
@@ -432,20 +505,22 @@ def section_profile(args, ctx):
     out = {}
     for b in (1, min(64, args.max_streams)):
         streams = [
-            eng.submit(Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(400)))[0]
+            eng.submit(Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(400)))
             for i in range(b)
         ]
         while eng.scheduler.active < b:
             time.sleep(0.01)
         with eng.scheduler.lock:  # pause the scheduler thread between frames: we drive frames here
             span = 256
-            with torch.cuda.stream(runner.stream), torch.no_grad():
+            if runner.fused:
+                span = runner.max_len
+            with torch.cuda.stream(runner.cuda_stream), torch.no_grad():
                 for _ in range(3):
-                    runner._frame(b, span, graph_safe=True)
+                    runner._step(b, span, graph_safe=True)
                 torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(5):
-                        runner._frame(b, span, graph_safe=True)
+                        runner._step(b, span, graph_safe=True)
                     torch.cuda.synchronize()
         for s in streams:
             s.cancel()
@@ -483,7 +558,11 @@ def main():
     ap.add_argument("--memory-cap-gib", type=float, default=None, help="torch per-process cap (A10G: 21)")
     ap.add_argument("--sections", nargs="*", default=list(SECTIONS))
     ap.add_argument("--tag", default="ours")
+    ap.add_argument("--kernels", choices=["auto", "on", "off"], default="auto", help="fused frame kernels")
     args = ap.parse_args()
+    global KERNELS
+    KERNELS = {"auto": None, "on": True, "off": False}[args.kernels]
+    RESULTS["kernels"] = args.kernels
     os.makedirs(args.out, exist_ok=True)
     if args.memory_cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory

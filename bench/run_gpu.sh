@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: stress | ours | peers | capped | official | all | final
+#   bash bench/run_gpu.sh STAGE      STAGE: kernels | stress | ours | peers | capped | official | all | final
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
 set -u
@@ -11,6 +11,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
+export UTTER_T0=$(date +%s)
 export PYTHONPATH=/tmp/site:$PWD/src
 quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|path variables\|Loading weights'; }
 
@@ -24,7 +25,8 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-for kind in base voice_design; do
+kinds="base voice_design"; [ "$STAGE" = kernels ] && kinds=base
+for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
     > "$OUT/build_$kind.log" 2>&1 || { echo "building $kind failed:"; tail -30 "$OUT/build_$kind.log"; exit 1; }
@@ -57,5 +59,8 @@ case "$STAGE" in
           ours deploy21 150 --memory-cap-gib 21 --sections env deploy
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
+  kernels)  ours fused 330 --max-streams 64 --sections env single profile floor parity
+            timeout 200 python3 bench/bench_kernels.py --budget 170 2>&1 | tail -80
+            cp "$OUT"/bench_kernels.json "$OUT"/kernels.json 2>/dev/null ;;
 esac
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -39,6 +39,7 @@ class Engine:
         max_text_tokens: int = 1024,
         max_queue: int = 256,
         use_graphs: bool | None = None,
+        kernels: bool | None = None,
     ):
         self.pipeline = pipeline
         self.runner = Runner(
@@ -49,15 +50,18 @@ class Engine:
             max_frames=max_frames,
             max_text=max_text_tokens,
             use_graphs=use_graphs,
+            kernels=kernels,
         )
         self.scheduler = Scheduler(self.runner, max_queue=max_queue)
         self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
         log.info(
-            "engine ready: %d streams x %d frames, graphs %s, attention %s",
+            "engine ready: %d streams x %d frames, graphs %s, frame step %s",
             max_streams,
             max_frames,
             self.runner.use_graphs,
-            attention_backend(pipeline.device),
+            "fused kernels"
+            if self.runner.fused
+            else f"eager, attention {attention_backend(pipeline.device)}",
         )
 
     def warmup(self, spans: tuple[int, ...] = (256,)) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.device import to_host
+from utter_tts.engine.fused import FusedFrame, kernels_available
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
 from utter_tts.model.prompt import Prompt
@@ -62,6 +63,7 @@ class Runner:
         max_frames: int = 2048,
         max_text: int = 512,
         use_graphs: bool | None = None,
+        kernels: bool | None = None,
     ):
         self.eos_id = eos_id
         self.max_slots, self.max_prompt, self.max_frames = max_slots, max_prompt, max_frames
@@ -69,6 +71,10 @@ class Runner:
         self.device = self.batch.device
         self.max_len = self.batch.max_len
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
+        # the fused kernels (engine/fused.py) run the frame on CUDA; the eager step is the reference
+        if kernels is None:
+            kernels = kernels_available(self.device)
+        self.fused = FusedFrame(self.batch) if kernels else None
         self.batch_buckets = tuple(b for b in BATCH_BUCKETS if b < max_slots) + (max_slots,)
         self.codebook_size = talker.cfg.code_predictor.vocab_size
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -109,18 +115,25 @@ class Runner:
     def step(self, n: int) -> StepResult:
         """Advance the first n slots by one frame."""
         B = bucket(n, self.batch_buckets)
-        span = span_bucket(max(self.host_col[:n]) + 1, self.max_len)
+        # fused attention reads only the columns written: one graph per batch serves every length
+        span = self.max_len if self.fused else span_bucket(max(self.host_col[:n]) + 1, self.max_len)
         if self.use_graphs:
             graph = self.graphs.get((B, span)) or self._capture(B, span)
             graph.replay()
         else:
-            self.batch.step(B, span)
+            self._step(B, span)
         out = to_host(self.batch.out[:n])
         for i in range(n):
             self.host_col[i] += 1
         codes = out[:, :-1]
         valid = ((codes >= 0) & (codes < self.codebook_size)).all(dim=1)
         return StepResult(codes, (out[:, -1] == self.eos_id).tolist(), valid.tolist())
+
+    def _step(self, B: int, span: int, graph_safe: bool = False) -> None:
+        if self.fused is not None:
+            self.fused.step(B)
+        else:
+            self.batch.step(B, span, graph_safe=graph_safe)
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------
     def _capture(self, B: int, span: int) -> torch.cuda.CUDAGraph:
@@ -131,12 +144,12 @@ class Runner:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm up kernels and allocator outside the graph
-                    self.batch.step(B, span, graph_safe=True)
+                    self._step(B, span, graph_safe=True)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # thread_local: player threads keep decoding audio on the GPU while the scheduler captures
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                self.batch.step(B, span, graph_safe=True)
+                self._step(B, span, graph_safe=True)
             self.pool = graph.pool()
             for t, s in zip(self._mutable(), saved):  # warm-up and capture ran frames: undo them
                 t.copy_(s)
@@ -148,7 +161,7 @@ class Runner:
         if not self.use_graphs:
             return 0
         n = 0
-        for span in {span_bucket(s, self.max_len) for s in spans}:
+        for span in {self.max_len} if self.fused else {span_bucket(s, self.max_len) for s in spans}:
             for B in self.batch_buckets:
                 if (B, span) not in self.graphs:
                     self._capture(B, span)

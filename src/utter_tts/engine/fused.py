@@ -1,0 +1,151 @@
+"""The frame step in fused Triton kernels: what `FrameBatch.step` does, on the same state, in ~700 launches.
+
+`FrameBatch.step` (model/frame.py) is the reference and the CPU path; this is its CUDA backend. Per frame:
+the code predictor's first step runs both of its input rows (the talker's hidden state and codebook 0's
+embedding) through the input projection and 5 layers, then 14 one-row steps follow; each step's head
+(final norm fused) feeds the one-launch sampler, whose epilogue gathers the next step's input and adds
+the codebook's embedding into the running sum that becomes the talker's input (the text embedding is
+added at the last codebook). The talker then runs 28 layers, its final norm, its head and the
+codebook-0 sampler (repetition penalty over the seen-mask, suppressed control ids, min_new_tokens).
+Layers are `kernels.decoder.PackedDecoder` (6-7 launches each). Attention reads exactly the columns a
+row has written, so one graph per batch serves every cache length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utter_tts.kernels.decoder import PackedDecoder
+from utter_tts.kernels.linear import linear
+from utter_tts.kernels.sampling import Embed, sample
+from utter_tts.model.frame import FrameBatch
+
+
+def kernels_available(device: torch.device) -> bool:
+    """Whether the fused kernels run on `device`: a CUDA device with Triton (Ampere or newer)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+class FusedFrame:
+    """The fused frame step of a FrameBatch (weights packed once from its talker)."""
+
+    def __init__(self, batch: FrameBatch):
+        self.batch = batch
+        talker = batch.talker
+        cp = talker.code_predictor
+        self.talker = PackedDecoder(talker.model, talker.rotary)
+        self.predictor = PackedDecoder(cp.model, cp.rotary)
+        self.talker_norm = talker.model.norm  # its output is the hidden state the next frame starts from
+        proj = cp.small_to_mtp_projection
+        self.proj_w = proj.weight.detach() if hasattr(proj, "weight") else None
+        self.proj_b = proj.bias.detach() if hasattr(proj, "weight") and proj.bias is not None else None
+        self.heads = [head.weight.detach() for head in cp.lm_head]
+        self.tables = [emb.weight.detach() for emb in cp.model.codec_embedding]  # codebooks 1..15
+        self.codec_table = talker.model.codec_embedding.weight.detach()
+        self.codec_head = talker.codec_head.weight.detach()
+        self.steps = cp.num_steps
+        self.cp_width = cp.cfg.hidden_size
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.proj_w is None else linear(x, self.proj_w, self.proj_b)
+
+    @torch.no_grad()
+    def step(self, n: int) -> None:
+        """Advance slots [0, n) by one frame (`FrameBatch.step`'s contract: device tensors only)."""
+        b = self.batch
+        dev, dt = b.device, b.dtype
+        rows = slice(0, n)
+        p = b.params.rows(rows)
+        frame = b.frame[rows]
+        slots = torch.arange(n, device=dev)
+        zero = torch.zeros(n, dtype=torch.long, device=dev)
+        width = b.hidden.shape[1]
+        codes = b.out[rows, :-1]  # this frame's 16 codes land here
+        codes[:, 0].copy_(b.code0[rows])
+
+        # code predictor, step 1: rows (hidden, embedding of codebook 0) of each stream, at columns 0, 1
+        first = torch.empty(n, 2, width, dtype=dt, device=dev)
+        first[:, 0] = b.hidden[rows]
+        first[:, 1] = self.codec_table[b.code0[rows]]
+        two = torch.arange(2, device=dev).repeat(n)
+        h = self.predictor.forward(
+            self._project(first.view(2 * n, width)),
+            slots.repeat_interleave(2),
+            two,
+            two.expand(3, -1),
+            zero.repeat_interleave(2),
+            b.predictor_caches,
+        )
+        acc = torch.empty(n, width, dtype=dt, device=dev)  # the running sum of the frame's embeddings
+        text = self._text(n, frame)
+        nxt = torch.empty(n, width, dtype=dt, device=dev)
+        logits = torch.empty(n, self.heads[0].shape[0], dtype=torch.float32, device=dev)
+        last = h.view(n, 2, -1)[:, 1]
+        for k in range(1, self.steps + 1):
+            head = self.heads[k - 1]
+            linear(last, head, norm_weight=self.predictor.final_norm, eps=self.predictor.eps, out=logits)
+            final = k == self.steps
+            embed = Embed(
+                self.tables[k - 1],
+                out=None if final else nxt,
+                acc=acc,
+                start=k == 1,
+                add=first[:, 1] if k == 1 else (text if final else None),
+            )
+            sample(
+                logits,
+                do_sample=p.sub_do_sample,
+                temperature=p.sub_temperature,
+                top_k=p.sub_top_k,
+                top_p=p.sub_top_p,
+                seeds=p.seeds,
+                frame=frame,
+                codebook=k,
+                out=codes[:, k],
+                embed=embed,
+            )
+            if not final:
+                col = torch.full((n,), k + 1, dtype=torch.long, device=dev)
+                last = self.predictor.forward(
+                    self._project(nxt), slots, col, col.expand(3, -1), zero, b.predictor_caches
+                )
+
+        # talker: the frame's embeddings plus its text in, the next codebook 0 out
+        col = b.col[rows].clamp(max=b.max_len - 1)  # padding slots keep counting: keep them in bounds
+        h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
+        hidden = self.talker_norm(h)
+        talker_logits = torch.empty(n, self.codec_head.shape[0], dtype=torch.float32, device=dev)
+        linear(hidden, self.codec_head, out=talker_logits)
+        token = sample(
+            talker_logits,
+            do_sample=p.do_sample,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            seeds=p.seeds,
+            frame=frame + 1,
+            codebook=0,
+            seen=b.seen[rows],
+            repetition_penalty=p.repetition_penalty,
+            suppress=b.suppress,
+            min_new_tokens=p.min_new_tokens,
+            eos_id=b.eos_id,
+            out=b.out[rows, -1],
+        )
+        b.hidden[rows].copy_(hidden)
+        b.code0[rows].copy_(token)
+        b.seen[rows].scatter_(1, token[:, None], True)
+        b.col[rows].add_(1)
+        b.frame[rows].add_(1)
+
+    def _text(self, n: int, frame: torch.Tensor) -> torch.Tensor:
+        """Each stream's text embedding for this frame: its next text token, or tts_pad once it ran out."""
+        b = self.batch
+        text = b.text[torch.arange(n, device=b.device), frame.clamp(max=b.max_text - 1)]
+        return torch.where((frame < b.text_len[:n])[:, None], text, b.pad_embed).contiguous()
