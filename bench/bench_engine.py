@@ -130,11 +130,11 @@ def section_parity(args, ctx):
     and 64 (mixed prompt lengths, half joining mid-flight). bf16: the first divergent frame and the
     logit margin there. A 3,000-frame bf16 stream: codes stay valid, audio RMS stays within 2x."""
     out = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in args.parity_dtypes:
         tts = TTS.from_pretrained(args.base, device="cuda", dtype=dtype)
         voice = tts.create_voice((reference(), 24000))
         entry = {}
-        for batch in (1, 8, min(64, args.max_streams)):
+        for batch in [b for b in args.parity_batches if b <= args.max_streams]:
             firsts, trace, fused = _parity_batch(tts, voice, batch, 60, trace_plain=dtype == "bfloat16")
             diverged = [(i, f) for i, f in enumerate(firsts) if f is not None]
             e = dict(requests=batch, frames=60, fused=fused, equal=sum(f is None for f in firsts),
@@ -147,8 +147,8 @@ def section_parity(args, ctx):
                 e["min_predictor_margin_at_first_divergence"] = float((cp_top2[:, 0] - cp_top2[:, 1]).min())
             entry[f"batch{batch}"] = e
             log("parity", dtype, batch, e)
-        if dtype == "bfloat16":
-            entry["long_stream"] = _long_stream(tts, voice, 3000)
+        if dtype == "bfloat16" and args.long_frames:
+            entry["long_stream"] = _long_stream(tts, voice, args.long_frames)
             log("parity long stream", entry["long_stream"])
         out[dtype] = entry
         del tts
@@ -559,6 +559,9 @@ def main():
     ap.add_argument("--sections", nargs="*", default=list(SECTIONS))
     ap.add_argument("--tag", default="ours")
     ap.add_argument("--kernels", choices=["auto", "on", "off"], default="auto", help="fused frame kernels")
+    ap.add_argument("--parity-batches", type=int, nargs="*", default=[1, 8, 64])
+    ap.add_argument("--parity-dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--long-frames", type=int, default=3000, help="bf16 stability stream (0: skip)")
     args = ap.parse_args()
     global KERNELS
     KERNELS = {"auto": None, "on": True, "off": False}[args.kernels]

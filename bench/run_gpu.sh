@@ -25,7 +25,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; [ "$STAGE" = kernels ] && kinds=base
+kinds="base voice_design"; case "$STAGE" in kernels|tune) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -59,6 +59,10 @@ case "$STAGE" in
           ours deploy21 150 --memory-cap-gib 21 --sections env deploy
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
+  tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency parity \
+              --parity-batches 8 64 --parity-dtypes float32 --long-frames 0
+            UTTER_TTS_PDL=0 ours nopdl 120 --max-streams 8 --sections single profile
+            timeout 150 python3 bench/bench_kernels.py --sections check,passes --budget 120 2>&1 | tail -40 ;;
   kernels)  ours fused 330 --max-streams 64 --sections env single profile floor parity
             timeout 200 python3 bench/bench_kernels.py --budget 170 2>&1 | tail -80
             cp "$OUT"/bench_kernels.json "$OUT"/kernels.json 2>/dev/null ;;

@@ -24,26 +24,35 @@ def pipeline(checkpoints):
     ).pipeline
 
 
-def _batch(pipeline, jobs, slots):
+def _batch(pipeline, jobs, slots, fused: bool):
+    """A FrameBatch with the jobs in slots 0.. (fused: prefilled in one packed pass) and its stepper."""
     batch = FrameBatch(pipeline.talker, pipeline.eos_id, slots, max_len=80, max_text=48)
-    for i, job in enumerate(jobs):
-        batch.prefill(i, job.prompt, job.sampling, job.request.seed)
-    return batch
+    if not fused:
+        for i, job in enumerate(jobs):
+            batch.prefill(i, job.prompt, job.sampling, job.request.seed)
+        return batch, batch.step
+    stepper = FusedFrame(batch)
+    stepper.prefill(0, [j.prompt for j in jobs], [j.sampling for j in jobs], [j.request.seed for j in jobs])
+    return batch, stepper.step
 
 
-def test_fused_step_equals_the_eager_step(pipeline):
-    """Two streams of different prompt lengths (seeded sampling: the noise must match too) and a padding
-    slot, two frames: codes, next tokens, caches and state equal the eager step's."""
+def test_fused_prefill_and_step_equal_the_eager_ones(pipeline):
+    """Two streams of different prompt lengths prefilled in one packed pass, a padding slot, two frames
+    (seeded sampling: the noise must match too): codes, next tokens, caches and state equal the eager
+    prefill's and step's."""
     jobs = [
         pipeline.prepare(Request(TEXTS["english"], "speak", speaker="ryan", seed=3)),
         pipeline.prepare(Request(TEXTS["german"], "speak", "german", speaker="vivian", seed=4,
                                  sampling=dict(temperature=0.7, top_k=20, repetition_penalty=1.3))),
     ]  # fmt: skip
-    eager, fused_batch = _batch(pipeline, jobs, 3), _batch(pipeline, jobs, 3)
-    fused = FusedFrame(fused_batch)
+    (eager, eager_step), (fused_batch, fused_step) = (
+        _batch(pipeline, jobs, 3, False),
+        _batch(pipeline, jobs, 3, True),
+    )
+    assert torch.equal(eager.code0[:2], fused_batch.code0[:2])
     for _ in range(2):
-        eager.step(3)
-        fused.step(3)
+        eager_step(3)
+        fused_step(3)
         assert torch.equal(eager.out[:2], fused_batch.out[:2])
     for a, b in zip(
         eager.talker_caches + eager.predictor_caches, fused_batch.talker_caches + fused_batch.predictor_caches
@@ -51,7 +60,7 @@ def test_fused_step_equals_the_eager_step(pipeline):
         torch.testing.assert_close(a.k[:2], b.k[:2], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(a.v[:2], b.v[:2], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(eager.hidden[:2], fused_batch.hidden[:2], rtol=1e-4, atol=1e-4)
-    for name in ("code0", "col", "frame", "seen"):
+    for name in ("code0", "col", "frame", "seen", "text_len"):
         assert torch.equal(getattr(eager, name)[:2], getattr(fused_batch, name)[:2]), name
 
 

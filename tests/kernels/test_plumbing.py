@@ -148,7 +148,9 @@ def compile_production_variants() -> list:
         if key in seen:
             continue
         seen.add(key)
-        compiled = compile_for(kernel, args, kwargs, arch=90)
+        # as launched on Hopper: programmatic dependent launch (the in-kernel wait must be there)
+        compiled = compile_for(kernel, args, {**kwargs, "USE_PDL": True, "launch_pdl": True}, arch=90)
+        assert "griddepcontrol.wait" in compiled.asm["ptx"], key
         res = _resources(compiled)
         res["shared"] = compiled.metadata.shared
         report.append((kernel.fn.__name__, res))

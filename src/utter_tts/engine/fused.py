@@ -18,7 +18,9 @@ import torch
 from utter_tts.kernels.decoder import PackedDecoder
 from utter_tts.kernels.linear import linear
 from utter_tts.kernels.sampling import Embed, sample
-from utter_tts.model.frame import FrameBatch
+from utter_tts.model.config import SamplingConfig
+from utter_tts.model.frame import FrameBatch, SamplingParams
+from utter_tts.model.prompt import Prompt
 
 
 def kernels_available(device: torch.device) -> bool:
@@ -51,6 +53,54 @@ class FusedFrame:
         self.codec_head = talker.codec_head.weight.detach()
         self.steps = cp.num_steps
         self.cp_width = cp.cfg.hidden_size
+
+    @torch.no_grad()
+    def prefill(self, first: int, prompts: list[Prompt], settings: list[SamplingConfig], seeds: list[int]):
+        """`FrameBatch.prefill` for slots first, first+1, ... at once: every prompt's positions in one
+        packed pass (each row attends to its own slot's columns up to its own), then each slot's first
+        codebook-0 token. Returns the tokens (on the device)."""
+        b = self.batch
+        dev, n = b.device, len(prompts)
+        lengths = [p.embeds.shape[0] for p in prompts]
+        rows = slice(first, first + n)
+        x = torch.cat([p.embeds.to(dev, b.dtype) for p in prompts])
+        slot = torch.cat([torch.full((length,), first + i, device=dev) for i, length in enumerate(lengths)])
+        col = torch.cat([torch.arange(length, device=dev) for length in lengths])
+        h = self.talker.forward(x, slot, col, col.expand(3, -1), torch.zeros_like(col), b.talker_caches)
+        ends = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        hidden = self.talker_norm(h[ends])
+        params = SamplingParams.stack(settings, seeds, dev)
+        for name in params.__dataclass_fields__:
+            getattr(b.params, name)[rows] = getattr(params, name)
+        logits = torch.empty(n, self.codec_head.shape[0], dtype=torch.float32, device=dev)
+        linear(hidden, self.codec_head, out=logits)
+        b.seen[rows] = False
+        token = sample(
+            logits,
+            do_sample=params.do_sample,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            seeds=params.seeds,
+            frame=0,
+            codebook=0,
+            seen=b.seen[rows],
+            repetition_penalty=params.repetition_penalty,
+            suppress=b.suppress,
+            min_new_tokens=params.min_new_tokens,
+            eos_id=b.eos_id,
+        )
+        b.hidden[rows] = hidden
+        b.code0[rows] = token
+        b.seen[rows].scatter_(1, token[:, None], True)
+        b.col[rows] = torch.tensor(lengths, device=dev)
+        b.frame[rows] = 0
+        for i, p in enumerate(prompts):
+            t = p.trailing.shape[0]
+            b.text[first + i, :t] = p.trailing.to(b.dtype)
+            b.text_len[first + i] = t
+        b.pad_embed.copy_(prompts[0].pad_embed.to(b.dtype))
+        return token
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj_w is None else linear(x, self.proj_w, self.proj_b)

@@ -95,14 +95,19 @@ class Runner:
                 f"text of {prompt.trailing.shape[0]} tokens exceeds the engine's {self.batch.max_text}"
             )
 
-    def prefill(self, slot: int, prompt: Prompt, sampling: SamplingConfig, seed: int) -> bool:
-        """Put a prompt into `slot`; True when its first token already ends it."""
+    def prefill(self, first: int, jobs: list[tuple[Prompt, SamplingConfig, int]]) -> list[bool]:
+        """Put prompts (prompt, sampling, seed) into slots first, first+1, ...; for each, True when its
+        first token already ends it. Fused: all prompts in one packed pass; eager: one by one."""
         if self.cuda_stream is not None:
-            # the prompt was built on the submitting thread's stream: wait for it before reading it
+            # the prompts were built on the submitting threads' stream: wait for them before reading them
             self.cuda_stream.wait_stream(torch.cuda.default_stream(self.device))
-        token = self.batch.prefill(slot, prompt, sampling, seed)
-        self.host_col[slot] = prompt.embeds.shape[0]
-        return int(token) == self.eos_id
+        if self.fused is not None:
+            tokens = self.fused.prefill(first, *map(list, zip(*jobs)))
+        else:
+            tokens = torch.stack([self.batch.prefill(first + i, *job) for i, job in enumerate(jobs)])
+        for i, (prompt, _, _) in enumerate(jobs):
+            self.host_col[first + i] = prompt.embeds.shape[0]
+        return (to_host(tokens) == self.eos_id).tolist()
 
     def move(self, src: int, dst: int) -> None:
         self.batch.move(src, dst)

@@ -159,8 +159,7 @@ class Scheduler:
                     admit.append(self.pending.pop(0))
             try:
                 with self._on_cuda_stream():
-                    for g in admit:
-                        self._admit(g)
+                    self._admit(admit)
                     self._retire_cancelled()
                     if self.live:
                         self._update(self.runner.step(len(self.live)))
@@ -180,18 +179,23 @@ class Scheduler:
         cuda_stream = self.runner.cuda_stream
         return torch.cuda.stream(cuda_stream) if cuda_stream is not None else contextlib.nullcontext()
 
-    def _admit(self, g: Generation) -> None:
-        if g.cancelled:
+    def _admit(self, newcomers: list[Generation]) -> None:
+        """Prefill the waiting generations that got a slot, together (one packed pass when fused)."""
+        for g in [g for g in newcomers if g.cancelled]:
             g._finish(Cancelled("cancelled before it started"))
+        newcomers = [g for g in newcomers if not g.cancelled]
+        if not newcomers:
             return
-        slot = len(self.live)
-        job = g.job
-        ended = self.runner.prefill(slot, job.prompt, job.sampling, job.request.seed)
-        if ended or job.frames <= 0:
-            self.runner.clear(slot)
-            g._finish()
-            return
-        self.live.append(g)
+        first = len(self.live)
+        ended = self.runner.prefill(
+            first, [(g.job.prompt, g.job.sampling, g.job.request.seed) for g in newcomers]
+        )
+        self.live += newcomers
+        for i in range(len(newcomers) - 1, -1, -1):  # from the back: retiring moves the last slot here
+            g = self.live[first + i]
+            if ended[i] or g.job.frames <= 0:
+                self._retire(first + i)
+                g._finish()
 
     def _retire(self, i: int) -> None:
         last = len(self.live) - 1

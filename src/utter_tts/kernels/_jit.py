@@ -18,6 +18,8 @@ the GPU computes. Our kernels do every other bf16 op in fp32.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import threading
 
 import numpy as np
@@ -51,6 +53,8 @@ class Kernel(JITFunction):
             _patch_interpreter()
             with _helpers_interpreted():
                 return self._interp.run(*args, grid=grid, warmup=warmup, **kwargs)
+        if pdl_enabled(torch.cuda.current_device()):
+            kwargs = {**kwargs, "USE_PDL": True, "launch_pdl": True}
         return super().run(*args, grid=grid, warmup=warmup, **kwargs)
 
     def __call__(self, *args, **kwargs):
@@ -59,6 +63,17 @@ class Kernel(JITFunction):
 
 
 _RECORDING: list | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def pdl_enabled(device_index: int) -> bool:
+    """Programmatic dependent launch (every kernel is launched early and waits in-kernel for its
+    predecessor, hiding launch gaps) on Hopper and newer only: the capability check that keeps the A10G
+    (sm_86) on plain launches. UTTER_TTS_PDL=0 turns it off (the bench runs the non-Hopper configuration
+    that way on a Hopper card)."""
+    if os.environ.get("UTTER_TTS_PDL", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 @contextlib.contextmanager

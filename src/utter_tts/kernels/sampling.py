@@ -69,7 +69,12 @@ def _noise_kernel(
     V,
     FRAME_TENSOR: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
+        # results before touching memory, and let the next kernel's grid start launching meanwhile
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     m = tl.program_id(0)
     ids = tl.arange(0, BLOCK_V)
     frame = tl.load(frame_ptr + m) if FRAME_TENSOR else frame_scalar
@@ -197,7 +202,12 @@ def _sample_kernel(
     EMBED_ADD: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
+        # results before touching memory, and let the next kernel's grid start launching meanwhile
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     m = tl.program_id(0)
     ids = tl.arange(0, BLOCK_V)
     valid = ids < V
