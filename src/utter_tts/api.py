@@ -27,6 +27,7 @@ from utter_tts.model.generate import RowParams, Trace, generate_codes, iter_fram
 from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
+from utter_tts.textcheck import check_text
 from utter_tts.voices.prompt import Voice
 
 log = logging.getLogger(__name__)
@@ -136,14 +137,7 @@ class TTS:
                 f"voices are made with a Base checkpoint; this one is {self.model_type}", param="ref_audio"
             )
         if ref_text is not None:
-            if not isinstance(ref_text, str):
-                raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
-            if len(ref_text) > MAX_TEXT_CHARS:
-                raise InvalidInput(
-                    f"ref_text is longer than {MAX_TEXT_CHARS} characters",
-                    param="ref_text",
-                    code="text_too_long",
-                )
+            ref_text = check_text(ref_text, "ref_text", MAX_TEXT_CHARS, allow_empty=True)
             ref_text = ref_text if ref_text.strip() else None
         wav = load_audio(
             ref_audio,
@@ -332,7 +326,7 @@ class TTS:
 def _listify(text) -> tuple[list, bool]:
     if isinstance(text, list):
         if not text:
-            raise InvalidInput("text list is empty", param="text", code="empty_text")
+            raise InvalidInput("text list is empty", param="text", code="invalid_text")
         return text, False
     return [text], True
 

@@ -10,6 +10,7 @@ import pytest
 from tests.server.conftest import ALICE, BOB, tone_wav
 
 SPEECH = {"model": "tts-1", "input": "Hello there.", "voice": "ryan"}
+JSON = {"Content-Type": "application/json"}
 
 
 def speech(**changes):
@@ -47,7 +48,7 @@ CASES = [
         {"json": speech(input="")},
         ALICE,
         400,
-        "empty_input",
+        "invalid_text",
         "input",
     ),
     (
@@ -57,7 +58,7 @@ CASES = [
         {"json": speech(input=" \n\t ")},
         ALICE,
         400,
-        "empty_input",
+        "invalid_text",
         "input",
     ),
     (
@@ -67,7 +68,7 @@ CASES = [
         {"json": speech(input="a" * 2001)},
         ALICE,
         400,
-        "input_too_long",
+        "text_too_long",
         "input",
     ),
     (
@@ -101,10 +102,83 @@ CASES = [
         "instructions",
     ),
     (
+        "lone surrogate in input",
+        "POST",
+        "/v1/audio/speech",
+        {"content": b'{"model": "tts-1", "voice": "ryan", "input": "a\\ud800b"}', "headers": JSON},
+        ALICE,
+        400,
+        "invalid_text",
+        "input",
+    ),
+    (
+        "NUL in instructions",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(instructions="calm\x00")},
+        ALICE,
+        400,
+        "invalid_text",
+        "instructions",
+    ),
+    (
+        "speed a boolean",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(speed=True)},
+        ALICE,
+        400,
+        "invalid_type",
+        "speed",
+    ),
+    (
+        "temperature NaN",
+        "POST",
+        "/v1/audio/speech",
+        {
+            "content": b'{"model": "tts-1", "voice": "ryan", "input": "Hi.", "temperature": NaN}',
+            "headers": JSON,
+        },
+        ALICE,
+        400,
+        "invalid_value",
+        "temperature",
+    ),
+    (
+        "ref_text with a preset speaker",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(ref_text="Words I said.")},
+        ALICE,
+        400,
+        "conflicting_parameter",
+        "ref_text",
+    ),
+    (
+        "voice clone without ref_audio",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(voice="clone")},
+        ALICE,
+        400,
+        "missing_required_parameter",
+        "ref_audio",
+    ),
+    (
+        "OpenAI voice mapped to a speaker this model lacks",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(voice="coral")},
+        ALICE,
+        400,
+        "voice_not_found",
+        "voice",
+    ),
+    (
         "unknown voice",
         "POST",
         "/v1/audio/speech",
-        {"json": speech(voice="alloy")},
+        {"json": speech(voice="nobody")},
         ALICE,
         400,
         "voice_not_found",
