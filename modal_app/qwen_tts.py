@@ -184,15 +184,10 @@ class QwenTTS:
         from utter_tts.compat.jobs import ModalJobRunner
 
         spawn, function_call, store = job_backend()
-        runner = ModalJobRunner(
-            spawn,
-            function_call,
-            store,
-            check=lambda body: self.service.check_clone_request(body, self.service.limits.max_job_text_chars),
-        )
+        runner = ModalJobRunner(spawn, function_call, store, check=self.service.parse_job)
         keys = [k.strip() for k in os.environ.get("UTTER_TTS_API_KEYS", "").split(",") if k.strip()]
         data_dir = os.environ.get("UTTER_QWEN_DATA_DIR", DATA_DIR)
-        return build_app(self.service, runner, keys, data_dir)
+        return build_app(self.service, runner, keys, data_dir, compat_auth=_settings().compat_auth)
 
 
 @app.cls(**JOB_OPTIONS)
