@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import base64
 import inspect
-import itertools
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import modal
@@ -25,7 +23,7 @@ from utter_tts.compat import LANGUAGES, CompatError
 from utter_tts.compat.jobs import ModalJobRunner, public_status
 from utter_tts.compat.service import JobCancelled
 
-from .conftest import FRAMES, KEY, OTHER_KEY, load_modal_module, read_wav
+from .conftest import FRAMES, KEY, OTHER_KEY, StandIn, load_modal_module, read_wav
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
@@ -262,46 +260,6 @@ def test_entrypoint_helpers(qwen, modal_env, ref_wav, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "clone:" in out and "design:" in out and " s -> " in out
-
-
-class StandIn:
-    """A local stand-in for Modal's job plumbing: `spawn` runs the job method (`.local()`, enter hook
-    included) in a thread and returns a call; `from_id` finds it; `get(timeout=0)` raises the builtin
-    TimeoutError while running, as modal.FunctionCall does; `cancel()` records the request."""
-
-    def __init__(self, qwen):
-        self.pool = ThreadPoolExecutor(2)
-        self.calls: dict[str, StandIn.Call] = {}
-        self.ids = itertools.count()
-        self.store: dict = {}
-        self.jobs = qwen.QwenTTSJobs()
-        stand_in = self
-
-        class Call:
-            def __init__(self, future):
-                self.object_id = f"fc-{next(stand_in.ids):08d}"
-                self.future = future
-                self.cancelled = False
-                stand_in.calls[self.object_id] = self
-
-            @classmethod
-            def from_id(cls, object_id):
-                return stand_in.calls[object_id]
-
-            def get(self, timeout=None):
-                if not self.future.done():
-                    if timeout == 0:
-                        raise TimeoutError()
-                    self.future.result(timeout)
-                return self.future.result()
-
-            def cancel(self):
-                self.cancelled = True
-
-        self.Call = Call
-
-    def spawn(self, payload):
-        return self.Call(self.pool.submit(self.jobs.run.local, payload))
 
 
 @pytest.fixture

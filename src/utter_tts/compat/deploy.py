@@ -1,5 +1,6 @@
 """Assemble a deployment: load both models into a CompatService and build the one ASGI app (the speech
-server plus utter's routes). `modal_app/qwen_tts.py` calls these from its @modal.enter / @modal.asgi_app."""
+server plus utter's routes). `modal_app/qwen_tts.py` calls these from its @modal.enter / @modal.asgi_app;
+`utter-tts serve --compat` mounts utter's routes on the plain server with `mount_on_server`."""
 
 from __future__ import annotations
 
@@ -160,3 +161,35 @@ def build_app(
     )
     app = create_app(config, registry)
     return mount(app, service, runner, auth=compat_auth)
+
+
+def mount_on_server(app: FastAPI, auth: bool = True) -> JobRunner:
+    """utter's routes on a server made by `create_app` (`utter-tts serve --compat`): its loaded Base and
+    VoiceDesign models (once they have loaded) behind a CompatService capped by the server's
+    --max-new-tokens, jobs in this process under <data-dir>/compat-jobs. Returns the runner (close it
+    at exit)."""
+    from utter_tts.compat.jobs import LocalJobRunner
+    from utter_tts.compat.routes import mount
+
+    state = app.state.server
+    built: list[CompatService] = []
+
+    def service() -> CompatService | None:
+        if not built and state.registry.ready.is_set():  # models load in a thread after start
+            first = {t: (state.registry.of_type(t) or [None])[0] for t in ("base", "voice_design")}
+            base, design = first["base"], first["voice_design"]
+            built.append(
+                CompatService(
+                    base=base.tts if base else None,
+                    design_model=design.tts if design else None,
+                    names=ModelNames(
+                        base.source if base else BASE_MODEL, design.source if design else DESIGN_MODEL
+                    ),
+                    limits=Limits(frame_cap=state.config.max_new_tokens),
+                )
+            )
+        return built[0] if built else None
+
+    runner = LocalJobRunner(service, state.config.data_dir / "compat-jobs")
+    mount(app, service, runner, auth=auth)
+    return runner

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -99,15 +100,20 @@ def no_result(state: dict[str, Any] | None) -> CompatError:
 
 
 def run_stored_job(
-    service: CompatService, payload: dict[str, Any], store: JobStore, key: str | None = None
+    service: CompatService,
+    payload: dict[str, Any],
+    store: JobStore,
+    key: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> bytes:
     """Run one clone job (the body of /submit-job) and report into `store`: `progress:<key>` holds
-    {status, progress, error}; `cancel:<key>` set by a canceller stops it between sentence batches."""
+    {status, progress, error}; `cancel:<key>` set by a canceller (or `stop()` turning true: the process is
+    shutting down) stops it between sentence batches."""
     key = key or payload["job_key"]
     caller = payload.get("caller", "anonymous")
 
     def cancelled() -> bool:
-        return bool(store.get(f"cancel:{key}"))
+        return bool(store.get(f"cancel:{key}")) or (stop is not None and stop())
 
     def report(**state: Any) -> None:
         if state["status"] != "cancelled" and cancelled():
@@ -192,9 +198,13 @@ class LocalJobRunner(JobRunner):
         super().__init__(DirStore(self.dir))
         self._service = service
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="utter-compat-job")
+        self._closing = threading.Event()
 
     def service(self) -> CompatService:
-        return self._service() if callable(self._service) else self._service
+        service = self._service() if callable(self._service) else self._service
+        if service is None:
+            raise CompatError("models are still loading", status=503)
+        return service
 
     def _result_path(self, key: str) -> Path:
         return self.dir / f"{key}.wav"
@@ -212,7 +222,7 @@ class LocalJobRunner(JobRunner):
     def _work(self, service: CompatService, payload: dict[str, Any]) -> None:
         key = payload["job_key"]
         try:
-            wav = run_stored_job(service, payload, self.store)
+            wav = run_stored_job(service, payload, self.store, stop=self._closing.is_set)
         except Exception:  # reported in the store by run_stored_job
             return
         path = self._result_path(key)
@@ -246,6 +256,8 @@ class LocalJobRunner(JobRunner):
         return True
 
     def close(self) -> None:
+        """Queued jobs never start; a running one stops at its next sentence batch (reported cancelled)."""
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

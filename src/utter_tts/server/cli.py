@@ -65,6 +65,19 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         help="map one of OpenAI's voice names (alloy, echo, ...) to a saved voice or preset speaker "
         "(repeatable; env UTTER_TTS_OPENAI_VOICES=alloy=me,echo=ryan)",
     )
+    p.add_argument(
+        "--compat",
+        action="store_true",
+        help="also serve utter's routes (/clone, /clone-batch, /design, /submit-job, /job-status, ...) as "
+        "its Modal app did, jobs run in this process (docs/deploy-modal.md)",
+    )
+    p.add_argument(
+        "--compat-auth",
+        choices=["on", "off"],
+        default=os.environ.get("UTTER_TTS_COMPAT_AUTH", "on"),
+        help="off: utter's routes take no API key (the others keep theirs), so utter's client works "
+        "unchanged; anyone who can reach the port can use them (env UTTER_TTS_COMPAT_AUTH)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -137,12 +150,23 @@ def serve_main(argv: list[str] | None = None) -> int:
         app = create_app(config)
     except ValueError as e:
         build_parser().error(str(e))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level=args.log_level.lower(),
-        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
-        ws_max_size=4 * 1024 * 1024,
-    )
+    runner = None
+    if args.compat:
+        from utter_tts.compat.deploy import mount_on_server
+
+        runner = mount_on_server(app, auth=args.compat_auth == "on")
+    elif args.compat_auth == "off":
+        build_parser().error("--compat-auth off goes with --compat")
+    try:
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level.lower(),
+            timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+            ws_max_size=4 * 1024 * 1024,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     return 0
