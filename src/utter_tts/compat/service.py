@@ -511,7 +511,7 @@ class CompatService:
             valid_text(text, "text", self.limits.max_clone_text_chars),
             supported(language or METHOD_DEFAULT_LANGUAGE),
             valid_text(ref_text, "ref_text", self.limits.max_ref_text_chars) if has_text else None,
-            DEFAULT_MAX_NEW_TOKENS,
+            self.tokens(None),
         )
         return self.clone_wav(caller, args, bytes(ref_audio_bytes))
 
