@@ -751,7 +751,13 @@ def test_every_answer_of_the_original(local_app, route):
     it went on to the model (audio, or a 500 for what the model choked on), ours is audio or a 4xx."""
     oracle, bodies = ROUTES[route]
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     @given(bodies)
     def check(request):
         status, message = oracle(request)
