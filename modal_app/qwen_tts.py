@@ -41,8 +41,9 @@ MIN_CONTAINERS = 0
 # frames), which the 21 GiB-capped H100 run of bench/bench_engine.py (section deploy) shows to fit an A10G.
 MAX_INPUTS = int(os.environ.get("UTTER_QWEN_MAX_INPUTS", "16"))
 JOB_TIMEOUT_S = 2 * 3600  # 50,000 characters (~55 min of speech) as one job; web calls are cut at 150 s
-# Modal proxy auth in front of the web app as well as our API keys (utter must then send Modal-Key and
-# Modal-Secret headers); off by default, set UTTER_QWEN_PROXY_AUTH=1 when deploying to turn it on.
+# Modal proxy auth in front of the web app (utter must then send Modal-Key and Modal-Secret headers); off
+# by default, set UTTER_QWEN_PROXY_AUTH=1 when deploying to turn it on. Our API keys guard the app either
+# way, utter's routes too unless UTTER_QWEN_COMPAT_AUTH=off (read at container start; docs/deploy-modal.md).
 PROXY_AUTH = os.environ.get("UTTER_QWEN_PROXY_AUTH", "0") == "1"
 
 HF_CACHE_DIR = "/cache"  # HF_HOME: the weights are downloaded once, not at every cold start
@@ -77,7 +78,8 @@ hf_cache = modal.Volume.from_name("utter-qwen-tts-hf-cache", create_if_missing=T
 voices = modal.Volume.from_name("utter-qwen-tts-voices", create_if_missing=True)
 # Job state lives here, not in a web container: any container can answer a poll.
 jobs_dict = modal.Dict.from_name("utter-qwen-tts-jobs", create_if_missing=True)
-# UTTER_TTS_API_KEYS (comma-separated bearer keys utter sends); the app refuses to start without keys.
+# UTTER_TTS_API_KEYS (comma-separated bearer keys); the app refuses to start without keys. The secret may
+# also carry UTTER_QWEN_COMPAT_AUTH=off to serve utter's routes without keys.
 api_keys = modal.Secret.from_name("utter-qwen-tts-api-keys")
 
 CLS_OPTIONS: dict[str, Any] = dict(
@@ -184,15 +186,10 @@ class QwenTTS:
         from utter_tts.compat.jobs import ModalJobRunner
 
         spawn, function_call, store = job_backend()
-        runner = ModalJobRunner(
-            spawn,
-            function_call,
-            store,
-            check=lambda body: self.service.check_clone_request(body, self.service.limits.max_job_text_chars),
-        )
+        runner = ModalJobRunner(spawn, function_call, store, check=self.service.parse_job)
         keys = [k.strip() for k in os.environ.get("UTTER_TTS_API_KEYS", "").split(",") if k.strip()]
         data_dir = os.environ.get("UTTER_QWEN_DATA_DIR", DATA_DIR)
-        return build_app(self.service, runner, keys, data_dir)
+        return build_app(self.service, runner, keys, data_dir, compat_auth=_settings().compat_auth)
 
 
 @app.cls(**JOB_OPTIONS)

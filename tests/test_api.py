@@ -68,8 +68,10 @@ def raises(exc_type, param, *fragments):
 @pytest.mark.parametrize(
     "text, code, fragment",
     [
-        ("", "empty_text", "text is empty"),
-        ("   \n\t ", "empty_text", "text is empty"),
+        ("", "invalid_text", "text is empty"),
+        ("   \n\t ", "invalid_text", "text is empty"),
+        ("a\ud800b", "invalid_text", "lone UTF-16 surrogate at index 1"),
+        ("nul\x00", "invalid_text", "control character U+0000 at index 3"),
         (
             "a" * (MAX_TEXT_CHARS + 1),
             "text_too_long",
@@ -78,9 +80,9 @@ def raises(exc_type, param, *fragments):
         (123, "invalid_type", "text must be a string, got int"),
         (None, "invalid_type", "text must be a string, got NoneType"),
         (b"hello", "invalid_type", "text must be a string, got bytes"),
-        ([], "empty_text", "text list is empty"),
+        ([], "invalid_text", "text list is empty"),
     ],
-    ids=["empty", "whitespace", "too-long", "int", "none", "bytes", "empty-list"],
+    ids=["empty", "whitespace", "surrogate", "nul", "too-long", "int", "none", "bytes", "empty-list"],
 )
 def test_bad_text(base, voice, text, code, fragment):
     with raises(InvalidInput, "text", fragment) as e:
@@ -95,6 +97,22 @@ def test_text_at_the_limit_is_accepted(base, voice):
 def test_bad_text_in_a_batch_names_the_text(custom):
     with raises(InvalidInput, "text", "text is empty"):
         custom.speak(["Hello.", " "], "ryan", **SHORT)
+
+
+def test_text_is_nfc_normalized_before_tokenizing(base, voice):
+    """A decomposed "é" (e + combining acute) is the same request as the composed one."""
+    req, _ = validate(
+        Request("Cafe\u0301 au lait.", voice=voice), base.pipeline.config, base.pipeline.defaults
+    )
+    assert req.text == "Caf\u00e9 au lait."
+
+
+def test_surrogates_in_every_text_argument(base, custom):
+    with raises(InvalidInput, "ref_text", "surrogate") as e:
+        base.create_voice((reference_clip(), SR), ref_text="a\udfffb")
+    assert e.value.code == "invalid_text"
+    with raises(InvalidInput, "instruct", "surrogate"):
+        custom.speak("Hello.", "ryan", instruct="\ud83d", **SHORT)
 
 
 # ---- language and speaker --------------------------------------------------------------------------
@@ -247,7 +265,7 @@ def test_bad_reference_audio(base, tmp_path, case):
 def test_bad_ref_text(base):
     with raises(InvalidInput, "ref_text", "ref_text must be a string"):
         base.create_voice((reference_clip(), SR), ref_text=5)
-    with raises(InvalidInput, "ref_text", "longer than 5000 characters"):
+    with raises(InvalidInput, "ref_text", "the limit is 5000"):
         base.create_voice((reference_clip(), SR), ref_text="a" * 5001)
 
 

@@ -205,7 +205,7 @@ class TTS:
 def _listify(text) -> tuple[list, bool]:
     if isinstance(text, list):
         if not text:
-            raise InvalidInput("text list is empty", param="text", code="empty_text")
+            raise InvalidInput("text list is empty", param="text", code="invalid_text")
         return text, False
     return [text], True
 

@@ -28,6 +28,7 @@ from utter_tts.model.frame import FrameBatch, Trace
 from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
+from utter_tts.textcheck import check_text
 from utter_tts.voices.voice import Voice
 
 log = logging.getLogger(__name__)
@@ -276,13 +277,15 @@ def audio_chunks(
 ) -> Iterator[np.ndarray]:
     """float32 chunks from frames ([16] codes each): the first after `first_chunk_frames` frames, then
     every `chunk_frames`. The decoder keeps exact left context, so the chunks concatenate to the
-    one-shot decode. ICL voices first feed their reference codes, whose audio is the reference's.
+    one-shot decode. ICL voices first feed their reference codes (at the first frame), whose audio is the
+    reference's.
     `decoder` is anything with the StreamingDecoder's `push` (the engine's batched one too)."""
-    if ref_codes is not None:
-        decoder.push(ref_codes)
     pending: list[torch.Tensor] = []
     want = first_chunk_frames
     for codes in frames:
+        if ref_codes is not None:  # at the first frame: a request still waiting holds no decoder state
+            decoder.push(ref_codes)
+            ref_codes = None
         pending.append(codes)
         if len(pending) >= want:
             yield to_host(decoder.push(torch.stack(pending))).numpy()
@@ -295,12 +298,7 @@ def check_ref_text(ref_text: Any) -> str | None:
     """A reference transcript: a string of at most MAX_TEXT_CHARS; blank means none (x-vector voice)."""
     if ref_text is None:
         return None
-    if not isinstance(ref_text, str):
-        raise InvalidInput("ref_text must be a string", param="ref_text", code="invalid_type")
-    if len(ref_text) > MAX_TEXT_CHARS:
-        raise InvalidInput(
-            f"ref_text is longer than {MAX_TEXT_CHARS} characters", param="ref_text", code="text_too_long"
-        )
+    ref_text = check_text(ref_text, "ref_text", MAX_TEXT_CHARS, allow_empty=True)
     return ref_text if ref_text.strip() else None
 
 

@@ -11,6 +11,7 @@ import torch
 
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.config import SamplingConfig, TTSConfig
+from utter_tts.textcheck import check_text
 from utter_tts.voices.voice import Voice
 
 MODES = ("clone", "design", "speak")
@@ -41,22 +42,6 @@ def new_seed() -> int:
     return secrets.randbits(62)
 
 
-def _check_text(value: Any, param: str, limit: int, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(
-            f"{param} must be a string, got {type(value).__name__}", param=param, code="invalid_type"
-        )
-    if not value.strip() and not allow_empty:
-        raise InvalidInput(f"{param} is empty", param=param, code="empty_text")
-    if len(value) > limit:
-        raise InvalidInput(
-            f"{param} is {len(value)} characters long; the limit is {limit}",
-            param=param,
-            code="text_too_long",
-        )
-    return value
-
-
 def validate(
     req: Request, cfg: TTSConfig, defaults: SamplingConfig, check_voice: bool = True
 ) -> tuple[Request, SamplingConfig]:
@@ -75,7 +60,8 @@ def validate(
         raise UnsupportedForModel(
             f"this is a {cfg.tts_model_type} checkpoint; {req.mode} needs {what}", param="mode"
         )
-    _check_text(req.text, "text", MAX_TEXT_CHARS)
+    text = check_text(req.text, "text", MAX_TEXT_CHARS)
+    instruct = req.instruct
     if not isinstance(req.language, str):
         raise InvalidInput("language must be a string", param="language", code="invalid_type")
     if req.language.lower() not in cfg.languages:
@@ -95,13 +81,15 @@ def validate(
                 code="voice_model_mismatch",
             )
         _check_voice_tensors(req.voice, cfg)
+        if req.voice.ref_text is not None:  # a voice file may hold anything
+            check_text(req.voice.ref_text, "voice", MAX_TEXT_CHARS)
     if req.mode == "clone":
         if req.instruct:
             raise UnsupportedForModel(
                 "a Base checkpoint takes no description or instruction", param="instruct"
             )
     elif req.mode == "design":
-        _check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS)
+        instruct = check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS)
     else:
         if not isinstance(req.speaker, str) or req.speaker.lower() not in cfg.talker.spk_id:
             raise InvalidInput(
@@ -110,7 +98,7 @@ def validate(
                 code="unknown_speaker",
             )
         if req.instruct is not None:
-            _check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS, allow_empty=True)
+            instruct = check_text(req.instruct, "instruct", MAX_INSTRUCT_CHARS, allow_empty=True)
             if req.instruct and cfg.tts_model_size == "0b6":
                 raise UnsupportedForModel("the 0.6B CustomVoice model takes no instruction", param="instruct")
     if req.seed is not None and (
@@ -125,7 +113,8 @@ def validate(
         raise InvalidInput(str(e), param="sampling") from None
     _check_sampling(sampling)
     seed = req.seed if req.seed is not None else new_seed()
-    out = Request(**{**req.__dict__, "seed": seed})
+    # NFC text from here on: the tokenizer, the frame cap and the caches all see the same string
+    out = Request(**{**req.__dict__, "text": text, "instruct": instruct, "seed": seed})
     return out, sampling
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import sys
 import threading
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -164,18 +166,63 @@ def load_modal_module(name: str = "qwen_tts_under_test"):
     return module
 
 
+def set_modal_env(mp: pytest.MonkeyPatch, ckpts: dict[str, Path], data_dir: Path) -> None:
+    """What a container's environment would give: model ids (tiny local checkpoints), keys, data dir."""
+    mp.setenv("UTTER_QWEN_BASE_MODEL", str(ckpts["base"]))
+    mp.setenv("UTTER_QWEN_DESIGN_MODEL", str(ckpts["voice_design"]))
+    mp.setenv("UTTER_QWEN_DEVICE", "cpu")
+    mp.setenv("UTTER_QWEN_DTYPE", "float32")
+    mp.setenv("UTTER_QWEN_ENGINE_STREAMS", "4")
+    mp.setenv("UTTER_QWEN_ENGINE_FRAMES", str(ENGINE_FRAMES))
+    mp.setenv("UTTER_TTS_API_KEYS", f"{KEY},{OTHER_KEY}")
+    mp.setenv("UTTER_QWEN_DATA_DIR", str(data_dir))
+    mp.setenv("UTTER_TTS_FETCH_ALLOW", "127.0.0.1/32")
+    mp.delenv("UTTER_QWEN_COMPAT_AUTH", raising=False)
+    mp.delenv("MODAL_TOKEN_ID", raising=False)
+    mp.delenv("MODAL_TOKEN_SECRET", raising=False)
+
+
 @pytest.fixture
 def modal_env(monkeypatch, ckpts, tmp_path):
-    """What a container's environment would give: model ids (tiny local checkpoints), keys, data dir."""
-    monkeypatch.setenv("UTTER_QWEN_BASE_MODEL", str(ckpts["base"]))
-    monkeypatch.setenv("UTTER_QWEN_DESIGN_MODEL", str(ckpts["voice_design"]))
-    monkeypatch.setenv("UTTER_QWEN_DEVICE", "cpu")
-    monkeypatch.setenv("UTTER_QWEN_DTYPE", "float32")
-    monkeypatch.setenv("UTTER_QWEN_ENGINE_STREAMS", "4")
-    monkeypatch.setenv("UTTER_QWEN_ENGINE_FRAMES", str(ENGINE_FRAMES))
-    monkeypatch.setenv("UTTER_TTS_API_KEYS", f"{KEY},{OTHER_KEY}")
-    monkeypatch.setenv("UTTER_QWEN_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("UTTER_TTS_FETCH_ALLOW", "127.0.0.1/32")
-    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
-    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    set_modal_env(monkeypatch, ckpts, tmp_path / "data")
     return tmp_path
+
+
+class StandIn:
+    """A local stand-in for Modal's job plumbing: `spawn` runs the job method (`.local()`, enter hook
+    included) in a thread and returns a call; `from_id` finds it; `get(timeout=0)` raises the builtin
+    TimeoutError while running, as modal.FunctionCall does; `cancel()` records the request."""
+
+    def __init__(self, qwen):
+        self.pool = ThreadPoolExecutor(2)
+        self.calls: dict[str, StandIn.Call] = {}
+        self.ids = itertools.count()
+        self.store: dict = {}
+        self.jobs = qwen.QwenTTSJobs()
+        stand_in = self
+
+        class Call:
+            def __init__(self, future):
+                self.object_id = f"fc-{next(stand_in.ids):08d}"
+                self.future = future
+                self.cancelled = False
+                stand_in.calls[self.object_id] = self
+
+            @classmethod
+            def from_id(cls, object_id):
+                return stand_in.calls[object_id]
+
+            def get(self, timeout=None):
+                if not self.future.done():
+                    if timeout == 0:
+                        raise TimeoutError()
+                    self.future.result(timeout)
+                return self.future.result()
+
+            def cancel(self):
+                self.cancelled = True
+
+        self.Call = Call
+
+    def spawn(self, payload):
+        return self.Call(self.pool.submit(self.jobs.run.local, payload))

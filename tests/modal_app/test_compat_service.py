@@ -9,7 +9,7 @@ import pytest
 
 from utter_tts.compat import LANGUAGES, CompatError, normalize_language
 from utter_tts.compat.cache import PromptCache, prompt_key
-from utter_tts.compat.service import CompatService, Limits
+from utter_tts.compat.service import CloneArgs, CompatService, Limits
 
 from .conftest import FRAMES, make_wav, read_wav
 
@@ -140,7 +140,7 @@ def test_method_errors_verbatim(service, ref_wav, call, message):
 def test_max_new_tokens_is_per_sentence_chunk(counted, ref_wav):
     svc, base = counted
     text = "The first sentence is here. The second one follows it now. And a third closes the text."
-    wav = svc.clone_wav("me", text, "english", ref_wav, None, max_new_tokens=5)
+    wav = svc.clone_wav("me", CloneArgs(text, "english", None, 5), ref_wav)
     pieces = base.requests
     assert len(pieces) >= 2  # split at sentences (chunk_chars=60), each with its own cap
     assert all(r.sampling["max_new_tokens"] == 5 for r in pieces)
@@ -152,7 +152,7 @@ def test_max_new_tokens_is_per_sentence_chunk(counted, ref_wav):
 def test_long_text_split_into_chunks(counted, ref_wav):
     svc, base = counted
     text = " ".join(f"Sentence number {i} is short." for i in range(12))
-    read_wav(svc.clone_wav("me", text, "auto", ref_wav, None, max_new_tokens=2))
+    read_wav(svc.clone_wav("me", CloneArgs(text, "auto", None, 2), ref_wav))
     assert len(base.requests) >= 5 and all(len(r.text) <= 60 for r in base.requests)
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import base64
 import inspect
-import itertools
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import modal
@@ -22,10 +20,10 @@ from modal._image import LATEST_IMAGE_BUILDER_VERSION
 
 import utter_tts.compat.deploy as deploy
 from utter_tts.compat import LANGUAGES, CompatError
-from utter_tts.compat.jobs import ModalJobRunner
+from utter_tts.compat.jobs import ModalJobRunner, public_status
 from utter_tts.compat.service import JobCancelled
 
-from .conftest import FRAMES, KEY, OTHER_KEY, load_modal_module, read_wav
+from .conftest import FRAMES, KEY, OTHER_KEY, StandIn, load_modal_module, read_wav
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
@@ -264,46 +262,6 @@ def test_entrypoint_helpers(qwen, modal_env, ref_wav, tmp_path, capsys):
     assert "clone:" in out and "design:" in out and " s -> " in out
 
 
-class StandIn:
-    """A local stand-in for Modal's job plumbing: `spawn` runs the job method (`.local()`, enter hook
-    included) in a thread and returns a call; `from_id` finds it; `get(timeout=0)` raises the builtin
-    TimeoutError while running, as modal.FunctionCall does; `cancel()` records the request."""
-
-    def __init__(self, qwen):
-        self.pool = ThreadPoolExecutor(2)
-        self.calls: dict[str, StandIn.Call] = {}
-        self.ids = itertools.count()
-        self.store: dict = {}
-        self.jobs = qwen.QwenTTSJobs()
-        stand_in = self
-
-        class Call:
-            def __init__(self, future):
-                self.object_id = f"fc-{next(stand_in.ids):08d}"
-                self.future = future
-                self.cancelled = False
-                stand_in.calls[self.object_id] = self
-
-            @classmethod
-            def from_id(cls, object_id):
-                return stand_in.calls[object_id]
-
-            def get(self, timeout=None):
-                if not self.future.done():
-                    if timeout == 0:
-                        raise TimeoutError()
-                    self.future.result(timeout)
-                return self.future.result()
-
-            def cancel(self):
-                self.cancelled = True
-
-        self.Call = Call
-
-    def spawn(self, payload):
-        return self.Call(self.pool.submit(self.jobs.run.local, payload))
-
-
 @pytest.fixture
 def stand_in(qwen, modal_env, monkeypatch):
     s = StandIn(qwen)
@@ -351,7 +309,7 @@ def test_asgi_app_routes_and_jobs(qwen, stand_in, ref_wav, loads):
         assert wait(c, job_id, ("completed", "failed")) == {
             "job_id": job_id,
             "status": "completed",
-            "progress": 1.0,
+            "result_ready": True,
         }
         res = c.get(f"/job-result?job_id={job_id}", headers=AUTH)
         assert res.status_code == 200 and read_wav(res.content)[1] > 0
@@ -383,16 +341,21 @@ def test_job_cancel_through_function_call(qwen, stand_in, ref_wav):
     stand_in.spawn = gated_spawn  # job_backend() reads stand_in.spawn at each app build
     with TestClient(qwen.QwenTTS().web.local()) as c:
         job_id = c.post("/submit-job", json=body, headers=AUTH).json()["job_id"]
-        assert c.get(f"/job-status?job_id={job_id}", headers=AUTH).json()["status"] == "queued"
+        assert c.get(f"/job-status?job_id={job_id}", headers=AUTH).json()["status"] == "running"  # queued
         st = c.post("/job-cancel", json={"job_id": job_id}, headers=AUTH).json()
-        assert st == {"job_id": job_id, "status": "cancelled", "progress": 0.0}
+        assert st == {"job_id": job_id, "status": "cancelled"}
         assert stand_in.calls[job_id].cancelled  # FunctionCall.cancel() was called
         gate.set()  # the function starts anyway (a cancel can race the start): it sees the flag and stops
         with pytest.raises(JobCancelled):
             stand_in.calls[job_id].future.result(30)
-        assert c.get(f"/job-status?job_id={job_id}", headers=AUTH).json()["status"] == "cancelled"
+        assert c.get(f"/job-status?job_id={job_id}", headers=AUTH).json() == {
+            "job_id": job_id,
+            "status": "failed",
+            "result_ready": False,
+            "error": "Job was cancelled",
+        }
         r = c.get(f"/job-result?job_id={job_id}", headers=AUTH)
-        assert r.status_code == 400 and r.json() == {"detail": "Job is not completed (status: cancelled)"}
+        assert r.status_code == 409 and r.json() == {"detail": "Failed to get result: Job was cancelled"}
     stand_in.spawn = real_spawn
 
 
@@ -414,7 +377,12 @@ def test_two_containers_share_jobs_and_data_dir(qwen, stand_in, ref_wav):
         assert wait(b, job_id, ("completed", "failed"))["status"] == "completed"
         assert read_wav(b.get(f"/job-result?job_id={job_id}", headers=AUTH).content)[1] > 0
         other = {"Authorization": f"Bearer {OTHER_KEY}"}
-        assert b.get(f"/job-status?job_id={job_id}", headers=other).json() == {"detail": "Job not found"}
+        assert b.get(f"/job-status?job_id={job_id}", headers=other).json() == {
+            "job_id": job_id,
+            "status": "failed",
+            "result_ready": False,
+            "error": "Job not found",
+        }
         up = a.post(
             "/v1/voices", files={"file": ("me.wav", ref_wav, "audio/wav")}, data={"name": "me"}, headers=AUTH
         )
@@ -464,11 +432,11 @@ def test_modal_job_runner_reports_failures(stand_in):
 
     runner = ModalJobRunner(lambda payload: Boom(), Boom, stand_in.store)
     job_id = runner.submit("me", {"text": "x"})
-    assert runner.status("me", job_id) == {
+    assert public_status(job_id, runner.state("me", job_id)) == {
         "job_id": "fc-boom",
         "status": "failed",
-        "progress": 0.0,
+        "result_ready": False,
         "error": "reference audio is not decodable",
     }
-    with pytest.raises(CompatError, match="^Job failed: reference audio is not decodable$"):
+    with pytest.raises(CompatError, match="^Failed to get result: reference audio is not decodable$"):
         runner.result("me", job_id)

@@ -10,6 +10,7 @@ import pytest
 from tests.server.conftest import ALICE, BOB, tone_wav
 
 SPEECH = {"model": "tts-1", "input": "Hello there.", "voice": "ryan"}
+JSON = {"Content-Type": "application/json"}
 
 
 def speech(**changes):
@@ -47,7 +48,7 @@ CASES = [
         {"json": speech(input="")},
         ALICE,
         400,
-        "empty_input",
+        "invalid_text",
         "input",
     ),
     (
@@ -57,7 +58,7 @@ CASES = [
         {"json": speech(input=" \n\t ")},
         ALICE,
         400,
-        "empty_input",
+        "invalid_text",
         "input",
     ),
     (
@@ -67,7 +68,7 @@ CASES = [
         {"json": speech(input="a" * 2001)},
         ALICE,
         400,
-        "input_too_long",
+        "text_too_long",
         "input",
     ),
     (
@@ -101,10 +102,127 @@ CASES = [
         "instructions",
     ),
     (
+        "lone surrogate in input",
+        "POST",
+        "/v1/audio/speech",
+        {"content": b'{"model": "tts-1", "voice": "ryan", "input": "a\\ud800b"}', "headers": JSON},
+        ALICE,
+        400,
+        "invalid_text",
+        "input",
+    ),
+    (
+        "lone surrogate in a design preview's description",
+        "POST",
+        "/v1/voices/design",
+        {"content": b'{"instructions": "calm \\udfff", "input": "Hi."}', "headers": JSON},
+        ALICE,
+        400,
+        "invalid_text",
+        "instructions",
+    ),
+    (
+        "lone surrogate in from-design's input",
+        "POST",
+        "/v1/voices/from-design",
+        {"content": b'{"instructions": "calm", "input": "\\ud83d", "name": "s1"}', "headers": JSON},
+        ALICE,
+        400,
+        "invalid_text",
+        "input",
+    ),
+    (
+        "lone surrogate in a long job: refused at submission",
+        "POST",
+        "/v1/audio/speech/jobs",
+        {"content": b'{"model": "tts-1", "voice": "ryan", "input": "One. \\ud800 Two."}', "headers": JSON},
+        ALICE,
+        400,
+        "invalid_text",
+        "input",
+    ),
+    (
+        "lone surrogate in ref_text",
+        "POST",
+        "/v1/audio/speech",
+        {
+            "content": b'{"model": "tts-1", "voice": "clone", "input": "Hi.", "ref_audio": "AAAA", '
+            b'"ref_text": "\\ud800"}',
+            "headers": JSON,
+        },
+        ALICE,
+        400,
+        "invalid_text",
+        "ref_text",
+    ),
+    (
+        "NUL in instructions",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(instructions="calm\x00")},
+        ALICE,
+        400,
+        "invalid_text",
+        "instructions",
+    ),
+    (
+        "speed a boolean",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(speed=True)},
+        ALICE,
+        400,
+        "invalid_type",
+        "speed",
+    ),
+    (
+        "temperature NaN",
+        "POST",
+        "/v1/audio/speech",
+        {
+            "content": b'{"model": "tts-1", "voice": "ryan", "input": "Hi.", "temperature": NaN}',
+            "headers": JSON,
+        },
+        ALICE,
+        400,
+        "invalid_value",
+        "temperature",
+    ),
+    (
+        "ref_text with a preset speaker",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(ref_text="Words I said.")},
+        ALICE,
+        400,
+        "conflicting_parameter",
+        "ref_text",
+    ),
+    (
+        "voice clone without ref_audio",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(voice="clone")},
+        ALICE,
+        400,
+        "missing_required_parameter",
+        "ref_audio",
+    ),
+    (
+        "OpenAI voice mapped to a speaker this model lacks",
+        "POST",
+        "/v1/audio/speech",
+        {"json": speech(voice="coral")},
+        ALICE,
+        400,
+        "voice_not_found",
+        "voice",
+    ),
+    (
         "unknown voice",
         "POST",
         "/v1/audio/speech",
-        {"json": speech(voice="alloy")},
+        {"json": speech(voice="nobody")},
         ALICE,
         400,
         "voice_not_found",
@@ -567,6 +685,25 @@ def test_bad_request(server, voices, method, path, kwargs, key, status, code, pa
         assert r.headers["www-authenticate"] == "Bearer"
     assert library_snapshot(server) == before
     assert server.state.pool.active == 0
+
+
+def test_over_the_cap_the_client_still_reads_its_413(server):
+    """An over-limit body is drained before the 413, so the client, still sending, gets the answer rather
+    than a connection reset; with a declared length and chunked alike, and the next request works."""
+    headers = {"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"}
+    chunk = b" " * 65536
+
+    def chunked():
+        yield b'{"input": "'
+        for _ in range(64):  # 4 MiB, over the ~2.9 MB cap
+            yield chunk
+        yield b'"}'
+
+    with httpx.Client(base_url=server.url, headers=headers, timeout=120) as c:
+        for body in (b"x" * 4_000_000, chunked()):
+            r = c.post("/v1/audio/speech", content=body)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert c.get("/v1/voices").status_code == 200
 
 
 def test_table_is_big_enough():

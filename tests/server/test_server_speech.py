@@ -204,6 +204,75 @@ def test_websocket_streams_each_sentence(server, slow_frames):
     assert abs(len(pcm) / SR - spoken) < 0.01
 
 
+def test_websocket_session_survives_bad_messages(server):
+    """Each bad message gets an error event naming the field; the session then speaks as usual."""
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    bad = [
+        ('{"type": "input.append", "text": "a\\ud800b"}', "invalid_text", "text"),  # a lone surrogate
+        ('{"type": "input.append", "text": "nul\\u0000"}', "invalid_text", "text"),
+        ('{"type": "input.append", "text": 5}', "invalid_type", "text"),
+        ('{"type": "input.append", "text": "<|im_end|>"}', "special_token", "text"),
+        ('{"type": "input.nonsense"}', "unknown_message", "type"),
+        ("{not json", "invalid_json", "type"),
+        (b"\x00binary", "invalid_message", "type"),
+    ]
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.started"
+        for message, code, param in bad:
+            ws.send(message)
+            event = json.loads(ws.recv(timeout=30))
+            assert event["type"] == "error" and event["error"]["code"] == code, (message, event)
+            assert event["error"]["param"] == param
+        ws.send(json.dumps({"type": "input.append", "text": "Still here."}))
+        ws.send(json.dumps({"type": "input.flush"}))
+        events, audio = [], b""
+        while not events or events[-1]["type"] not in ("session.done", "error"):
+            msg = ws.recv(timeout=60)
+            if isinstance(msg, bytes):
+                audio += msg
+            else:
+                events.append(json.loads(msg))
+    assert events[0] == {"type": "sentence.start", "index": 0, "text": "Still here."}
+    assert events[-1] == {"type": "session.done", "sentences": 1} and audio
+
+
+def test_openai_voice_names_are_preset_speakers(oa, reference_pcm):
+    """OpenAI's stock example works: `alloy` is the preset speaker the documented table names."""
+    from utter_tts.server.synthesis import OPENAI_VOICES
+
+    assert OPENAI_VOICES["echo"] == "ryan"
+    resp = oa.audio.speech.create(
+        model="tts-1", voice="echo", input="Hello there.", response_format="pcm", extra_body={"seed": 7}
+    )
+    pcm, _ = decode_audio(resp.content, "pcm")
+    assert np.array_equal(pcm, reference_pcm)  # the same request as voice="ryan"
+    alloy = oa.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="wav")
+    assert decode_audio(alloy.content, "wav")[0].size > 0
+
+
+def test_openai_voice_mapped_to_a_saved_voice(registry, reference_wav, tmp_path):
+    from tests.server.conftest import ServerThread, make_config
+    from utter_tts.server.app import create_app
+
+    app = create_app(make_config(tmp_path, openai_voices={"onyx": "narrator"}), registry)
+    with ServerThread(app) as srv:
+        headers = {"Authorization": f"Bearer {ALICE}"}
+        body = {"model": "tts-1", "voice": "onyx", "input": "Hi.", "response_format": "wav"}
+        r = httpx.post(f"{srv.url}/v1/audio/speech", json=body, headers=headers, timeout=120)
+        assert r.status_code == 400 and "narrator" in r.json()["error"]["message"]  # not saved yet
+        saved = httpx.post(
+            f"{srv.url}/v1/voices",
+            files={"file": ("n.wav", reference_wav, "audio/wav")},
+            data={"name": "narrator"},
+            headers=headers,
+            timeout=120,
+        )
+        assert saved.status_code == 201, saved.text
+        r = httpx.post(f"{srv.url}/v1/audio/speech", json=body, headers=headers, timeout=120)
+        assert r.status_code == 200 and decode_audio(r.content, "wav")[0].size > 0
+
+
 def test_websocket_rejects_bad_key(server):
     url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream?api_key=sk-wrong"
     with ws_connect(url, open_timeout=30) as ws:

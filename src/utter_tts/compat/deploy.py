@@ -1,5 +1,6 @@
 """Assemble a deployment: load both models into a CompatService and build the one ASGI app (the speech
-server plus utter's routes). `modal_app/qwen_tts.py` calls these from its @modal.enter / @modal.asgi_app."""
+server plus utter's routes). `modal_app/qwen_tts.py` calls these from its @modal.enter / @modal.asgi_app;
+`utter-tts serve --compat` mounts utter's routes on the plain server with `mount_on_server`."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class DeploySettings:
     engine_frames: int = 2048
     cache_size: int = 256
     limits: Limits = field(default_factory=Limits)
+    # False serves utter's routes without API keys (UTTER_QWEN_COMPAT_AUTH=off), so utter's client works
+    # unchanged; the server's own routes keep their keys. Anyone with the URL can then spend GPU time.
+    compat_auth: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DeploySettings:
@@ -50,7 +54,18 @@ class DeploySettings:
             engine_streams=int(env.get("UTTER_QWEN_ENGINE_STREAMS", "8")),
             engine_frames=int(env.get("UTTER_QWEN_ENGINE_FRAMES", "2048")),
             cache_size=int(env.get("UTTER_QWEN_PROMPT_CACHE", "256")),
+            compat_auth=switch(env.get("UTTER_QWEN_COMPAT_AUTH", "on"), "UTTER_QWEN_COMPAT_AUTH"),
         )
+
+
+def switch(value: str, name: str) -> bool:
+    """on/off (also 1/0, true/false); anything else is a mistake worth stopping for."""
+    v = value.strip().lower()
+    if v in ("on", "1", "true", "yes"):
+        return True
+    if v in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be on or off, not {value!r}")
 
 
 def warm_imports() -> list[str]:
@@ -119,10 +134,12 @@ def build_app(
     runner: JobRunner | Any | None,
     api_keys: list[str],
     data_dir: str | os.PathLike,
+    compat_auth: bool = True,
     **server_options: Any,
 ) -> FastAPI:
     """The speech server (its OpenAI-style routes, voice library, jobs, /metrics) with the already loaded
-    models, plus utter's routes; API keys always on: a deployment is never open."""
+    models, plus utter's routes. API keys are always required to start and always guard the server's
+    routes; `compat_auth=False` alone opens utter's routes (logged as a warning at start)."""
     from utter_tts.compat.routes import mount
     from utter_tts.server.app import create_app
     from utter_tts.server.config import ServerConfig
@@ -144,4 +161,36 @@ def build_app(
         **server_options,
     )
     app = create_app(config, registry)
-    return mount(app, service, runner)
+    return mount(app, service, runner, auth=compat_auth)
+
+
+def mount_on_server(app: FastAPI, auth: bool = True) -> JobRunner:
+    """utter's routes on a server made by `create_app` (`utter-tts serve --compat`): its loaded Base and
+    VoiceDesign models (once they have loaded) behind a CompatService capped by the server's
+    --max-new-tokens, jobs in this process under <data-dir>/compat-jobs. Returns the runner (close it
+    at exit)."""
+    from utter_tts.compat.jobs import LocalJobRunner
+    from utter_tts.compat.routes import mount
+
+    state = app.state.server
+    built: list[CompatService] = []
+
+    def service() -> CompatService | None:
+        if not built and state.registry.ready.is_set():  # models load in a thread after start
+            first = {t: (state.registry.of_type(t) or [None])[0] for t in ("base", "voice_design")}
+            base, design = first["base"], first["voice_design"]
+            built.append(
+                CompatService(
+                    base=base.tts if base else None,
+                    design_model=design.tts if design else None,
+                    names=ModelNames(
+                        base.source if base else BASE_MODEL, design.source if design else DESIGN_MODEL
+                    ),
+                    limits=Limits(frame_cap=state.config.max_new_tokens),
+                )
+            )
+        return built[0] if built else None
+
+    runner = LocalJobRunner(service, state.config.data_dir / "compat-jobs")
+    mount(app, service, runner, auth=auth)
+    return runner

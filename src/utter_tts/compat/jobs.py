@@ -67,32 +67,53 @@ class DirStore:
         os.replace(tmp, path)
 
 
-class JobNotFound(CompatError):
-    def __init__(self) -> None:
-        super().__init__("Job not found", status=404)
+NOT_FOUND = "Job not found"
+CANCELLED = "Job was cancelled"
 
 
-def public_status(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "job_id": job_id,
-        "status": state.get("status", "queued"),
-        "progress": round(float(state.get("progress", 0.0)), 4),
-    }
-    if state.get("error"):
-        out["error"] = state["error"]
-    return out
+def public_status(job_id: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """/job-status's answer, shaped as the original's (app.py `job_status`): {job_id, status,
+    result_ready} and `error` when failed. Like the original (Modal's FunctionCall tells queued from
+    running no more than it does), a queued job is "running"; a cancelled job, an unknown id and another
+    caller's job are "failed" with the reason, as the original's `except Exception` made them."""
+    status = (state or {}).get("status")
+    if status == "completed":
+        return {"job_id": job_id, "status": "completed", "result_ready": True}
+    if state is None or status in ("failed", "cancelled"):
+        return {"job_id": job_id, "status": "failed", "result_ready": False, "error": failure(state)}
+    return {"job_id": job_id, "status": "running", "result_ready": False}
+
+
+def failure(state: dict[str, Any] | None) -> str:
+    """Why a job has no result: unknown, cancelled, or its error."""
+    if state is None:
+        return NOT_FOUND
+    if state.get("status") == "cancelled":
+        return CANCELLED
+    return state.get("error") or "unknown error"
+
+
+def no_result(state: dict[str, Any] | None) -> CompatError:
+    """/job-result for a job that will never have one. The original answered 500 "Failed to get result:
+    ..."; its detail is kept, with a 4xx: a client's request never gets a 5xx."""
+    return CompatError(f"Failed to get result: {failure(state)}", status=404 if state is None else 409)
 
 
 def run_stored_job(
-    service: CompatService, payload: dict[str, Any], store: JobStore, key: str | None = None
+    service: CompatService,
+    payload: dict[str, Any],
+    store: JobStore,
+    key: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> bytes:
     """Run one clone job (the body of /submit-job) and report into `store`: `progress:<key>` holds
-    {status, progress, error}; `cancel:<key>` set by a canceller stops it between sentence batches."""
+    {status, progress, error}; `cancel:<key>` set by a canceller (or `stop()` turning true: the process is
+    shutting down) stops it between sentence batches."""
     key = key or payload["job_key"]
     caller = payload.get("caller", "anonymous")
 
     def cancelled() -> bool:
-        return bool(store.get(f"cancel:{key}"))
+        return bool(store.get(f"cancel:{key}")) or (stop is not None and stop())
 
     def report(**state: Any) -> None:
         if state["status"] != "cancelled" and cancelled():
@@ -107,13 +128,7 @@ def run_stored_job(
         raise JobCancelled()
     report(status="running", progress=0.0)
     try:
-        wav = service.clone_request(
-            caller,
-            payload["body"],
-            max_chars=service.limits.max_job_text_chars,
-            progress=progress,
-            cancelled=cancelled,
-        )
+        wav = service.job_request(caller, payload["body"], progress=progress, cancelled=cancelled)
     except JobCancelled:
         report(status="cancelled", progress=0.0)
         raise
@@ -132,40 +147,46 @@ def run_stored_job(
 
 
 class JobRunner:
-    """The interface the routes use. Every method takes the caller so one caller cannot see another's."""
+    """The interface the routes use. Every method takes the caller so one caller cannot see another's;
+    another caller's job is answered as an unknown one."""
 
     def __init__(self, store: JobStore):
         self.store = store
 
     def submit(self, caller: str, body: dict[str, Any]) -> str:
+        """Check the body (CompatError with utter's message) and start the job; its id."""
         raise NotImplementedError
 
-    def status(self, caller: str, job_id: str) -> dict[str, Any]:
+    def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
+        """{status, progress, error}, or None for an id this caller does not have."""
         raise NotImplementedError
 
-    def result(self, caller: str, job_id: str) -> bytes:
+    def result(self, caller: str, job_id: Any) -> bytes | None:
+        """The WAV, None while the job runs, CompatError (`no_result`) when there will be none."""
         raise NotImplementedError
 
-    def cancel(self, caller: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, caller: str, job_id: Any) -> bool:
+        """Stop the job if it still runs (a finished one is left as it is); False for an unknown id."""
         raise NotImplementedError
 
-    def _record(self, caller: str, job_id: Any) -> dict[str, Any]:
+    def _record(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         if not isinstance(job_id, str) or not _KEY_RE.match(job_id):
-            raise JobNotFound()
+            return None
         record = self.store.get(f"job:{job_id}")
         if not record or record.get("caller") != caller:
-            raise JobNotFound()
+            return None
         return record
 
-    def _state(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _stored(self, record: dict[str, Any]) -> dict[str, Any]:
         return self.store.get(f"progress:{record['key']}") or {"status": "queued", "progress": 0.0}
 
-    @staticmethod
-    def _not_ready(job_id: str, state: dict[str, Any]) -> CompatError:
-        status = state.get("status", "queued")
-        if status == "failed":
-            return CompatError(f"Job failed: {state.get('error') or 'unknown error'}", status=400)
-        return CompatError(f"Job is not completed (status: {status})", status=400)
+    def _stop(self, record: dict[str, Any]) -> bool:
+        """Flag an unfinished job cancelled (it stops at its next sentence batch); whether it was."""
+        if self._stored(record).get("status") not in ("queued", "running"):
+            return False
+        self.store[f"cancel:{record['key']}"] = True
+        self.store[f"progress:{record['key']}"] = {"status": "cancelled", "progress": 0.0}
+        return True
 
 
 class LocalJobRunner(JobRunner):
@@ -177,17 +198,20 @@ class LocalJobRunner(JobRunner):
         super().__init__(DirStore(self.dir))
         self._service = service
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="utter-compat-job")
-        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     def service(self) -> CompatService:
-        return self._service() if callable(self._service) else self._service
+        service = self._service() if callable(self._service) else self._service
+        if service is None:
+            raise CompatError("models are still loading", status=503)
+        return service
 
     def _result_path(self, key: str) -> Path:
         return self.dir / f"{key}.wav"
 
     def submit(self, caller: str, body: dict[str, Any]) -> str:
         service = self.service()
-        service.check_clone_request(body, service.limits.max_job_text_chars)  # 400s before queueing
+        service.parse_job(body)  # 400s before queueing
         job_id = "job_" + secrets.token_hex(12)
         self.store[f"job:{job_id}"] = {"caller": caller, "key": job_id, "created_at": time.time()}
         self.store[f"progress:{job_id}"] = {"status": "queued", "progress": 0.0}
@@ -198,7 +222,7 @@ class LocalJobRunner(JobRunner):
     def _work(self, service: CompatService, payload: dict[str, Any]) -> None:
         key = payload["job_key"]
         try:
-            wav = run_stored_job(service, payload, self.store)
+            wav = run_stored_job(service, payload, self.store, stop=self._closing.is_set)
         except Exception:  # reported in the store by run_stored_job
             return
         path = self._result_path(key)
@@ -207,31 +231,33 @@ class LocalJobRunner(JobRunner):
             f.write(wav)
         os.replace(tmp, path)
 
-    def status(self, caller: str, job_id: str) -> dict[str, Any]:
+    def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)
-        state = self._state(record)
+        if record is None:
+            return None
+        state = self._stored(record)
         if state.get("status") == "completed" and not self._result_path(record["key"]).exists():
             state = {**state, "status": "running", "progress": 0.99}  # result file being written
-        return public_status(job_id, state)
+        return state
 
-    def result(self, caller: str, job_id: str) -> bytes:
-        record = self._record(caller, job_id)
-        state = self._state(record)
-        path = self._result_path(record["key"])
-        if state.get("status") != "completed" or not path.exists():
-            raise self._not_ready(job_id, state)
-        return path.read_bytes()
+    def result(self, caller: str, job_id: Any) -> bytes | None:
+        state = self.state(caller, job_id)
+        if state is None or state.get("status") in ("failed", "cancelled"):
+            raise no_result(state)
+        if state.get("status") != "completed":
+            return None
+        return self._result_path(self._record(caller, job_id)["key"]).read_bytes()
 
-    def cancel(self, caller: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, caller: str, job_id: Any) -> bool:
         record = self._record(caller, job_id)
-        state = self._state(record)
-        if state.get("status") in ("queued", "running"):
-            self.store[f"cancel:{record['key']}"] = True
-            # A queued job never starts; a running one stops at its next sentence batch.
-            self.store[f"progress:{record['key']}"] = {"status": "cancelled", "progress": 0.0}
-        return public_status(job_id, self._state(record))
+        if record is None:
+            return False
+        self._stop(record)  # a queued job never starts; a running one stops at its next sentence batch
+        return True
 
     def close(self) -> None:
+        """Queued jobs never start; a running one stops at its next sentence batch (reported cancelled)."""
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -247,7 +273,7 @@ class ModalJobRunner(JobRunner):
         spawn: Callable[[dict[str, Any]], Any],
         function_call: Any,
         store: JobStore,
-        check: Callable[[dict[str, Any]], None] | None = None,
+        check: Callable[[dict[str, Any]], Any] | None = None,
     ):
         super().__init__(store)
         self.spawn = spawn
@@ -264,51 +290,44 @@ class ModalJobRunner(JobRunner):
         self.store[f"job:{job_id}"] = {"caller": caller, "key": key, "created_at": time.time()}
         return job_id
 
-    def _poll(self, job_id: str) -> tuple[str, Any]:
-        """("running", None) | ("completed", wav) | ("failed", message) | ("expired", None)."""
+    def _poll(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
+        """(state, wav): completed with its WAV, failed with the call's error, or None while it runs."""
         call = self.function_call.from_id(job_id)
         try:
-            return "completed", call.get(timeout=0)
+            return {"status": "completed", "progress": 1.0}, call.get(timeout=0)
         except TimeoutError:  # builtin: the call has not finished yet
-            return "running", None
+            return None, None
         except Exception as e:
             if type(e).__name__ == "OutputExpiredError":
-                return "expired", None
-            return "failed", getattr(e, "message", None) or str(e) or type(e).__name__
+                return {"status": "failed", "progress": 0.0, "error": "result expired"}, None
+            why = getattr(e, "message", None) or str(e) or type(e).__name__
+            return {"status": "failed", "progress": 0.0, "error": why}, None
 
-    def status(self, caller: str, job_id: str) -> dict[str, Any]:
+    def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)
-        state = self._state(record)
+        if record is None:
+            return None
+        state = self._stored(record)
         if state.get("status") in ("completed", "failed", "cancelled"):
-            return public_status(job_id, state)
-        outcome, value = self._poll(job_id)
-        if outcome == "completed":
-            state = {"status": "completed", "progress": 1.0}
-        elif outcome == "failed":
-            state = {"status": "failed", "progress": 0.0, "error": value}
-        elif outcome == "expired":
-            state = {"status": "failed", "progress": 0.0, "error": "result expired"}
-        return public_status(job_id, state)
+            return state
+        return self._poll(job_id)[0] or state
 
-    def result(self, caller: str, job_id: str) -> bytes:
+    def result(self, caller: str, job_id: Any) -> bytes | None:
         record = self._record(caller, job_id)
-        state = self._state(record)
-        if state.get("status") in ("failed", "cancelled"):
-            raise self._not_ready(job_id, state)
-        outcome, value = self._poll(job_id)
-        if outcome == "completed":
-            return value
-        if outcome == "failed":
-            raise self._not_ready(job_id, {"status": "failed", "error": value})
-        if outcome == "expired":
-            raise self._not_ready(job_id, {"status": "failed", "error": "result expired"})
-        raise self._not_ready(job_id, state)
+        state = None if record is None else self._stored(record)
+        if state is None or state.get("status") in ("failed", "cancelled"):
+            raise no_result(state)
+        polled, wav = self._poll(job_id)
+        if polled is None:
+            return None
+        if polled["status"] != "completed":
+            raise no_result(polled)
+        return wav
 
-    def cancel(self, caller: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, caller: str, job_id: Any) -> bool:
         record = self._record(caller, job_id)
-        state = self._state(record)
-        if state.get("status") in ("queued", "running"):
-            self.store[f"cancel:{record['key']}"] = True
+        if record is None:
+            return False
+        if self._stop(record):
             self.function_call.from_id(job_id).cancel()
-            self.store[f"progress:{record['key']}"] = {"status": "cancelled", "progress": 0.0}
-        return public_status(job_id, self._state(record))
+        return True

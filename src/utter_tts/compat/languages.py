@@ -22,9 +22,10 @@ METHOD_DEFAULT_LANGUAGE = "English"  # the plan's default for the Modal methods 
 _BY_LOWER = {name.lower(): name for name in LANGUAGES}
 
 
-def unsupported_message(language: object) -> str:
-    """utter's exact 400 message for a language it does not know."""
-    return f"Unsupported language: {language}. Supported: {', '.join(LANGUAGES)}"
+def unsupported_message(language: object, listed: bool = True) -> str:
+    """utter's exact 400 message for a language it does not know (/clone-batch's lists no names)."""
+    head = f"Unsupported language: {language}"
+    return f"{head}. Supported: {', '.join(LANGUAGES)}" if listed else head
 
 
 def normalize_language(language: object) -> str | None:

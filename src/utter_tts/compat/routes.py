@@ -1,13 +1,19 @@
-"""utter's HTTP routes as a FastAPI router: JSON in, `audio/wav` out, 400s as `{"detail": ...}`.
+"""utter's HTTP routes as a FastAPI router: JSON in, `audio/wav` out, 4xx as `{"detail": ...}`.
 
-Mount it on the server app with `mount(app, service, runner)`: the generation routes then share the
-server's API keys (callers are the key owners the server derives) and its bounded generation pool, and
-utter's `/health` replaces the server's (keeping the server's fields).
+Each answers as utter's original Modal app did (modal_app/qwen3_tts/app.py and app_voice_design.py at
+f4a1c6a: same fields, messages, statuses and check order; tests/modal_app/test_utter_replay.py holds the
+table). Mount it on the server app with `mount(app, service, runner)`: the generation routes then share
+the server's API keys (callers are the key owners the server derives; `auth=False` serves them without
+keys, every caller then being "anonymous") and its bounded generation pool, and utter's `/health`
+replaces the server's (keeping the server's fields).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,11 +21,16 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from utter_tts.compat.jobs import JobRunner
+from utter_tts.compat.jobs import JobRunner, public_status
 from utter_tts.compat.languages import LANGUAGES
-from utter_tts.compat.service import CompatError, CompatService
+from utter_tts.compat.service import CompatError, CompatService, model_name, size
+from utter_tts.textcheck import printable
+from utter_tts.voices.library import owner_for_key
+
+log = logging.getLogger("utter_tts.compat")
 
 Provider = Callable[[], Any]
+RESULT_WAIT_S = 5.0  # the original's /job-result waited this long (`get(timeout=5)`) before its 202
 
 
 def _get(x: Any) -> Any:
@@ -27,7 +38,7 @@ def _get(x: Any) -> Any:
 
 
 def detail(message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
+    return JSONResponse({"detail": printable(message)}, status_code=status)
 
 
 def _server_state(request: Request):
@@ -42,6 +53,11 @@ def default_owner(request: Request) -> str:
     return state.keys.owner(request)
 
 
+def keyless_owner(request: Request) -> str:
+    """Every caller is the anonymous owner: utter's routes served without keys."""
+    return owner_for_key(None)
+
+
 async def _run(request: Request, fn: Callable[[], Any]) -> Any:
     """Blocking model work: in the server's bounded pool when mounted on it (429 when full)."""
     state = _server_state(request)
@@ -54,15 +70,29 @@ async def _run(request: Request, fn: Callable[[], Any]) -> Any:
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise CompatError("Invalid JSON body") from None
     if not isinstance(body, dict):
         raise CompatError("Request body must be a JSON object")
     return body
 
 
-def _wav(data: bytes) -> Response:
-    return Response(data, media_type="audio/wav")
+def _wav(data: bytes, filename: str = "output.wav") -> Response:
+    """The original's audio response: WAV with its Content-Disposition (and Content-Length)."""
+    return Response(
+        data, media_type="audio/wav", headers={"Content-Disposition": f"attachment; filename={filename}"}
+    )
+
+
+def _query_job_id(request: Request) -> str | JSONResponse:
+    """The original's `job_id: str` query parameter: FastAPI's 422 when absent, its 400 when empty."""
+    job_id = request.query_params.get("job_id")
+    if job_id is None:
+        missing = {"type": "missing", "loc": ["query", "job_id"], "msg": "Field required", "input": None}
+        return JSONResponse({"detail": [missing]}, status_code=422)
+    if not job_id:
+        return detail("'job_id' is required")
+    return job_id
 
 
 def build_router(
@@ -70,6 +100,7 @@ def build_router(
     runner: JobRunner | Provider | None = None,
     owner: Callable[[Request], str] = default_owner,
     health_extra: Callable[[Request], dict[str, Any]] | None = None,
+    result_wait_s: float = RESULT_WAIT_S,
 ) -> APIRouter:
     """`service` and `runner` may be objects or zero-argument callables (models load after import)."""
     router = APIRouter()
@@ -104,7 +135,7 @@ def build_router(
     @router.post("/design")
     async def design(request: Request):
         out = await handle(request, lambda caller, body: svc().design_request(body))
-        return out if isinstance(out, Response) else _wav(out)
+        return out if isinstance(out, Response) else _wav(out, "designed_voice.wav")
 
     @router.get("/health")
     async def health(request: Request):
@@ -114,8 +145,8 @@ def build_router(
         ready = s is not None and (state is None or state.registry.ready.is_set())
         body = {
             "status": "healthy" if ready else "loading",
-            "model": info.get("model"),
-            "gpu": info.get("gpu"),
+            "model": model_name(info["model_id"]) if info else None,
+            "gpu": info.get("gpu", "none"),
             "attention_implementation": info.get("attention_implementation"),
             "supported_languages": list(LANGUAGES),
         }
@@ -128,7 +159,7 @@ def build_router(
         return {
             "languages": list(LANGUAGES),
             "default": "Auto",
-            "note": "Names are case-insensitive; 'Auto' detects the language from the text.",
+            "note": "Use 'Auto' for automatic language detection",
         }
 
     @router.post("/submit-job")
@@ -139,39 +170,55 @@ def build_router(
             job_id = await run_in_threadpool(jobs().submit, caller, body)
         except CompatError as e:
             return detail(e.message, e.status)
-        return {"job_id": job_id, "status": "queued"}
-
-    def _job_id(request: Request, body: dict[str, Any] | None = None) -> str:
-        job_id = (body or {}).get("job_id") or request.query_params.get("job_id")
-        if not isinstance(job_id, str) or not job_id:
-            raise CompatError("'job_id' is required")
-        return job_id
+        return {"job_id": job_id, "status": "submitted", "text_length": size(body.get("text")) or 0}
 
     @router.get("/job-status")
     async def job_status(request: Request):
         caller = owner(request)
+        job_id = _query_job_id(request)
+        if isinstance(job_id, Response):
+            return job_id
         try:
-            return await run_in_threadpool(jobs().status, caller, _job_id(request))
+            state = await run_in_threadpool(jobs().state, caller, job_id)
         except CompatError as e:
             return detail(e.message, e.status)
+        return public_status(job_id, state)
 
     @router.get("/job-result")
     async def job_result(request: Request):
         caller = owner(request)
+        job_id = _query_job_id(request)
+        if isinstance(job_id, Response):
+            return job_id
+        deadline = time.monotonic() + result_wait_s
         try:
-            return _wav(await run_in_threadpool(jobs().result, caller, _job_id(request)))
+            while True:
+                wav = await run_in_threadpool(jobs().result, caller, job_id)
+                if wav is not None:
+                    return _wav(wav)
+                if time.monotonic() >= deadline:
+                    return detail("Job still processing", 202)
+                await asyncio.sleep(min(0.1, result_wait_s))
         except CompatError as e:
             return detail(e.message, e.status)
 
-    @router.post("/job-cancel")
     async def job_cancel(request: Request):
         caller = owner(request)
         try:
             body = await _body(request)
-            return await run_in_threadpool(jobs().cancel, caller, _job_id(request, body))
+            job_id = body.get("job_id")
+            if not job_id:
+                raise CompatError("'job_id' is required")
+            if not await run_in_threadpool(jobs().cancel, caller, job_id):
+                raise CompatError("Failed to cancel: Job not found", status=404)
         except CompatError as e:
             return detail(e.message, e.status)
+        return {"job_id": job_id, "status": "cancelled"}
 
+    # The original's function was `cancel_job` (its URL ends in cancel-job); earlier versions of this
+    # deployment documented /job-cancel: both answer.
+    router.add_api_route("/cancel-job", job_cancel, methods=["POST"])
+    router.add_api_route("/job-cancel", job_cancel, methods=["POST"])
     return router
 
 
@@ -189,12 +236,21 @@ def mount(
     app: FastAPI,
     service: CompatService | Provider,
     runner: JobRunner | Provider | None = None,
-    owner: Callable[[Request], str] = default_owner,
+    auth: bool = True,
+    result_wait_s: float = RESULT_WAIT_S,
 ) -> FastAPI:
     """Add utter's routes to `app` (normally `utter_tts.server.create_app(...)`); utter's /health replaces
-    the app's own, with the server's model and queue fields added to utter's."""
+    the app's own, with the server's model and queue fields added to utter's. `auth=False` serves utter's
+    routes without keys (the server's own routes keep theirs) and says so loudly in the log."""
+    if not auth:
+        log.warning(
+            "UTTER'S ROUTES ARE OPEN: /clone, /clone-batch, /design and the job routes take no API key "
+            "(compat auth off). Anyone who knows this URL can spend its GPU time; keep the URL private "
+            "or put Modal proxy auth in front of it."
+        )
     app.router.routes[:] = [
         r for r in app.router.routes if not (getattr(r, "path", None) == "/health" and "GET" in r.methods)
     ]
-    app.include_router(build_router(service, runner, owner, health_extra=_server_health))
+    owner = default_owner if auth else keyless_owner
+    app.include_router(build_router(service, runner, owner, _server_health, result_wait_s))
     return app

@@ -28,6 +28,7 @@ from utter_tts.engine.runner import attention_backend
 from utter_tts.errors import InvalidInput, UtterTTSError
 from utter_tts.request import Request
 from utter_tts.text import split_sentences
+from utter_tts.textcheck import InvalidText, check_text
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -48,6 +49,16 @@ class JobCancelled(Exception):
 
 
 @dataclass(frozen=True)
+class CloneArgs:
+    """A clone request after its checks: NFC text, the model's language id, transcript, frame cap."""
+
+    text: str
+    language: str
+    ref_text: str | None
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
 class Limits:
     """Request limits. Design limits (500/500) are utter's; the clone limits are ours: synchronous calls
     must finish inside Modal's 150 s web window, longer text goes through the job routes."""
@@ -63,6 +74,7 @@ class Limits:
     chunk_chars: int = 300  # long text is split at sentences into pieces of at most this many characters
     batch_pieces: int = 16  # pieces generated together (engine slots); progress/cancel between batches
     max_ref_bytes: int = 10 * 1024 * 1024
+    frame_cap: int | None = None  # deployment cap on frames per chunk; larger max_new_tokens are clamped
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -77,25 +89,52 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-# ---- validation with utter's messages --------------------------------------------------------------
-def require_text(value: Any, name: str = "text") -> str:
-    if not isinstance(value, str) or not value.strip():
+# ---- validation ----------------------------------------------------------------------------------------
+# Each route first runs the original app's own checks, in its order and with its messages (utter's
+# modal_app/qwen3_tts/app.py and app_voice_design.py at f4a1c6a; tests/modal_app/test_utter_replay.py
+# quotes them), so a request the original refused gets the same 400. Our checks come after, for what the
+# original let through to the model (and answered with a 500): the one text check of utter_tts.textcheck,
+# limits, types and the reference audio.
+def present(body: dict[str, Any], name: str, default: Any = "") -> Any:
+    """`body.get(name, default)`, refused when falsy, as the original's `if not value:`."""
+    value = body.get(name, default)
+    if not value:
         raise CompatError(f"'{name}' is required")
     return value
 
 
-def check_length(value: str, name: str, limit: int) -> None:
-    if len(value) > limit:
-        raise CompatError(f"'{name}' exceeds maximum length of {limit} characters")
+def size(value: Any) -> int | None:
+    """`len(value)` where the original took it; None where Python has none (the original then 500ed)."""
+    try:
+        return len(value)
+    except TypeError:
+        return None
 
 
-def require_language(value: Any, default: str | None = None) -> str:
-    if value is None or (isinstance(value, str) and not value.strip() and default is not None):
-        value = default
-    lang = normalize_language(value)
+def supported(language: Any, listed: bool = True) -> str:
+    """The model's language id for one of utter's names, else utter's message (/clone-batch's lists none)."""
+    lang = normalize_language(language)
     if lang is None:
-        raise CompatError(unsupported_message(value))
+        raise CompatError(unsupported_message(language, listed))
     return lang
+
+
+def valid_text(value: Any, name: str, limit: int, missing: str | None = None) -> str:
+    """A text field through the one text check (utter_tts.textcheck: NFC, no lone surrogates or control
+    characters), with utter's messages for a missing or overlong one."""
+    if not value:
+        raise CompatError(missing or f"'{name}' is required")
+    if not isinstance(value, str):
+        raise CompatError(f"'{name}' must be a string")
+    try:
+        text = check_text(value, name, allow_empty=True)
+    except InvalidText as e:
+        raise CompatError(f"'{name}' {e.why}") from None
+    if not text.strip():
+        raise CompatError(missing or f"'{name}' is required")
+    if len(text) > limit:
+        raise CompatError(f"'{name}' exceeds maximum length of {limit} characters")
+    return text
 
 
 def check_max_new_tokens(value: Any, limit: int) -> int:
@@ -165,12 +204,19 @@ class CompatService:
             return backend
 
     def get_model_info(self) -> dict[str, Any]:
+        """The original's fields (model_id, model_name, attention_implementation, gpu, gpu_memory_gb,
+        supported_languages), then ours."""
+        gpu = self.gpu or _gpu_name()
         return {
+            "model_id": self.names.base,
+            "model_name": model_name(self.names.base),
+            "attention_implementation": self.attention_implementation(),
+            "gpu": gpu or "none",
+            "gpu_memory_gb": _gpu_memory_gb() if gpu else 0,
+            "supported_languages": list(LANGUAGES),
             "model": self.names.base,
             "models": {"clone": self.names.base, "design": self.names.design},
             "loaded": {"clone": self.base is not None, "design": self.design_model is not None},
-            "attention_implementation": self.attention_implementation(),
-            "gpu": self.gpu or _gpu_name(),
             "languages": list(LANGUAGES),
             "default_language": "Auto",
             "sample_rate": self.sample_rate,
@@ -185,7 +231,8 @@ class CompatService:
 
     # ---- reference audio -----------------------------------------------------------------------------
     def reference_bytes(self, ref_audio_base64: Any = None, ref_audio_url: Any = None) -> bytes:
-        if ref_audio_url not in (None, ""):
+        """The reference clip: the URL when given (the original preferred it), else the base64."""
+        if ref_audio_url:
             if not isinstance(ref_audio_url, str):
                 raise CompatError("'ref_audio_url' must be a string")
             policy = self.fetch_policy
@@ -195,7 +242,7 @@ class CompatService:
                 return self.fetcher(ref_audio_url.strip(), policy)
             except FetchError as e:
                 raise CompatError(str(e)) from None
-        if ref_audio_base64 not in (None, ""):
+        if ref_audio_base64:
             raw = decode_base64(ref_audio_base64)
             if len(raw) > self.limits.max_ref_bytes:
                 raise CompatError(f"reference audio is larger than {self.limits.max_ref_bytes} bytes")
@@ -273,93 +320,110 @@ class CompatService:
             raise CompatError(str(e), status=503) from None
 
     # ---- utter's contract ------------------------------------------------------------------------------
-    def clone_wav(
+    def tokens(self, value: Any) -> int:
+        """A request's max_new_tokens (per sentence chunk), under the deployment's frame cap."""
+        n = check_max_new_tokens(value, self.limits.max_new_tokens)
+        return min(n, max(2, self.limits.frame_cap)) if self.limits.frame_cap else n
+
+    def parse_clone(self, body: dict[str, Any], max_chars: int | None = None) -> CloneArgs:
+        """POST /clone's checks, before any audio is fetched or decoded. The original (app.py `clone`):
+        text, ref_text, language, then a reference of either kind."""
+        text = present(body, "text")
+        ref_text = present(body, "ref_text")
+        language = supported(body.get("language", "Auto"))
+        if not body.get("ref_audio_url") and not body.get("ref_audio_base64"):
+            raise CompatError("Either 'ref_audio_url' or 'ref_audio_base64' is required")
+        return self._clone_args(text, language, ref_text, body, max_chars or self.limits.max_clone_text_chars)
+
+    def parse_job(self, body: dict[str, Any]) -> CloneArgs:
+        """POST /submit-job's checks. The original (app.py `submit_job`): text, ref_audio_base64, ref_text;
+        it left the language to the job (which then failed), we refuse a bad one at submission, as we do
+        bad base64."""
+        text = present(body, "text")
+        ref_audio = present(body, "ref_audio_base64")
+        ref_text = present(body, "ref_text")
+        language = supported(body.get("language", "Auto"))
+        args = self._clone_args(text, language, ref_text, body, self.limits.max_job_text_chars)
+        self.reference_bytes(ref_audio)
+        return args
+
+    def _clone_args(self, text, language: str, ref_text, body, max_chars: int) -> CloneArgs:
+        return CloneArgs(
+            valid_text(text, "text", max_chars),
+            language,
+            valid_text(ref_text, "ref_text", self.limits.max_ref_text_chars),
+            self.tokens(body.get("max_new_tokens")),
+        )
+
+    def clone_request(self, caller: str, body: dict[str, Any]) -> bytes:
+        """POST /clone: {text, language, ref_audio_url | ref_audio_base64, ref_text, max_new_tokens}."""
+        args = self.parse_clone(body)
+        audio = self.reference_bytes(body.get("ref_audio_base64"), body.get("ref_audio_url"))
+        return self.clone_wav(caller, args, audio)
+
+    def job_request(
         self,
         caller: str,
-        text: Any,
-        language: Any,
-        audio: bytes,
-        ref_text: str | None,
-        max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
-        *,
-        max_chars: int | None = None,
+        body: dict[str, Any],
         progress: Callable[[int, int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> bytes:
-        text = require_text(text)
-        check_length(text, "text", max_chars or self.limits.max_clone_text_chars)
-        lang = require_language(language, "Auto")
-        tokens = check_max_new_tokens(max_new_tokens, self.limits.max_new_tokens)
-        voice = self.voice_for(caller, audio, ref_text)
-        audio_out = self.synthesize(
+        """A /submit-job body, run: {text, language, ref_audio_base64, ref_text, max_new_tokens}."""
+        args = self.parse_job(body)
+        audio = self.reference_bytes(body["ref_audio_base64"])
+        return self.clone_wav(caller, args, audio, progress, cancelled)
+
+    def clone_wav(
+        self,
+        caller: str,
+        args: CloneArgs,
+        audio: bytes,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> bytes:
+        voice = self.voice_for(caller, audio, args.ref_text)
+        out = self.synthesize(
             "clone",
-            text,
-            lang,
+            args.text,
+            args.language,
             voice=voice,
-            max_new_tokens=tokens,
+            max_new_tokens=args.max_new_tokens,
             progress=progress,
             cancelled=cancelled,
         )
-        return wav_bytes(audio_out, self.sample_rate)
-
-    def check_clone_request(self, body: dict[str, Any], max_chars: int | None = None) -> None:
-        """utter's /clone checks, in its order, before any audio is fetched or decoded."""
-        text = require_text(body.get("text"))
-        check_length(text, "text", max_chars or self.limits.max_clone_text_chars)
-        if body.get("ref_audio_url") in (None, "") and body.get("ref_audio_base64") in (None, ""):
-            raise CompatError("Either 'ref_audio_url' or 'ref_audio_base64' is required")
-        self.check_ref_text(body.get("ref_text"))
-        require_language(body.get("language"), "Auto")
-        check_max_new_tokens(body.get("max_new_tokens"), self.limits.max_new_tokens)
-
-    def check_ref_text(self, ref_text: Any) -> str:
-        ref_text = require_text(ref_text, "ref_text")
-        check_length(ref_text, "ref_text", self.limits.max_ref_text_chars)
-        return ref_text
-
-    def clone_request(self, caller: str, body: dict[str, Any], **kw) -> bytes:
-        """POST /clone (and the job body): {text, language, ref_audio_base64 | ref_audio_url, ref_text,
-        max_new_tokens}."""
-        self.check_clone_request(body, kw.get("max_chars"))
-        audio = self.reference_bytes(body.get("ref_audio_base64"), body.get("ref_audio_url"))
-        return self.clone_wav(
-            caller,
-            body.get("text"),
-            body.get("language"),
-            audio,
-            body.get("ref_text"),
-            body.get("max_new_tokens"),
-            **kw,
-        )
+        return wav_bytes(out, self.sample_rate)
 
     def clone_batch_request(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /clone-batch: {texts, languages, ref_audio_*, ref_text} -> {status, count, audio_files}."""
-        texts = body.get("texts")
-        if not isinstance(texts, list) or not texts:
-            raise CompatError("'texts' is required")
-        languages = body.get("languages")
-        if languages is None:
-            languages = ["Auto"] * len(texts)
-        if not isinstance(languages, list) or len(languages) != len(texts):
+        """POST /clone-batch: {texts, languages, ref_audio_*, ref_text} -> {status, count, audio_files}.
+        The original (app.py `clone_batch`): texts, ref_text, equal lengths, each language (its message
+        lists no names), then a reference."""
+        texts = present(body, "texts", [])
+        ref_text = present(body, "ref_text")
+        languages = body.get("languages", [])
+        counts = size(texts), size(languages)
+        if None in counts:
+            raise CompatError("'texts' and 'languages' must be lists")
+        if counts[0] != counts[1]:
             raise CompatError("Length of 'texts' must match 'languages'")
+        langs = [supported(x, listed=False) for x in languages]
+        if not body.get("ref_audio_url") and not body.get("ref_audio_base64"):
+            raise CompatError("Either 'ref_audio_url' or 'ref_audio_base64' is required")
+        if not isinstance(texts, list) or not isinstance(languages, list):
+            raise CompatError("'texts' and 'languages' must be lists")
         if len(texts) > self.limits.max_batch_texts:
             raise CompatError(f"'texts' may hold at most {self.limits.max_batch_texts} items")
-        for t in texts:
-            check_length(require_text(t), "text", self.limits.max_clone_text_chars)
-        if body.get("ref_audio_url") in (None, "") and body.get("ref_audio_base64") in (None, ""):
-            raise CompatError("Either 'ref_audio_url' or 'ref_audio_base64' is required")
-        ref_text = self.check_ref_text(body.get("ref_text"))
-        langs = [require_language(x, "Auto") for x in languages]
-        tokens = check_max_new_tokens(body.get("max_new_tokens"), self.limits.max_new_tokens)
+        clean = [valid_text(t, f"texts[{i}]", self.limits.max_clone_text_chars) for i, t in enumerate(texts)]
+        ref_text = valid_text(ref_text, "ref_text", self.limits.max_ref_text_chars)
+        tokens = self.tokens(body.get("max_new_tokens"))
         audio = self.reference_bytes(body.get("ref_audio_base64"), body.get("ref_audio_url"))
-        wavs = self.clone_many(caller, texts, langs, audio, ref_text, tokens)
+        wavs = self.clone_many(caller, clean, langs, audio, ref_text, tokens)
         return {
             "status": "success",
             "count": len(wavs),
             "audio_files": [
                 {
                     "index": i,
-                    "text": t,
+                    "text": t[:50] + "..." if len(t) > 50 else t,  # the original's preview of the text
                     "audio_base64": base64.b64encode(w).decode("ascii"),
                     "size_bytes": len(w),
                 }
@@ -375,18 +439,28 @@ class CompatService:
         ]
 
     def design_request(self, body: dict[str, Any]) -> bytes:
-        """POST /design: {text, language, instruct}."""
-        return self.design_wav(body.get("text"), body.get("language"), body.get("instruct"), "Auto")
+        """POST /design: {text, language, instruct}; the original's language defaults to English."""
+        return self.design_wav(
+            body.get("text", ""), body.get("language", "English"), body.get("instruct", "")
+        )
 
-    def design_wav(self, text: Any, language: Any, instruct: Any, default_language: str) -> bytes:
-        text = require_text(text)
-        check_length(text, "text", self.limits.max_design_text_chars)
-        if not isinstance(instruct, str) or not instruct.strip():
-            raise CompatError("'instruct' is required (voice description)")
-        check_length(instruct, "instruct", self.limits.max_instruct_chars)
-        lang = require_language(language, default_language)
+    def design_wav(self, text: Any, language: Any, instruct: Any) -> bytes:
+        """The original (app_voice_design.py `design`): text, its length, instruct, its length, language."""
+        limits = self.limits
+        missing = "'instruct' is required (voice description)"
+        if not text:
+            raise CompatError("'text' is required")
+        if (size(text) or 0) > limits.max_design_text_chars:
+            raise CompatError(f"'text' exceeds maximum length of {limits.max_design_text_chars} characters")
+        if not instruct:
+            raise CompatError(missing)
+        if (size(instruct) or 0) > limits.max_instruct_chars:
+            raise CompatError(f"'instruct' exceeds maximum length of {limits.max_instruct_chars} characters")
+        lang = supported(language)
+        text = valid_text(text, "text", limits.max_design_text_chars)
+        instruct = valid_text(instruct, "instruct", limits.max_instruct_chars, missing)
         audio = self.synthesize(
-            "design", text, lang, instruct=instruct, max_new_tokens=self.limits.design_max_new_tokens
+            "design", text, lang, instruct=instruct, max_new_tokens=self.tokens(limits.design_max_new_tokens)
         )
         return wav_bytes(audio, self.sample_rate)
 
@@ -420,7 +494,7 @@ class CompatService:
         return [base64.b64decode(f["audio_base64"]) for f in out["audio_files"]]
 
     def generate_voice_design(self, text: str, language: str, instruct: str) -> bytes:
-        return self.design_wav(text, language, instruct, "Auto")
+        return self.design_wav(text, language, instruct)
 
     def clone(
         self,
@@ -433,16 +507,17 @@ class CompatService:
         """The plan's method: reference audio as raw bytes; `ref_text` optional (ICL mode when given)."""
         if not isinstance(ref_audio_bytes, (bytes, bytearray, memoryview)) or not len(ref_audio_bytes):
             raise CompatError("'ref_audio_bytes' is required")
-        if ref_text is not None and not (isinstance(ref_text, str) and ref_text.strip()):
-            ref_text = None
-        if ref_text is not None:
-            check_length(ref_text, "ref_text", self.limits.max_ref_text_chars)
-        return self.clone_wav(
-            caller, text, language or METHOD_DEFAULT_LANGUAGE, bytes(ref_audio_bytes), ref_text
+        has_text = isinstance(ref_text, str) and bool(ref_text.strip())
+        args = CloneArgs(
+            valid_text(text, "text", self.limits.max_clone_text_chars),
+            supported(language or METHOD_DEFAULT_LANGUAGE),
+            valid_text(ref_text, "ref_text", self.limits.max_ref_text_chars) if has_text else None,
+            self.tokens(None),
         )
+        return self.clone_wav(caller, args, bytes(ref_audio_bytes))
 
     def design(self, text: str, voice_description: str, language: str = METHOD_DEFAULT_LANGUAGE) -> bytes:
-        return self.design_wav(text, language, voice_description, METHOD_DEFAULT_LANGUAGE)
+        return self.design_wav(text, language, voice_description)
 
 
 def _ref_body(ref_audio: Any) -> dict[str, Any]:
@@ -458,3 +533,17 @@ def _gpu_name() -> str | None:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:
         return None
+
+
+def _gpu_memory_gb() -> float:
+    try:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 1e9
+    except Exception:
+        return 0
+
+
+def model_name(model_id: str) -> str:
+    """The original's MODEL_NAME: the last part of a hub id ("Qwen3-TTS-12Hz-1.7B-Base") or of a folder."""
+    return str(model_id).rstrip("/").rsplit("/", 1)[-1]

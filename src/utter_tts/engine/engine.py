@@ -138,7 +138,7 @@ class Engine:
         voice prompt (seeds derived from the request's), joined with short faded pauses."""
         pieces = split_sentences(request.text, max_chars)
         if not pieces:
-            raise InvalidInput("text is empty", param="text", code="empty_text")
+            raise InvalidInput("text is empty", param="text", code="invalid_text")
         base_seed = request.seed
         reqs = [
             replace(request, text=p, seed=None if base_seed is None else base_seed + i)

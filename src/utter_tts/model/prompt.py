@@ -77,7 +77,7 @@ def build_prompt(
     text = ids(text_ids)
     body = text[3:-5]
     if body.numel() == 0:
-        raise InvalidInput("text is empty", param="text", code="empty_text")
+        raise InvalidInput("text is empty", param="text", code="invalid_text")
     bos_e, eos_e, pad_e = talker.text_embed(
         ids([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
     )

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from utter_tts import __version__
 from utter_tts.server import jobs, routes_speech, routes_voices, routes_ws
-from utter_tts.server.auth import KeyChecker
+from utter_tts.server.auth import KeyChecker, redact_server_logs
 from utter_tts.server.config import ServerConfig
 from utter_tts.server.errors import APIError, install_error_handlers
 from utter_tts.server.limits import BodyLimit
@@ -52,6 +52,7 @@ class ServerState:
             config.max_input_chars,
             config.max_ref_seconds,
             config.max_new_tokens,
+            config.openai_voices,
         )
         self.jobs = jobs.JobManager(self, config.data_dir / "jobs")
 
@@ -74,6 +75,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
     """Build the app. Without a registry the models in `config.models` load in a background thread at
     startup (so /health answers "loading" meanwhile); tests and embedders may pass a loaded one."""
     config.check()
+    redact_server_logs()
     registry = registry or ModelRegistry()
     state = ServerState(config, registry)
 

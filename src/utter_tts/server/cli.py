@@ -57,8 +57,40 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-ref-seconds", type=float, default=30.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated frames per request")
+    p.add_argument(
+        "--openai-voice",
+        action="append",
+        default=[],
+        metavar="NAME=VOICE",
+        help="map one of OpenAI's voice names (alloy, echo, ...) to a saved voice or preset speaker "
+        "(repeatable; env UTTER_TTS_OPENAI_VOICES=alloy=me,echo=ryan)",
+    )
+    p.add_argument(
+        "--compat",
+        action="store_true",
+        help="also serve utter's routes (/clone, /clone-batch, /design, /submit-job, /job-status, ...) as "
+        "its Modal app did, jobs run in this process (docs/deploy-modal.md)",
+    )
+    p.add_argument(
+        "--compat-auth",
+        choices=["on", "off"],
+        default=os.environ.get("UTTER_TTS_COMPAT_AUTH", "on"),
+        help="off: utter's routes take no API key (the others keep theirs), so utter's client works "
+        "unchanged; anyone who can reach the port can use them (env UTTER_TTS_COMPAT_AUTH)",
+    )
     p.add_argument("--log-level", default="info")
     return p
+
+
+def parse_voice_map(items: list[str]) -> dict[str, str]:
+    """NAME=VOICE pairs as a dict; ValueError naming the first malformed one."""
+    out = {}
+    for item in items:
+        name, sep, voice = item.partition("=")
+        if not sep or not name.strip() or not voice.strip():
+            raise ValueError(f"--openai-voice wants NAME=VOICE, got {item!r}")
+        out[name.strip().lower()] = voice.strip()
+    return out
 
 
 def default_concurrency(args: argparse.Namespace) -> int:
@@ -96,6 +128,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_ref_seconds=args.max_ref_seconds,
         max_new_tokens=args.max_new_tokens,
+        openai_voices=parse_voice_map(
+            [x for x in os.environ.get("UTTER_TTS_OPENAI_VOICES", "").split(",") if x.strip()]
+            + list(args.openai_voice)
+        ),
     )
 
 
@@ -109,17 +145,28 @@ def serve_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = config_from_args(args)
     try:
+        config = config_from_args(args)
         app = create_app(config)
     except ValueError as e:
         build_parser().error(str(e))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level=args.log_level.lower(),
-        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
-        ws_max_size=4 * 1024 * 1024,
-    )
+    runner = None
+    if args.compat:
+        from utter_tts.compat.deploy import mount_on_server
+
+        runner = mount_on_server(app, auth=args.compat_auth == "on")
+    elif args.compat_auth == "off":
+        build_parser().error("--compat-auth off goes with --compat")
+    try:
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level.lower(),
+            timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+            ws_max_size=4 * 1024 * 1024,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     return 0

@@ -50,6 +50,8 @@ class ServerConfig:
     max_jobs_per_key: int = 8
     voice_cache_size: int = 64
     max_new_tokens: int | None = None  # cap on generated frames per request (None: the model's own)
+    # OpenAI voice name -> saved voice or preset speaker, over the defaults in synthesis.OPENAI_VOICES
+    openai_voices: dict[str, str] = field(default_factory=dict)
     job_ttl_s: float = 3600.0
     shutdown_grace_s: float = 10.0
     retry_after_s: int = 2

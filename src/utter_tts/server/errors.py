@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utter_tts.errors import InvalidInput
+from utter_tts.textcheck import printable
 
 log = logging.getLogger("utter_tts.server")
 
@@ -50,9 +51,10 @@ class APIError(Exception):
     ):
         super().__init__(message)
         self.status = status
-        self.message = message
+        # Messages and params may quote what the caller sent, lone surrogates included: keep them sendable.
+        self.message = printable(message)
         self.code = code
-        self.param = param
+        self.param = None if param is None else printable(param)
         self.headers = headers or {}
         self.type = type or TYPE_BY_STATUS.get(status, "invalid_request_error")
 

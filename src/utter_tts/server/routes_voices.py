@@ -104,11 +104,7 @@ async def create_voice(request: Request):
     name = _voice_name(fields.get("name", default_name))
     ref_text = fields.get("ref_text")
     if ref_text is not None:
-        ref_text = ref_text.strip() or None
-    if ref_text is not None:
-        from utter_tts.server.synthesis import check_text
-
-        ref_text = check_text(ref_text, "ref_text", state.config.max_input_chars)
+        ref_text = state.planner.optional_text(ref_text, "ref_text")
     model = state.registry.pick(fields.get("model"), "base")
     if await run_in_threadpool(state.library.find, owner, name) is not None:
         raise InvalidInput(f"you already have a voice named {name!r}", param="name", code="voice_name_taken")

@@ -24,6 +24,7 @@ from utter_tts.server.routes_speech import planner_args, stream_encoder
 from utter_tts.server.schemas import WsStart
 from utter_tts.server.streaming import Generation
 from utter_tts.server.synthesis import SentenceBuffer
+from utter_tts.textcheck import check_text
 
 log = logging.getLogger("utter_tts.server")
 router = APIRouter()
@@ -109,43 +110,58 @@ async def speech_stream(ws: WebSocket):
 
     sentences: asyncio.Queue = asyncio.Queue()
     limit = state.config.max_input_chars
+    sending = asyncio.Lock()  # the receiver's error events and the speaker's audio share the socket
+
+    async def send(message: dict | bytes) -> None:
+        async with sending:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_json(message)
+
+    async def refuse(e: InvalidInput) -> None:
+        """A bad message or sentence is the client's to fix: say so, and keep the session going."""
+        await send({"type": "error", **error_body(from_invalid_input(e))})
+
+    def appended_text(raw: str) -> str | None:
+        """The text of an input.append message; None for input.flush; InvalidInput for anything else."""
+        try:
+            msg = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidInput("messages must be JSON objects", param="type", code="invalid_json") from None
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "input.flush":
+            return None
+        if kind != "input.append":
+            raise InvalidInput(
+                f"unknown message type {kind!r}; use input.append or input.flush",
+                param="type",
+                code="unknown_message",
+            )
+        # Pieces may be blank (" " between an LLM's tokens); whole sentences are checked when planned.
+        return check_text(msg.get("text"), "text", allow_empty=True, no_markup=True)
 
     async def receive() -> None:
         buffer = SentenceBuffer()
         while True:
-            raw = await _receive_text(ws)
             try:
-                msg = json.loads(raw)
-            except json.JSONDecodeError:
-                raise InvalidInput(
-                    "messages must be JSON objects", param="type", code="invalid_json"
-                ) from None
-            kind = msg.get("type") if isinstance(msg, dict) else None
-            if kind == "input.append":
-                text = msg.get("text")
-                if not isinstance(text, str):
-                    raise InvalidInput(
-                        "input.append needs a string 'text'", param="text", code="invalid_type"
-                    )
-                for s in buffer.feed(text):
-                    for piece in _split_long(s, limit):
-                        await sentences.put(piece)
-                if len(buffer.pending) > limit:
-                    for piece in _split_long(buffer.pending, limit)[:-1]:
-                        await sentences.put(piece)
-                    buffer.pending = _split_long(buffer.pending, limit)[-1]
-            elif kind == "input.flush":
+                text = appended_text(await _receive_text(ws))
+            except InvalidInput as e:
+                await refuse(e)
+                continue
+            if text is None:
                 for s in buffer.flush():
                     for piece in _split_long(s, limit):
                         await sentences.put(piece)
                 await sentences.put(None)
                 return
-            else:
-                raise InvalidInput(
-                    f"unknown message type {kind!r}; use input.append or input.flush",
-                    param="type",
-                    code="unknown_message",
-                )
+            for s in buffer.feed(text):
+                for piece in _split_long(s, limit):
+                    await sentences.put(piece)
+            if len(buffer.pending) > limit:
+                for piece in _split_long(buffer.pending, limit)[:-1]:
+                    await sentences.put(piece)
+                buffer.pending = _split_long(buffer.pending, limit)[-1]
 
     async def speak() -> None:
         index = 0
@@ -153,20 +169,24 @@ async def speech_stream(ws: WebSocket):
             sentence = await sentences.get()
             if sentence is None:
                 break
-            plan = await run_in_threadpool(
-                state.planner.plan, owner, text=sentence, text_param="text", **args
-            )
-            await ws.send_json({"type": "sentence.start", "index": index, "text": sentence})
+            try:
+                plan = await run_in_threadpool(
+                    state.planner.plan, owner, text=sentence, text_param="text", **args
+                )
+            except InvalidInput as e:  # e.g. a special-token string split across two appends
+                await refuse(e)
+                continue
+            await send({"type": "sentence.start", "index": index, "text": sentence})
             generation = Generation(state, plan, owner)
             await generation.start()
             try:
                 async for chunk in generation.chunks():
                     data = encoder.feed(chunk)
                     if data:
-                        await ws.send_bytes(data)
+                        await send(data)
             finally:
                 await generation.aclose()
-            await ws.send_json(
+            await send(
                 {
                     "type": "sentence.done",
                     "index": index,
@@ -176,8 +196,8 @@ async def speech_stream(ws: WebSocket):
             index += 1
         tail = encoder.finish()
         if tail:
-            await ws.send_bytes(tail)
-        await ws.send_json({"type": "session.done", "sentences": index})
+            await send(tail)
+        await send({"type": "session.done", "sentences": index})
         await ws.close(1000)
 
     receiver = asyncio.create_task(receive())

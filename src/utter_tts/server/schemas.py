@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 
 class VoiceRef(BaseModel):
@@ -15,20 +15,22 @@ class VoiceRef(BaseModel):
 
 
 class Sampling(BaseModel):
-    """Sampling settings passed through to the model (unset ones keep the checkpoint's defaults)."""
+    """Sampling settings passed through to the model (unset ones keep the checkpoint's defaults).
+    Numbers are strict: `true` or `"1.5"` is not a number (an integer is a float); NaN and infinity
+    are refused too."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     do_sample: StrictBool | None = None
-    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=5.0)
     top_k: StrictInt | None = Field(None, ge=0, le=10000)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, ge=0.5, le=5.0)
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: StrictFloat | None = Field(None, ge=0.5, le=5.0)
     max_new_tokens: StrictInt | None = Field(None, ge=2, le=100_000)
     min_new_tokens: StrictInt | None = Field(None, ge=0, le=100_000)
     subtalker_dosample: StrictBool | None = None
-    subtalker_temperature: float | None = Field(None, ge=0.0, le=5.0)
+    subtalker_temperature: StrictFloat | None = Field(None, ge=0.0, le=5.0)
     subtalker_top_k: StrictInt | None = Field(None, ge=0, le=10000)
-    subtalker_top_p: float | None = Field(None, gt=0.0, le=1.0)
+    subtalker_top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in Sampling.model_fields if getattr(self, k) is not None}
@@ -42,7 +44,7 @@ class SpeechRequest(Sampling):
     voice: StrictStr | VoiceRef
     instructions: StrictStr | None = None
     response_format: StrictStr = "mp3"
-    speed: float = 1.0
+    speed: StrictFloat = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     # extensions
     language: StrictStr = "auto"
@@ -90,7 +92,7 @@ class WsStart(Sampling):
     voice: StrictStr | VoiceRef
     instructions: StrictStr | None = None
     response_format: StrictStr = "pcm"
-    speed: float = 1.0
+    speed: StrictFloat = 1.0
     language: StrictStr = "auto"
     seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     sample_rate: StrictInt | None = None

@@ -17,33 +17,33 @@ import numpy as np
 from utter_tts.errors import AudioError, InvalidInput, UnsupportedForModel
 from utter_tts.request import Request
 from utter_tts.server.registry import GENERIC_MODEL_NAMES, LoadedModel, ModelRegistry
+from utter_tts.textcheck import check_text
 from utter_tts.voices.library import VoiceLibrary, VoiceNotFound
 from utter_tts.voices.voice import Voice
 
-# Strings the tokenizer would turn into control tokens (chat turns, audio/TTS markers): never
-# allowed in user text, or a request could steer the prompt.
-_SPECIAL_TOKEN_RE = re.compile(r"<\|[^<>|\s]{1,40}\|>|<tts_[a-z_]{1,30}>", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?;。！？；…])[\"'”’)\]]*\s+|(?<=[。！？；])|\n+")
 
 FRAME_RATE_HZ = 12.5
+MAX_VOICE_CHARS = 200  # a voice id, a saved voice's name (64) or a preset speaker
+
+# OpenAI's voice names, so the stock SDK examples (`voice="alloy"`) work: each maps to a preset speaker
+# of the CustomVoice model by character (Ryan and Aiden are its English speakers; the female voices go
+# to Vivian and Serena). `--openai-voice NAME=VOICE` maps one to a saved voice (or another speaker)
+# instead; a saved voice the caller named "alloy" wins over both.
+OPENAI_VOICES = {
+    "alloy": "vivian",
+    "ash": "aiden",
+    "ballad": "ryan",
+    "coral": "serena",
+    "echo": "ryan",
+    "fable": "ryan",
+    "nova": "vivian",
+    "onyx": "uncle_fu",
+    "sage": "serena",
+    "shimmer": "vivian",
+    "verse": "aiden",
+}
 FRAMES_PER_CHAR = 0.8  # ~15 characters of English per second of speech; only used for progress
-
-
-def check_text(text: str, param: str, max_chars: int) -> str:
-    """Reject empty, oversized or control-token text with a precise code."""
-    if not text or not text.strip():
-        raise InvalidInput(f"{param} is empty", param=param, code="empty_input")
-    if len(text) > max_chars:
-        raise InvalidInput(
-            f"{param} is {len(text)} characters; the limit is {max_chars}", param=param, code="input_too_long"
-        )
-    if _SPECIAL_TOKEN_RE.search(text):
-        raise InvalidInput(
-            f"{param} contains a reserved special-token string", param=param, code="special_token"
-        )
-    if "\x00" in text:
-        raise InvalidInput(f"{param} contains a NUL character", param=param, code="invalid_value")
-    return text.strip()
 
 
 def split_sentences(text: str) -> list[str]:
@@ -210,6 +210,7 @@ class Planner:
         max_input_chars: int,
         max_ref_seconds: float,
         max_new_tokens: int | None,
+        openai_voices: dict[str, str] | None = None,
     ):
         self.registry = registry
         self.library = library
@@ -217,6 +218,7 @@ class Planner:
         self.max_input_chars = max_input_chars
         self.max_ref_seconds = max_ref_seconds
         self.max_new_tokens = max_new_tokens
+        self.openai_voices = {**OPENAI_VOICES, **{k.lower(): v for k, v in (openai_voices or {}).items()}}
 
     def check_language(self, model: LoadedModel, language: str) -> str:
         lang = language.strip().lower()
@@ -254,15 +256,13 @@ class Planner:
         text_param: str = "input",
         max_chars: int | None = None,
     ) -> Plan:
-        text = check_text(text, text_param, max_chars or self.max_input_chars)
+        text = check_text(text, text_param, max_chars or self.max_input_chars, no_markup=True).strip()
         if instructions is not None:
-            instructions = instructions.strip() or None
-            if instructions is not None:
-                check_text(instructions, "instructions", self.max_input_chars)
+            instructions = self.optional_text(instructions, "instructions")
         if ref_text is not None:
             # A blank transcript means "none" (x-vector cloning), as it does in the upload form.
-            ref_text = check_text(ref_text, "ref_text", self.max_input_chars) if ref_text.strip() else None
-        voice = voice.strip()
+            ref_text = self.optional_text(ref_text, "ref_text")
+        voice = check_text(voice, "voice", MAX_VOICE_CHARS, allow_empty=ref_audio is not None).strip()
         if model and model.lower() not in GENERIC_MODEL_NAMES and model.lower() not in self.registry.models:
             self.registry.pick(model, "base")  # raises model_not_found, naming the loaded models
         common = dict(text=text, seed=seed, sampling=self.sampling(sampling))
@@ -283,6 +283,19 @@ class Planner:
                 self.check_reference(raw, "ref_audio")
                 plan.pending_ref = (raw, ref_text)
             return plan
+        if voice.lower() == "clone":
+            raise InvalidInput(
+                "voice 'clone' needs the reference clip: send it base64-encoded in ref_audio",
+                param="ref_audio",
+                code="missing_required_parameter",
+            )
+        if ref_text is not None:
+            raise InvalidInput(
+                "ref_text is the transcript of ref_audio and goes only with voice 'clone'; "
+                f"voice {voice[:80]!r} takes none (a saved voice keeps the transcript it was made with)",
+                param="ref_text",
+                code="conflicting_parameter",
+            )
 
         if voice.lower() == "design":
             if not instructions:
@@ -300,7 +313,34 @@ class Planner:
                 **common,
             )
 
-        record = self.library.find(owner, voice, param="voice") if voice else None
+        found = self._named_voice(owner, voice, model, instructions, language, common)
+        if found is not None:
+            return found
+        alias = self.openai_voices.get(voice.lower())
+        if alias is not None:
+            found = self._named_voice(owner, alias, model, instructions, language, common)
+            if found is not None:
+                return found
+            raise VoiceNotFound(
+                f"voice {voice!r} (one of OpenAI's) maps to {alias!r}, which is neither one of your saved "
+                "voices nor a preset speaker of a loaded CustomVoice model; map it to a voice you have "
+                f"(utter-tts serve --openai-voice {voice.lower()}=<voice>)",
+                param="voice",
+            )
+        raise VoiceNotFound(
+            f"unknown voice {voice[:80]!r}: not one of your saved voices, a preset speaker, 'design' "
+            "or 'clone'",
+            param="voice",
+        )
+
+    def optional_text(self, value: str, param: str) -> str | None:
+        """An optional text field: checked like the input, blank meaning absent."""
+        text = check_text(value, param, self.max_input_chars, allow_empty=True, no_markup=True)
+        return text.strip() or None
+
+    def _named_voice(self, owner, name, model, instructions, language, common) -> Plan | None:
+        """A plan for the caller's saved voice (id or name) or a preset speaker; None when it is neither."""
+        record = self.library.find(owner, name, param="voice")
         if record is not None:
             made_with = self.registry.models.get(str(record.meta.get("model", "")))
             if (
@@ -316,8 +356,7 @@ class Planner:
             return Plan(
                 model=m, mode="clone", language=self.check_language(m, language), voice=stored, **common
             )
-
-        preset = self.registry.preset_speaker(voice) if voice else None
+        preset = self.registry.preset_speaker(name)
         if preset is not None:
             m, speaker = preset
             if model and model.lower() != m.id and model.lower() in self.registry.models:
@@ -330,12 +369,7 @@ class Planner:
                 instruct=instructions,
                 **common,
             )
-
-        raise VoiceNotFound(
-            f"unknown voice {voice[:80]!r}: not one of your saved voices, a preset speaker, 'design' "
-            "or 'clone'",
-            param="voice",
-        )
+        return None
 
     def _no_instructions(self, instructions: str | None) -> None:
         if instructions:
