@@ -59,10 +59,7 @@ case "$STAGE" in
           ours deploy21 150 --memory-cap-gib 21 --sections env deploy
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
-  tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency parity \
-              --parity-batches 8 64 --parity-dtypes float32 --long-frames 0
-            UTTER_TTS_PDL=0 ours nopdl 120 --max-streams 8 --sections single profile
-            timeout 150 python3 bench/bench_kernels.py --sections check,passes --budget 120 2>&1 | tail -40 ;;
+  tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
   kernels)  ours fused 330 --max-streams 64 --sections env single profile floor parity
             timeout 200 python3 bench/bench_kernels.py --budget 170 2>&1 | tail -80
             cp "$OUT"/bench_kernels.json "$OUT"/kernels.json 2>/dev/null ;;

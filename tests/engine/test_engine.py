@@ -262,11 +262,57 @@ def test_a_failing_push_fails_only_its_stream(tts):
     batcher = DecodeBatcher(codec)
     try:
         codes = torch.randint(0, 2048, (2, 16))
-        good = _Job(codec.stream_decoder(), codes)
-        bad = _Job(codec.stream_decoder(), codes[:, :15])  # 15 codebooks: invalid
-        batcher._serve([good, bad])  # one batch, as the thread would run it
-        assert isinstance(bad.error, ValueError) and bad.done.is_set()
-        assert good.error is None and good.done.is_set()
-        assert torch.allclose(good.audio, codec.stream_decoder().push(codes), atol=1e-5)
+        good, bad = batcher.decoder(), batcher.decoder()
+        good.start()
+        bad.start()
+        good_job, bad_job = _Job(good, codes), _Job(bad, codes[:, :15])  # 15 codebooks: invalid
+        batcher._serve([good_job, bad_job])  # one batch, as the thread would run it
+        assert isinstance(bad_job.error, ValueError) and bad_job.done.is_set()
+        assert good_job.error is None and good_job.done.is_set()
+        assert torch.allclose(good_job.audio, codec.stream_decoder().push(codes), atol=1e-5)
     finally:
+        batcher.close()
+
+
+def test_codec_slots_decode_like_separate_decoders(tts):
+    """Streams decoded through codec slots (the engine's decoder: states resident in one slot-indexed
+    state, pushes of several streams in one pass, across a chunk restart) equal separate decoders, and
+    a released slot starts the next stream fresh."""
+    from utter_tts.engine.decoding import DecodeBatcher
+
+    codec = tts.pipeline.codec
+    codec.chunk_frames, saved = 12, codec.chunk_frames  # restarts within the test's 20 frames
+    batcher = DecodeBatcher(codec, max_batch=2)
+    try:
+        streams = [
+            torch.randint(0, 2048, (20, 16), generator=torch.Generator().manual_seed(i)) for i in range(3)
+        ]
+        want = [codec.stream_decoder().push(s) for s in streams]
+        decoders = [batcher.decoder() for _ in streams[:2]]
+        got: list[list[torch.Tensor]] = [[], []]
+        with batcher.held():  # the first pushes of both streams: one pass
+            threads = [
+                threading.Thread(target=lambda i=i: got[i].append(decoders[i].push(streams[i][:1])))
+                for i in range(2)
+            ]
+            for t in threads:
+                t.start()
+            while len(batcher.jobs) < 2:
+                time.sleep(0.01)
+        for t in threads:
+            t.join()
+        assert batcher.passes[-1] == [2]
+        for start in range(1, 20, 4):
+            for i in range(2):
+                got[i].append(decoders[i].push(streams[i][start : start + 4]))
+        for i in range(2):
+            torch.testing.assert_close(torch.cat(got[i]), want[i], rtol=0, atol=3e-5 * want[i].abs().max())
+        used = decoders[0].slot
+        decoders[0].close()
+        third = batcher.decoder()
+        out = torch.cat([third.push(streams[2][:8]), third.push(streams[2][8:])])
+        assert third.slot == used  # the released slot, reset
+        torch.testing.assert_close(out, want[2], rtol=0, atol=3e-5 * want[2].abs().max())
+    finally:
+        codec.chunk_frames = saved
         batcher.close()

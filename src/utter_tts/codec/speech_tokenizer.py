@@ -169,6 +169,10 @@ class StreamingDecoder:
         self.history: torch.Tensor | None = None  # last `context` frames of codes [B, ctx, 16]
         self.restarted_at = 0
 
+    @property
+    def started(self) -> bool:
+        return self.state is not None
+
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [n, 16] or [B, n, 16] (new frames only) -> float32 audio [n * 1920] or [B, n * 1920]."""
@@ -176,13 +180,13 @@ class StreamingDecoder:
         if squeeze:
             codes = codes[None]
         codes = codes.to(self.model.device).clamp(min=0)
-        if self.state is None:
-            self.state = self.model.new_state(codes.shape[0])
+        if not self.started:
+            self._reset(codes.shape[0])
         outs = []
         while codes.shape[1] > 0:
             n = min(codes.shape[1], self.room())
             part, codes = codes[:, :n], codes[:, n:]
-            outs.append(self.model.run(part, self.state).float())
+            outs.append(self._run(part).float())
             self.remember(part)
         out = torch.cat(outs, dim=-1) if outs else torch.zeros(codes.shape[0], 0, device=codes.device)
         return out[0] if squeeze else out
@@ -207,10 +211,17 @@ class StreamingDecoder:
     def _restart(self) -> None:
         """Mirror the official chunk boundary: fresh state, warmed on the context frames (output dropped)."""
         self.restarted_at = self.frames
-        self.state = self.model.new_state(self.history.shape[0])
+        self._reset(self.history.shape[0])
         ctx = self.context if self.frames - self.context > 0 else self.frames
         if ctx > 0:
-            self.model.run(self.history[:, self.history.shape[1] - ctx :], self.state)
+            self._run(self.history[:, self.history.shape[1] - ctx :])
+
+    # where the state lives: here, in this object (the engine keeps its streams' states in slots instead)
+    def _reset(self, batch: int) -> None:
+        self.state = self.model.new_state(batch)
+
+    def _run(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.run(codes, self.state)
 
 
 @torch.inference_mode()
@@ -229,8 +240,8 @@ def push_batch(
     for i, (d, c) in enumerate(zip(decoders, codes)):
         if c.dim() != 2:
             raise ValueError(f"push_batch takes [n, 16] codes per decoder, got {tuple(c.shape)}")
-        if d.state is None:
-            d.state = d.model.new_state(1)
+        if not d.started:
+            d._reset(1)
         if c.shape[0] > 0 and c.shape[0] <= d.room():
             groups.setdefault(c.shape[0], []).append(i)
         else:

@@ -1,33 +1,165 @@
-"""Streaming audio for many streams at once: one thread decodes every stream's new frames in batches.
+"""Streaming audio for many streams at once: their codec states live in slots, one thread decodes them.
 
-Decoding a few frames costs the codec's whole kernel sequence, so one stream at a time is bound by
-launches (and by the GIL when players decode in their own threads). Here players hand their pushes to
-one thread, which runs all pushes waiting at that moment as one batched codec pass (`push_batch`), on
-its own high-priority CUDA stream so audio is not queued behind the talker's frames.
+Every stream's streaming codec state is a row of one slot-indexed state on the device (`CodecSlots`, as
+the talker's KV cache holds its streams), so decoding several streams' next frames is one batched pass:
+gather their rows, run the decoder, scatter the rows back. On CUDA each pass of a common shape (a batch
+bucket of 1-frame or 4-frame pushes) is a captured CUDA graph: a streaming push costs one launch instead
+of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an H200).
+
+Players hand their pushes to one thread (`DecodeBatcher`), which runs all pushes waiting at that moment
+in as few passes as their lengths allow, on its own high-priority CUDA stream so audio is not queued
+behind the talker's frames. Each stream keeps the official 300-frame chunk restarts of `StreamingDecoder`
+(its history and counters stay per stream; only the state lives in the slot).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
 
 import torch
 
-from utter_tts.codec.speech_tokenizer import SpeechTokenizer, StreamingDecoder, push_batch
+from utter_tts.codec.decoder import map_states
+from utter_tts.codec.speech_tokenizer import SpeechTokenizer, StreamingDecoder
 from utter_tts.device import to_host_all
+from utter_tts.engine.runner import BATCH_BUCKETS, bucket
 from utter_tts.model.denormals import flush_denormals
+
+log = logging.getLogger(__name__)
 
 # Streams batched in the talker get their frames together: after the first push arrives, wait for more
 # until none came for QUIET_S seconds, at most GATHER_S in all.
 QUIET_S, GATHER_S = 0.0005, 0.002
+GRAPH_FRAMES = (1, 4)  # push lengths that run as CUDA graphs (the engine's first chunk, then chunks of 4)
+
+
+class CodecSlots:
+    """Streaming codec states of up to `slots` streams, resident on the device; row `slots` is scratch (the
+    padding rows of a graph's batch bucket write there)."""
+
+    def __init__(self, codec: SpeechTokenizer, slots: int, use_graphs: bool):
+        self.codec = codec
+        self.slots = slots
+        self.state = codec.new_state(slots + 1)
+        self.fresh = codec.new_state(1)  # a stream's state at its first frame
+        self.free = list(range(slots - 1, -1, -1))
+        self.lock = threading.Condition()
+        self.use_graphs = use_graphs
+        self.buckets = tuple(b for b in BATCH_BUCKETS if b < slots) + (slots,)
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.pool = None
+
+    def acquire(self, timeout: float = 60.0) -> int:
+        """A free slot (waiting for one if a finished stream's player has not closed its decoder yet)."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.free, timeout):
+                raise RuntimeError("no codec slot came free")
+            return self.free.pop()
+
+    def release(self, slot: int) -> None:
+        with self.lock:
+            self.free.append(slot)
+            self.lock.notify()
+
+    def reset(self, slot: int) -> None:
+        """Put a slot back at its stream's first frame."""
+        map_states(lambda dst, src: dst[slot : slot + 1].copy_(src), self.state, self.fresh)
+
+    @torch.inference_mode()
+    def run(self, slots: list[int], codes: torch.Tensor) -> torch.Tensor:
+        """The next n frames of the streams in `slots`: codes [B, n, 16] (non-negative) -> audio [B, n * 1920]
+        (float32, on the device)."""
+        B, n = codes.shape[:2]
+        if self.use_graphs and n in GRAPH_FRAMES:
+            return self._replay(slots, codes)
+        return self._pass(torch.tensor(slots, device=codes.device), codes)
+
+    def _pass(self, index: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        state = map_states(lambda t: t.index_select(0, index), self.state)
+        audio = self.codec.run(codes, state)
+        map_states(lambda dst, src: dst.index_copy_(0, index, src), self.state, state)
+        return audio.float()
+
+    def _replay(self, slots: list[int], codes: torch.Tensor) -> torch.Tensor:
+        B, n = codes.shape[:2]
+        size = bucket(B, self.buckets)
+        entry = self.graphs.get((size, n))
+        if entry is None:
+            try:
+                entry = self._capture(size, n)
+            except Exception:  # a codec op that will not capture: decode eagerly from now on
+                log.exception("codec graph capture failed (batch %d, %d frames); decoding eagerly", size, n)
+                self.use_graphs = False
+                return self._pass(torch.tensor(slots, device=codes.device), codes)
+        graph, index, static_codes, audio = entry
+        index.fill_(self.slots)  # padding rows: the scratch slot
+        index[:B].copy_(torch.tensor(slots), non_blocking=True)
+        static_codes.zero_()
+        static_codes[:B].copy_(codes)
+        graph.replay()
+        return audio[:B].clone()  # the static output is overwritten by the next replay
+
+    def _capture(self, size: int, n: int) -> tuple:
+        device = self.codec.device
+        index = torch.full((size,), self.slots, dtype=torch.long, device=device)
+        codes = torch.zeros(size, n, 16, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._pass(index, codes)  # warm-up (only the scratch slot changes)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            audio = self._pass(index, codes)
+        self.pool = graph.pool()
+        self.graphs[(size, n)] = entry = (graph, index, codes, audio)
+        return entry
+
+
+class SlotDecoder(StreamingDecoder):
+    """A stream's StreamingDecoder whose state is a slot of the batcher's CodecSlots and whose pushes run
+    on the batcher's thread (batched with other streams'). Same results as a StreamingDecoder. The slot is
+    taken at the first push (a stream waiting for admission holds none) and given back by `close`."""
+
+    def __init__(self, batcher: DecodeBatcher):
+        super().__init__(batcher.codec)
+        self.batcher = batcher
+        self.slot: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.slot is not None
+
+    def _reset(self, batch: int) -> None:
+        self.batcher.slots.reset(self.slot)
+
+    def _run(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.batcher.slots.run([self.slot], codes)
+
+    def start(self) -> None:
+        """Take a codec slot, at the stream's first frame (done by the first push)."""
+        if self.slot is None:
+            self.slot = self.batcher.slots.acquire()
+            self.batcher.slots.reset(self.slot)
+
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """Audio (float32, on the CPU) of `codes` [n, 16], this stream's next frames."""
+        self.start()
+        return self.batcher.push(self, codes)
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.batcher.slots.release(self.slot)
+            self.slot = None
 
 
 class _Job:
     __slots__ = ("decoder", "codes", "audio", "error", "done")
 
-    def __init__(self, decoder: StreamingDecoder, codes: torch.Tensor):
+    def __init__(self, decoder: SlotDecoder, codes: torch.Tensor):
         self.decoder, self.codes = decoder, codes
         self.audio: torch.Tensor | None = None
         self.error: BaseException | None = None
@@ -35,26 +167,29 @@ class _Job:
 
 
 class DecodeBatcher:
-    def __init__(self, codec: SpeechTokenizer, max_batch: int = 64):
+    def __init__(self, codec: SpeechTokenizer, max_batch: int = 64, use_graphs: bool | None = None):
         self.codec = codec
         self.max_batch = max_batch
         self.cuda = codec.device.type == "cuda"
         self.cuda_stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
+        # slots: a stream holds one from its first push until its player closes it, a little after the
+        # engine retired it, so twice the streams the engine runs
+        self.slots = CodecSlots(codec, 2 * max_batch, self.cuda if use_graphs is None else use_graphs)
         self.jobs: deque[_Job] = deque()
         self.wake = threading.Condition()
         self.closed = False
         self.open = threading.Event()  # cleared by `held()`: pushes queue up but no pass starts
         self.open.set()
-        self.batches = 0  # passes run (for tests and metrics)
+        self.batches = 0  # batches taken (for tests and metrics)
         self.passes: list[list[int]] = []  # per batch taken: streams decoded by each of its codec passes
         self.thread = threading.Thread(target=self._loop, name="utter-tts-decoder", daemon=True)
         self.thread.start()
 
-    def decoder(self) -> BatchedDecoder:
-        """A stream's decoder whose pushes run on this batcher."""
-        return BatchedDecoder(self, self.codec.stream_decoder())
+    def decoder(self) -> SlotDecoder:
+        """A new stream's decoder (it holds a codec slot until closed)."""
+        return SlotDecoder(self)
 
-    def push(self, decoder: StreamingDecoder, codes: torch.Tensor) -> torch.Tensor:
+    def push(self, decoder: SlotDecoder, codes: torch.Tensor) -> torch.Tensor:
         """Audio (float32, on the CPU) of `codes` [n, 16], the next frames of `decoder`'s stream."""
         job = _Job(decoder, codes)
         with self.wake:
@@ -111,37 +246,50 @@ class DecodeBatcher:
             self._serve(batch)
 
     def _serve(self, batch: list[_Job]) -> None:
-        try:
-            self._run(batch)
-        except BaseException as e:
-            # a failed batch leaves every decoder's state as it was: retry each push alone, so only the
-            # push that fails on its own reports the failure
-            if len(batch) == 1:
-                batch[0].error = e
-            else:
-                for job in batch:
-                    try:
-                        self._run([job])
-                    except BaseException as e1:
-                        job.error = e1
+        with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
+            try:
+                self._run(batch)
+            except BaseException as e:
+                # a failed batch leaves the slots it read as they were: retry each push alone, so only
+                # the push that fails on its own reports the failure
+                if len(batch) == 1:
+                    batch[0].error = e
+                else:
+                    for job in batch:
+                        try:
+                            self._run([job])
+                        except BaseException as e1:
+                            job.error = e1
         for job in batch:
             job.done.set()
 
+    @torch.inference_mode()
     def _run(self, batch: list[_Job]) -> None:
-        with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
-            passes: list[int] = []
-            outs = push_batch([j.decoder for j in batch], [j.codes for j in batch], passes)
-            self.batches += 1
-            self.passes.append(passes)
-            for job, audio in zip(batch, to_host_all(outs)):  # one wait for the whole batch
-                job.audio = audio
-
-
-class BatchedDecoder:
-    """A StreamingDecoder facade: `push` goes through the batcher (same results, batched)."""
-
-    def __init__(self, batcher: DecodeBatcher, decoder: StreamingDecoder):
-        self.batcher, self.inner = batcher, decoder
-
-    def push(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.batcher.push(self.inner, codes)
+        """Pushes of equal length that fit their stream's chunk run as one pass; the rest (a push crossing
+        an official chunk boundary, an ICL voice's reference) run alone."""
+        passes: list[int] = []
+        groups: dict[int, list[int]] = {}
+        outs: dict[int, torch.Tensor] = {}
+        for job in batch:  # all checked before any state moves: a failed batch is retried push by push
+            if job.codes.dim() != 2 or job.codes.shape[1] != 16:
+                raise ValueError(f"a push takes [n, 16] codes, got {tuple(job.codes.shape)}")
+        for i, job in enumerate(batch):
+            codes = job.codes
+            n = codes.shape[0]
+            if 0 < n <= job.decoder.room():
+                groups.setdefault(n, []).append(i)
+            else:
+                outs[i] = StreamingDecoder.push(job.decoder, codes)
+                passes.append(1)
+        for idx in groups.values():
+            jobs = [batch[i] for i in idx]
+            codes = torch.stack([j.codes for j in jobs]).to(self.codec.device).clamp(min=0)
+            audio = self.slots.run([j.decoder.slot for j in jobs], codes)
+            passes.append(len(jobs))
+            for k, (i, job) in enumerate(zip(idx, jobs)):
+                job.decoder.remember(codes[k : k + 1])
+                outs[i] = audio[k]
+        self.batches += 1
+        self.passes.append(passes)
+        for i, audio in zip(sorted(outs), to_host_all([outs[i] for i in sorted(outs)])):  # one wait
+            batch[i].audio = audio

@@ -109,12 +109,13 @@ class Engine:
         self, generation: Generation, chunk_frames: int = 4, first_chunk_frames: int = 1
     ) -> Iterator[np.ndarray]:
         """Audio chunks of a submitted generation (see `stream`); decoding is batched with other streams'."""
+        decoder = self.decoding.decoder()
         try:
-            decoder = self.decoding.decoder()
             yield from audio_chunks(
                 generation, decoder, generation.job.ref_codes, chunk_frames, first_chunk_frames
             )
         finally:
+            decoder.close()  # its codec slot serves the next stream
             generation.cancel()  # no-op when finished; frees the slot when the consumer walked away
 
     async def astream(

@@ -43,6 +43,7 @@ class Generation:
 
     job: Prepared
     submitted: float = field(default_factory=time.perf_counter)
+    admitted_at: float | None = None  # prefilled into a slot (its first token sampled)
     first_frame_at: float | None = None
     frames: int = 0
     _queue: queue.Queue = field(default_factory=queue.Queue, repr=False)
