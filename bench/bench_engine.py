@@ -134,7 +134,8 @@ def section_parity(args, ctx):
         tts = TTS.from_pretrained(args.base, device="cuda", dtype=dtype)
         voice = tts.create_voice((reference(), 24000))
         entry = {}
-        for batch in [b for b in args.parity_batches if b <= args.max_streams]:
+        batches = args.parity_batches if dtype == "float32" else args.parity_bf16_batches
+        for batch in [b for b in batches if b <= args.max_streams]:
             firsts, trace, fused = _parity_batch(tts, voice, batch, 60, trace_plain=dtype == "bfloat16")
             diverged = [(i, f) for i, f in enumerate(firsts) if f is not None]
             e = dict(requests=batch, frames=60, fused=fused, equal=sum(f is None for f in firsts),
@@ -548,7 +549,36 @@ def section_profile(args, ctx):
         out[f"batch{b}"] = dict(kernel_ms_per_frame=round(total, 2), kernels_per_frame=round(kernels))
         log("profile", b, out[f"batch{b}"])
         print(table[:6000])
+    out["codec"] = _codec_passes(eng)
+    log("profile codec", out["codec"])
     RESULTS["profile"] = out
+
+
+def _codec_passes(eng) -> dict:
+    """The streaming decoder's capacity: one pass of `size` streams x `n` frames (codec slots, CUDA graph
+    when n is 1 or 4), median of 20, and the audio seconds per second that rate could decode."""
+    slots = eng.decoding.slots
+    res = {}
+    with torch.cuda.stream(eng.decoding.cuda_stream):
+        for size, n in ((1, 1), (1, 4), (8, 4), (32, 4), (64, 4)):
+            if size > len(slots.free):
+                continue
+            rows = list(range(size))
+            codes = torch.randint(0, 2048, (size, n, 16), device="cuda")
+            for _ in range(3):
+                slots.run(rows, codes)
+            times = []
+            for _ in range(20):
+                sync()
+                t = time.perf_counter()
+                slots.run(rows, codes)
+                sync()
+                times.append(time.perf_counter() - t)
+            ms = statistics.median(times) * 1e3
+            res[f"{size}x{n}"] = dict(
+                ms=round(ms, 2), audio_s_per_s=round(size * n * FRAME_SECONDS / (ms / 1e3), 1)
+            )
+    return res
 
 
 SECTIONS = dict(
@@ -576,6 +606,7 @@ def main():
     ap.add_argument("--kernels", choices=["auto", "on", "off"], default="auto", help="fused frame kernels")
     ap.add_argument("--parity-batches", type=int, nargs="*", default=[1, 8, 64])
     ap.add_argument("--parity-dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--parity-bf16-batches", type=int, nargs="*", default=[1, 8, 64])
     ap.add_argument("--long-frames", type=int, default=3000, help="bf16 stability stream (0: skip)")
     args = ap.parse_args()
     global KERNELS

@@ -54,9 +54,12 @@ case "$STAGE" in
           ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
   all)    ours ours 300 --sections env parity single ttfa concurrency floor
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
-  final)  ours ours 300 --sections env parity single ttfa concurrency floor profile
-          peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
-          ours deploy21 150 --memory-cap-gib 21 --sections env deploy
+  final)  ours ours 200 --sections env single ttfa profile concurrency floor
+          peer faster 100 --runs 2 --ttfa-runs 3 --chunk-sizes 4 1
+          peer faster_batch 80 --batch-sizes 8 32 --batch-runs 1
+          peer qwen_tts 100 --runs 1 --icl-runs 1 ;;
+  checks) ours parity 200 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \
+            --parity-bf16-batches 1 --long-frames 3000
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;

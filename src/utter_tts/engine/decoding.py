@@ -40,7 +40,7 @@ class CodecSlots:
     """Streaming codec states of up to `slots` streams, resident on the device; row `slots` is scratch (the
     padding rows of a graph's batch bucket write there)."""
 
-    def __init__(self, codec: SpeechTokenizer, slots: int, use_graphs: bool):
+    def __init__(self, codec: SpeechTokenizer, slots: int, use_graphs: bool, max_pass: int | None = None):
         self.codec = codec
         self.slots = slots
         self.state = codec.new_state(slots + 1)
@@ -48,7 +48,8 @@ class CodecSlots:
         self.free = list(range(slots - 1, -1, -1))
         self.lock = threading.Condition()
         self.use_graphs = use_graphs
-        self.buckets = tuple(b for b in BATCH_BUCKETS if b < slots) + (slots,)
+        max_pass = max_pass or slots  # streams in one pass at most
+        self.buckets = tuple(b for b in BATCH_BUCKETS if b < max_pass) + (max_pass,)
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.pool = None
 
@@ -101,6 +102,16 @@ class CodecSlots:
         static_codes[:B].copy_(codes)
         graph.replay()
         return audio[:B].clone()  # the static output is overwritten by the next replay
+
+    def warmup(self) -> int:
+        """Capture every (batch bucket, frames) graph before serving: a capture mid-serving stalls every
+        stream's audio (~0.5 s each on an H200)."""
+        if not self.use_graphs:
+            return 0
+        missing = [(size, n) for size in self.buckets for n in GRAPH_FRAMES if (size, n) not in self.graphs]
+        for size, n in missing:
+            self._capture(size, n)
+        return len(missing)
 
     def _capture(self, size: int, n: int) -> tuple:
         device = self.codec.device
@@ -174,7 +185,9 @@ class DecodeBatcher:
         self.cuda_stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
         # slots: a stream holds one from its first push until its player closes it, a little after the
         # engine retired it, so twice the streams the engine runs
-        self.slots = CodecSlots(codec, 2 * max_batch, self.cuda if use_graphs is None else use_graphs)
+        self.slots = CodecSlots(
+            codec, 2 * max_batch, self.cuda if use_graphs is None else use_graphs, max_batch
+        )
         self.jobs: deque[_Job] = deque()
         self.wake = threading.Condition()
         self.closed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
@@ -65,11 +66,14 @@ class Engine:
         )
 
     def warmup(self, spans: tuple[int, ...] = (256,)) -> int:
-        """Capture CUDA graphs for every batch size up front (first requests then pay no capture)."""
+        """Capture the CUDA graphs of every batch size up front, the frame's and the audio decoder's (first
+        requests then pay no capture); returns how many were captured."""
         with self.scheduler.lock:  # the scheduler thread is idle while we hold its lock and nothing waits
             if self.scheduler.live or self.scheduler.pending:
                 raise RuntimeError("warm up before serving requests")
-            return self.runner.warmup(spans)
+            n = self.runner.warmup(spans)
+        with torch.cuda.stream(self.decoding.cuda_stream) if self.decoding.cuda else contextlib.nullcontext():
+            return n + self.decoding.slots.warmup()
 
     @property
     def sample_rate(self) -> int:

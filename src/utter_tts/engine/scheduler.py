@@ -191,6 +191,9 @@ class Scheduler:
         ended = self.runner.prefill(
             first, [(g.job.prompt, g.job.sampling, g.job.request.seed) for g in newcomers]
         )
+        now = time.perf_counter()
+        for g in newcomers:
+            g.admitted_at = now
         self.live += newcomers
         for i in range(len(newcomers) - 1, -1, -1):  # from the back: retiring moves the last slot here
             g = self.live[first + i]

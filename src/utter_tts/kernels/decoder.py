@@ -39,9 +39,10 @@ def _cat_bias(*linears) -> torch.Tensor | None:
 
 
 class PackedDecoder:
-    """Built once from an eager `utter_tts.model.talker.Decoder` (weights are copied into packed tensors:
-    QKV in one [N, hidden] weight, gate and up in one) and its `Rotary` (inv_freq, axis_of). norm_mode:
-    how the fused RMSNorms round (kernels.linear; None: its NORM_MODE)."""
+    """Built once from an eager `utter_tts.model.layers.Decoder` (QKV packed in one [N, hidden] weight,
+    gate and up in one) and its `Rotary` (inv_freq, axis_of). The eager modules' weights then become views
+    of the packed tensors, so a model served both ways holds its weights once (the A10G budget counts).
+    norm_mode: how the fused RMSNorms round (kernels.linear; None: by row count)."""
 
     def __init__(self, decoder, rotary, norm_mode: str | None = None):
         self.norm_mode = norm_mode
@@ -68,6 +69,11 @@ class PackedDecoder:
                         w_down=mlp.down_proj.weight.detach().contiguous(),
                     )
                 )
+                packed = self.layers[-1]
+                _share(packed.w_qkv, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
+                if packed.b_qkv is not None:
+                    _share(packed.b_qkv, a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
+                _share(packed.w_gate_up, mlp.gate_proj.weight, mlp.up_proj.weight)
             self.final_norm = decoder.norm.weight.detach().contiguous()
             device = self.final_norm.device
             self.inv_freq = rotary.inv_freq.detach().float().to(device).contiguous()
@@ -124,6 +130,17 @@ class PackedDecoder:
         return h
 
     __call__ = forward
+
+
+def _share(packed: torch.Tensor, *params: torch.nn.Parameter) -> None:
+    """Point each parameter at its rows of `packed` (in order), freeing its own copy. Only where the rows
+    are that parameter exactly (pack_gate_up's layout is gate rows then up rows)."""
+    start = 0
+    for p in params:
+        rows = packed[start : start + p.shape[0]]
+        if rows.shape == p.shape and torch.equal(rows, p.data):
+            p.data = rows
+        start += p.shape[0]
 
 
 def _kv(cache) -> tuple[torch.Tensor, torch.Tensor]:
