@@ -19,8 +19,17 @@ def to_host(t: torch.Tensor) -> torch.Tensor:
 
 def to_host_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """`to_host` for several tensors with one wait (they are copied on the current stream)."""
+    hosts, done = start_copy(tensors)
+    if done is not None:
+        done.synchronize()
+    return hosts
+
+
+def start_copy(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Host copies of the tensors, started on the current stream: (copies, the event to wait for before
+    reading them; None when they are done already, on the CPU)."""
     if not any(t.device.type == "cuda" for t in tensors):
-        return [t.clone() for t in tensors]  # a copy, as from a GPU: the caller may keep it
+        return [t.clone() for t in tensors], None  # a copy, as from a GPU: the caller may keep it
     hosts = []
     for t in tensors:
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -28,8 +37,7 @@ def to_host_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         hosts.append(host)
     done = torch.cuda.Event(blocking=True)  # blocking: the waiting thread sleeps instead of spinning
     done.record()
-    done.synchronize()
-    return hosts
+    return hosts, done
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utter_tts.device import to_host
+from utter_tts.device import start_copy, to_host
 from utter_tts.engine.fused import FusedFrame, kernels_available
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
@@ -42,6 +42,15 @@ def span_bucket(needed: int, max_len: int) -> int:
     while span < needed:
         span *= 2
     return min(span, max_len)
+
+
+@dataclass
+class Launched:
+    """A frame on its way: the first n slots' results land in `host` once `done` has fired."""
+
+    n: int
+    host: torch.Tensor
+    done: torch.cuda.Event | None
 
 
 @dataclass
@@ -118,7 +127,12 @@ class Runner:
         self.host_col[slot] = 0
 
     def step(self, n: int) -> StepResult:
-        """Advance the first n slots by one frame."""
+        """Advance the first n slots by one frame and wait for its results."""
+        return self.collect(self.launch(n))
+
+    def launch(self, n: int) -> Launched:
+        """Start a frame of the first n slots; its results come back through `collect`. The host may keep
+        books (and launch the next frame) meanwhile: work enqueued later on the stream runs after it."""
         B = bucket(n, self.batch_buckets)
         # fused attention reads only the columns written: one graph per batch serves every length
         span = self.max_len if self.fused else span_bucket(max(self.host_col[:n]) + 1, self.max_len)
@@ -127,9 +141,16 @@ class Runner:
             graph.replay()
         else:
             self._step(B, span)
-        out = to_host(self.batch.out[:n])
+        [host], done = start_copy([self.batch.out[:n]])
         for i in range(n):
             self.host_col[i] += 1
+        return Launched(n, host, done)
+
+    def collect(self, launched: Launched) -> StepResult:
+        """Wait for a launched frame and read its results."""
+        if launched.done is not None:
+            launched.done.synchronize()
+        out = launched.host
         codes = out[:, :-1]
         valid = ((codes >= 0) & (codes < self.codebook_size)).all(dim=1)
         return StepResult(codes, (out[:, -1] == self.eos_id).tolist(), valid.tolist())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from utter_tts.engine.runner import Runner, StepResult
+from utter_tts.engine.runner import Launched, Runner, StepResult
 from utter_tts.errors import UtterTTSError
 from utter_tts.model.denormals import flush_denormals
 from utter_tts.pipeline import Prepared
@@ -149,11 +149,12 @@ class Scheduler:
             self._serve()
 
     def _serve(self) -> None:
+        in_flight: tuple[list[Generation], Launched] | None = None
         while True:
             with self.lock:
-                while not self.closed and not self.pending and not self.live:
+                while not self.closed and not self.pending and not self.live and in_flight is None:
                     self.lock.wait()
-                if self.closed and not self.live and not self.pending:
+                if self.closed and not self.live and not self.pending and in_flight is None:
                     return
                 admit = []
                 while self.pending and len(self.live) + len(admit) < self.runner.max_slots:
@@ -162,10 +163,15 @@ class Scheduler:
                 with self._on_cuda_stream():
                     self._admit(admit)
                     self._retire_cancelled()
-                    if self.live:
-                        self._update(self.runner.step(len(self.live)))
+                    launched = (list(self.live), self.runner.launch(len(self.live))) if self.live else None
+                    if in_flight is not None:
+                        rows, frame = in_flight
+                        in_flight = None
+                        self._update(rows, self.runner.collect(frame))
+                    in_flight = launched
             except Exception as e:  # a fault in the model: fail what runs, keep serving
                 log.exception("engine step failed")
+                in_flight = None
                 for slot, g in enumerate(self.live):
                     g._finish(e)
                     self.runner.clear(slot)
@@ -173,7 +179,7 @@ class Scheduler:
             if self.closed:
                 for g in self.live + self.pending:
                     g._finish(Cancelled("the engine is shut down"))
-                self.live, self.pending = [], []
+                self.live, self.pending, in_flight = [], [], None
                 return
 
     def _on_cuda_stream(self):
@@ -216,20 +222,22 @@ class Scheduler:
                 self._retire(i)
                 g._finish(Cancelled("cancelled"))
 
-    def _update(self, result: StepResult) -> None:
-        """Hand each live generation its frame; retire the finished and the failed."""
+    def _update(self, rows: list[Generation], result: StepResult) -> None:
+        """Hand each generation its frame (`rows`: the generations of the frame's rows when it was
+        launched); retire the finished and the failed."""
         self.frames_run += 1
-        for i in range(len(self.live) - 1, -1, -1):
-            g = self.live[i]
-            if not result.valid[i]:
+        for row, g in enumerate(rows):
+            if g.done:  # ended, failed or was cancelled while this frame ran: its row was padding
+                continue
+            if not result.valid[row]:
                 # a frame with a control id or an out-of-range code cannot be decoded (and would put a
                 # device-side assert into the codec): fail this generation loudly, keep the others
-                log.error("slot %d of %d made an undecodable frame %s; failing it", i, len(self.live),
-                          result.codes[i].tolist())  # fmt: skip
-                self._retire(i)
+                log.error("slot %d of %d made an undecodable frame %s; failing it", row, len(rows),
+                          result.codes[row].tolist())  # fmt: skip
+                self._retire(self.live.index(g))
                 g._finish(EngineFault("the model produced an invalid frame"))
                 continue
-            g._push(result.codes[i])  # a row of this step's own host copy
-            if result.ended[i] or g.frames >= g.job.frames:
-                self._retire(i)
+            g._push(result.codes[row])  # a row of this step's own host copy
+            if result.ended[row] or g.frames >= g.job.frames:
+                self._retire(self.live.index(g))
                 g._finish()
