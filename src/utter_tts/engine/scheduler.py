@@ -36,7 +36,7 @@ class Cancelled(UtterTTSError):
     """The stream was cancelled (client gone, or shutdown)."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two generations of the same request are still two
 class Generation:
     """One request running in the engine: iterate it for its frames' codes ([16] int64 tensors) as they
     come, or wait for all of them with `result()`; `cancel()` frees its slot at the next frame."""
