@@ -66,7 +66,9 @@ class FusedFrame:
         x = torch.cat([p.embeds.to(dev, b.dtype) for p in prompts])
         slot = torch.cat([torch.full((length,), first + i, device=dev) for i, length in enumerate(lengths)])
         col = torch.cat([torch.arange(length, device=dev) for length in lengths])
-        h = self.talker.forward(x, slot, col, col.expand(3, -1), torch.zeros_like(col), b.talker_caches)
+        # one split: a prompt's rows fill the GPU anyway, and kernels never compile per prompt length
+        zero = torch.zeros_like(col)
+        h = self.talker.forward(x, slot, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1)
         ends = torch.tensor(lengths, device=dev).cumsum(0) - 1
         hidden = self.talker_norm(h[ends])
         params = SamplingParams.stack(settings, seeds, dev)
@@ -101,6 +103,23 @@ class FusedFrame:
             b.text_len[first + i] = t
         b.pad_embed.copy_(prompts[0].pad_embed.to(b.dtype))
         return token
+
+    @torch.no_grad()
+    def warm_prefill(self, max_rows: int) -> None:
+        """Compile the prefill's kernels for every tile its row counts can take (packed prompts of 1 to
+        `max_rows` rows), so a first request of a new size does not wait for Triton (~1 s a kernel).
+        Writes garbage into slot 0's cache, which its next prefill overwrites."""
+        b = self.batch
+        rows = 1
+        while True:
+            m = min(rows, max_rows)
+            col = torch.arange(m, device=b.device).clamp(max=b.max_len - 1)
+            x = torch.zeros(m, b.hidden.shape[1], dtype=b.dtype, device=b.device)
+            zero = torch.zeros_like(col)
+            self.talker.forward(x, zero, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1)
+            if m == max_rows or rows > 128:  # past the largest bucket every row count shares one tile
+                break
+            rows *= 2
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj_w is None else linear(x, self.proj_w, self.proj_b)

@@ -184,6 +184,8 @@ class Runner:
 
     def warmup(self, spans: tuple[int, ...] = (MIN_SPAN,)) -> int:
         """Capture the graphs of every batch bucket for these column spans before serving."""
+        if self.fused is not None:
+            self.fused.warm_prefill(self.max_slots * self.max_prompt)
         if not self.use_graphs:
             return 0
         n = 0

@@ -80,6 +80,8 @@ def config_for(m: int, n: int | None = None) -> LinearConfig:
     def programs(bm, bn):
         return triton.cdiv(m, bm) * triton.cdiv(n, bn)
 
+    if m > max(CONFIGS):  # prefill-sized: many row blocks anyway, and one tile for every m (no compile per m)
+        return cfg
     while bn > min_bn and programs(bm, bn) < MIN_PROGRAMS:
         bn //= 2
     while bm > 16 and programs(bm, bn) < MIN_PROGRAMS:
