@@ -1,7 +1,9 @@
-"""Server settings: models, binding, data directory, API keys and every limit, from flags or env."""
+"""Server settings: models, binding, data directory, API keys and every limit, and the `utter-tts serve`
+flags and environment variables that fill them."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -50,7 +52,7 @@ class ServerConfig:
     max_jobs_per_key: int = 8
     voice_cache_size: int = 64
     max_new_tokens: int | None = None  # cap on generated frames per request (None: the model's own)
-    # OpenAI voice name -> saved voice or preset speaker, over the defaults in synthesis.OPENAI_VOICES
+    # OpenAI voice name -> saved voice or preset speaker, over the defaults in planner.OPENAI_VOICES
     openai_voices: dict[str, str] = field(default_factory=dict)
     job_ttl_s: float = 3600.0
     shutdown_grace_s: float = 10.0
@@ -80,3 +82,117 @@ class ServerConfig:
             )
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+
+
+def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
+    """The server's flags (`python -m utter_tts.server`); `utter-tts serve` adds utter's routes' flags."""
+    p = argparse.ArgumentParser(prog=prog, description="Serve Qwen3-TTS over an OpenAI-compatible HTTP API.")
+    p.add_argument("models", nargs="+", help="checkpoint folders or hub ids (Base, VoiceDesign, CustomVoice)")
+    p.add_argument("--host", default=os.environ.get("UTTER_TTS_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("UTTER_TTS_PORT", "8000")))
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="voice library and job files (env UTTER_TTS_DATA_DIR; default ~/.local/share/utter-tts)",
+    )
+    p.add_argument(
+        "--device", default=os.environ.get("UTTER_TTS_DEVICE"), help="cpu, cuda, cuda:1 (default: auto)"
+    )
+    p.add_argument(
+        "--dtype", default=os.environ.get("UTTER_TTS_DTYPE"), help="float32, bfloat16 (default: auto)"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted Bearer key (repeatable; env UTTER_TTS_API_KEYS, comma-separated)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("UTTER_TTS_AUTH", "auto"),
+        help="auto: keys required unless bound to localhost",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="generations running at once (default: --engine-streams when the engine runs, else 2)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="continuous batching engine (auto: on when the device is CUDA)",
+    )
+    p.add_argument("--engine-streams", type=int, default=16, help="streams batched per model by the engine")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
+    p.add_argument("--max-input-chars", type=int, default=4096)
+    p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.add_argument("--max-ref-seconds", type=float, default=30.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated frames per request")
+    p.add_argument(
+        "--openai-voice",
+        action="append",
+        default=[],
+        metavar="NAME=VOICE",
+        help="map one of OpenAI's voice names (alloy, echo, ...) to a saved voice or preset speaker "
+        "(repeatable; env UTTER_TTS_OPENAI_VOICES=alloy=me,echo=ryan)",
+    )
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def parse_voice_map(items: list[str]) -> dict[str, str]:
+    """NAME=VOICE pairs as a dict; ValueError naming the first malformed one."""
+    out = {}
+    for item in items:
+        name, sep, voice = item.partition("=")
+        if not sep or not name.strip() or not voice.strip():
+            raise ValueError(f"--openai-voice wants NAME=VOICE, got {item!r}")
+        out[name.strip().lower()] = voice.strip()
+    return out
+
+
+def default_concurrency(args: argparse.Namespace) -> int:
+    """With the engine, concurrent requests share GPU frames, so let as many run as it has streams;
+    without it each generation owns the model for its duration, so a couple at a time."""
+    device = args.device or ""
+    cuda = device.startswith("cuda") or (device in ("", "auto") and _cuda_available())
+    engine_on = args.engine == "on" or (args.engine == "auto" and cuda)
+    return args.engine_streams if engine_on else 2
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The settings the parsed flags and the environment ask for (not yet checked: `create_app` does)."""
+    keys = list(args.api_key)
+    keys += [k.strip() for k in os.environ.get("UTTER_TTS_API_KEYS", "").split(",") if k.strip()]
+    return ServerConfig(
+        models=list(args.models),
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir or default_data_dir(),
+        device=args.device,
+        dtype=args.dtype,
+        api_keys=keys,
+        auth=args.auth,
+        max_concurrency=args.max_concurrency or default_concurrency(args),
+        engine=args.engine,
+        engine_streams=args.engine_streams,
+        max_queue=args.max_queue,
+        max_input_chars=args.max_input_chars,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_ref_seconds=args.max_ref_seconds,
+        max_new_tokens=args.max_new_tokens,
+        openai_voices=parse_voice_map(
+            [x for x in os.environ.get("UTTER_TTS_OPENAI_VOICES", "").split(",") if x.strip()]
+            + list(args.openai_voice)
+        ),
+    )
