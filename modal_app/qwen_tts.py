@@ -4,8 +4,9 @@ Deploy:   modal deploy modal_app/qwen_tts.py
 Try it:   modal run modal_app/qwen_tts.py::test_clone --ref-audio me.wav
           modal run modal_app/qwen_tts.py::test_design
 
-Thin on purpose: every method and route delegates to `utter_tts.compat` (utter's contract) and
-`utter_tts.server` (the speech server), which are tested offline with tiny checkpoints. Nothing here imports
+Thin on purpose: every method and route delegates to `utter_tts.compat` (utter's contract), served beside
+`utter_tts.server` (the speech server) on the one app `utter_tts.serve` builds; all of it is tested offline
+with tiny checkpoints. Nothing here imports
 torch or utter_tts at module level, so `modal deploy` works from a machine with only `modal` installed.
 See docs/deploy-modal.md.
 """
@@ -131,7 +132,7 @@ class QwenTTS:
 
     @modal.enter(snap=True)
     def warm(self) -> None:
-        from utter_tts.compat.deploy import warm_imports
+        from utter_tts.serve import warm_imports
 
         warm_imports()  # captured by the memory snapshot; touches no GPU
 
@@ -182,8 +183,8 @@ class QwenTTS:
     # ---- every HTTP route, from one web endpoint ---------------------------------------------------------
     @modal.asgi_app(requires_proxy_auth=PROXY_AUTH)
     def web(self):
-        from utter_tts.compat.deploy import build_app
-        from utter_tts.compat.jobs import ModalJobRunner
+        from utter_tts.compat.job_runners import ModalJobRunner
+        from utter_tts.serve import build_app
 
         spawn, function_call, store = job_backend()
         runner = ModalJobRunner(spawn, function_call, store, check=self.service.parse_job)
@@ -198,7 +199,7 @@ class QwenTTSJobs:
 
     @modal.enter(snap=True)
     def warm(self) -> None:
-        from utter_tts.compat.deploy import warm_imports
+        from utter_tts.serve import warm_imports
 
         warm_imports()
 
@@ -211,7 +212,7 @@ class QwenTTSJobs:
 
     @modal.method()
     def run(self, payload: dict) -> bytes:
-        from utter_tts.compat.jobs import run_stored_job
+        from utter_tts.compat.job_runners import run_stored_job
 
         return run_stored_job(self.service, payload, jobs_dict)
 

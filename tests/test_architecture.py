@@ -12,14 +12,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "utter_tts"
 
 # Floors, lowest first: a module may import from its own floor and the floors below it.
 FLOORS = [
-    ("base", ["errors", "files", "device", "text", "audio"]),
+    ("base", ["errors", "files", "device", "text", "textcheck", "audio"]),
     ("model", ["model", "codec", "kernels"]),
     ("pipeline", ["voices", "request", "pipeline"]),
     ("engine", ["engine"]),
     ("api", ["api"]),
     ("service", ["service"]),
     ("faces", ["server", "compat"]),
-    ("top", ["cli", "demo", "__init__", "__main__"]),
+    ("top", ["cli", "serve", "demo", "__init__", "__main__"]),
 ]
 BESIDE = [("server", "compat")]  # same floor, and neither may import the other
 

@@ -17,6 +17,8 @@ import torch
 
 from utter_tts import cli
 from utter_tts.api import TTS
+from utter_tts.audio.encode import encode
+from utter_tts.audio.join import join_clips
 from utter_tts.pipeline import Pipeline
 from utter_tts.request import MAX_TEXT_CHARS
 from utter_tts.voices.voice import Voice
@@ -72,7 +74,7 @@ def models(checkpoints):
 @pytest.fixture(scope="module")
 def ref_wav(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("ref") / "ref.wav"
-    path.write_bytes(cli._wav_bytes(reference_clip(2.0), SR))
+    path.write_bytes(encode(reference_clip(2.0), SR, "wav"))
     return str(path)
 
 
@@ -107,7 +109,8 @@ def read_wav(path) -> np.ndarray:
 
 
 def as_pcm16(audio: np.ndarray) -> np.ndarray:
-    return (np.clip(audio, -1, 1) * 32767.0).round().astype(np.int16)
+    """16-bit PCM as the package's one WAV writer (utter_tts.audio.encode, FFmpeg's conversion) makes it."""
+    return np.clip(np.rint(np.clip(audio, -1, 1) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 # ---- text splitting and joining (no model) ---------------------------------------------------------
@@ -142,15 +145,15 @@ def test_split_sentences_keeps_every_word_and_the_limit():
     assert cli.MAX_CHUNK_CHARS == MAX_TEXT_CHARS
 
 
-def test_join_chunks_pauses_and_fades_at_seams_only():
+def test_chunks_are_joined_with_pauses_and_fades_at_seams_only():
     a, b = np.full(1000, 0.5, np.float32), np.full(800, -0.5, np.float32)
-    out = cli.join_chunks([a, b], SR, pause_s=0.1)
+    out = join_clips([a, b], SR, pause_s=0.1)  # how the CLI joins its chunks
     gap = int(0.1 * SR)
     assert len(out) == len(a) + gap + len(b)
     assert out[0] == 0.5 and out[-1] == -0.5  # the outer ends are untouched
     assert abs(out[len(a) - 1]) < 0.01 and out[len(a) + gap] == 0.0  # faded into and out of the seam
     assert not out[len(a) : len(a) + gap].any()
-    np.testing.assert_array_equal(cli.join_chunks([a], SR), a)
+    np.testing.assert_array_equal(join_clips([a], SR), a)
 
 
 # ---- subcommands -------------------------------------------------------------------------------------
@@ -377,8 +380,8 @@ def test_bad_input_exits_2_with_a_clear_message(case, models, ref_wav, tmp_path,
     (tmp_path / "garbage.bin").write_bytes(b"this is not audio, nor a voice" * 10)
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
     (tmp_path / "folder.wav").mkdir()
-    (tmp_path / "short.wav").write_bytes(cli._wav_bytes(reference_clip(0.5), SR))
-    (tmp_path / "silent.wav").write_bytes(cli._wav_bytes(np.zeros(2 * SR, np.float32), SR))
+    (tmp_path / "short.wav").write_bytes(encode(reference_clip(0.5), SR, "wav"))
+    (tmp_path / "silent.wav").write_bytes(encode(np.zeros(2 * SR, np.float32), SR, "wav"))
     ctx = dict(models, ref=ref_wav, tmp=str(tmp_path))
     argv, message = BAD_INPUT[case]
     if "--max-new-tokens" not in argv:
@@ -444,7 +447,7 @@ def test_voice_create_errors(models, ref_wav, tmp_path, capsys, loads):
     code, _, err = create(models["base"], ref_wav, "v.wav")
     assert (code, err) == (2, "error: argument --out: a voice file is saved as .safetensors, got 'v.wav'\n")
     silent = tmp_path / "silent.wav"
-    silent.write_bytes(cli._wav_bytes(np.zeros(2 * SR, np.float32), SR))
+    silent.write_bytes(encode(np.zeros(2 * SR, np.float32), SR, "wav"))
     code, _, err = create(models["base"], silent, tmp_path / "v.safetensors")
     assert code == 2 and err.startswith("error: argument --ref: ref_audio is silent"), err
     code, _, err = create(models["design"], ref_wav, tmp_path / "v.safetensors")
@@ -463,21 +466,17 @@ def test_voice_create_errors(models, ref_wav, tmp_path, capsys, loads):
 
 def test_serve_delegates_to_the_server(monkeypatch, capsys):
     seen = []
-    fake = types.ModuleType("utter_tts.server")
+    fake = types.ModuleType("utter_tts.serve")
     fake.serve_main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "utter_tts.server", fake)
+    monkeypatch.setitem(sys.modules, "utter_tts.serve", fake)
     assert cli.main(["serve", "models/base", "--port", "9000"]) == 0
     assert seen == [["models/base", "--port", "9000"]]
 
 
 def test_serve_missing_server_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "utter_tts.server", None)  # import fails
+    monkeypatch.setitem(sys.modules, "utter_tts.serve", None)  # import fails
     code, _, err = run(capsys, "serve", "m")
     assert code == 2 and err.startswith("error: the HTTP server cannot start")
-    monkeypatch.setitem(sys.modules, "utter_tts.server", types.ModuleType("utter_tts.server"))
-    monkeypatch.setitem(sys.modules, "utter_tts.server.cli", None)
-    code, _, err = run(capsys, "serve", "m")
-    assert code == 2 and "has no HTTP server" in err
 
 
 def test_serve_help_is_the_servers(capsys):

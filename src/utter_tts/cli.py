@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ from utter_tts.files import check_writable, write_atomic
 from utter_tts.text import split_sentences
 
 DEFAULT_CHUNK_CHARS = 400
-DEFAULT_PAUSE_S = 0.15  # silence between chunks (sentence pause; no clicks at the seams)
-FADE_S = 0.005  # fade at each seam, so a chunk never starts or stops on a non-zero sample
+DEFAULT_PAUSE_S = 0.15  # silence between chunks (sentence pause; utter_tts.audio.join fades the seams)
 MAX_CHUNK_CHARS = 5000  # utter_tts.request.MAX_TEXT_CHARS (not imported here: it pulls in torch)
 
-# --out extension -> utter_tts.audio.encode format (wav is written with the stdlib `wave` module)
+# --out extension -> utter_tts.audio.encode format
 OUTPUT_FORMATS = {
     ".wav": "wav",
     ".flac": "flac",
@@ -31,30 +29,6 @@ OUTPUT_FORMATS = {
 }
 
 # ---------------------------------------------------------------- audio out
-
-
-def join_chunks(wavs: list, sample_rate: int, pause_s: float = DEFAULT_PAUSE_S):
-    """Concatenate chunk audio with `pause_s` of silence between chunks and a short fade on each side
-    of every seam (the outer ends are left as synthesized)."""
-    import numpy as np
-
-    if not wavs:
-        return np.zeros(0, dtype=np.float32)
-    fade = int(FADE_S * sample_rate)
-    gap = np.zeros(int(round(pause_s * sample_rate)), dtype=np.float32)
-    ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32) if fade else None
-    parts = []
-    for i, w in enumerate(wavs):
-        w = np.asarray(w, dtype=np.float32).copy()
-        if ramp is not None and len(w) >= 2 * fade:
-            if i > 0:
-                w[:fade] *= ramp
-            if i < len(wavs) - 1:
-                w[-fade:] *= ramp[::-1]
-        if i > 0:
-            parts.append(gap)
-        parts.append(w)
-    return np.concatenate(parts)
 
 
 def _output_format(out: str) -> str:
@@ -68,21 +42,6 @@ def _output_format(out: str) -> str:
     return OUTPUT_FORMATS[ext]
 
 
-def _wav_bytes(audio, sample_rate: int) -> bytes:
-    import io
-
-    import numpy as np
-
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
-
-
 def _check_out(path: str | os.PathLike) -> Path:
     """--out can be written: checked before any work, so a long synthesis is never lost at the end."""
     try:
@@ -94,13 +53,9 @@ def _check_out(path: str | os.PathLike) -> Path:
 def write_audio(path: str | os.PathLike, audio, sample_rate: int) -> None:
     """Write mono float audio; the format follows the extension (.wav 16-bit PCM, .flac, .mp3, .ogg/.opus,
     .aac)."""
-    fmt = _output_format(str(path))
-    if fmt == "wav":
-        data = _wav_bytes(audio, sample_rate)
-    else:
-        from utter_tts.audio.encode import encode
+    from utter_tts.audio.encode import encode
 
-        data = encode(audio, sample_rate, fmt)
+    data = encode(audio, sample_rate, _output_format(str(path)))
     try:
         write_atomic(path, data)
     except OSError as e:
@@ -234,7 +189,9 @@ def _synthesize(args: argparse.Namespace) -> int:
             batch = requests[i : i + args.batch_size]
             wavs.extend(tts.synthesize(batch))
             bar.update(len(batch))
-    audio = join_chunks(wavs, tts.sample_rate, args.pause)
+    from utter_tts.audio.join import join_clips
+
+    audio = join_clips(wavs, tts.sample_rate, args.pause)
     write_audio(args.out, audio, tts.sample_rate)
     elapsed = time.perf_counter() - started
     n = len(chunks)
@@ -271,21 +228,10 @@ def _voice_create(args: argparse.Namespace) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    import importlib
-
     try:
-        server = importlib.import_module("utter_tts.server")
-    except ImportError as e:
+        from utter_tts.serve import serve_main
+    except ImportError as e:  # the web stack (fastapi, uvicorn, ...) is missing or broken
         print(f"error: the HTTP server cannot start: {e}", file=sys.stderr)
-        return 2
-    serve_main = getattr(server, "serve_main", None)
-    if serve_main is None:
-        try:
-            from utter_tts.server.cli import serve_main
-        except ImportError:
-            serve_main = None
-    if serve_main is None:
-        print("error: this installation has no HTTP server (utter_tts.server.serve_main)", file=sys.stderr)
         return 2
     return int(serve_main(argv) or 0)
 

@@ -105,6 +105,16 @@ def test_wav_whole_file_has_exact_header_sizes():
     assert data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") == len(data) - 8
 
 
+def test_wav_is_the_plain_44_byte_header_and_the_samples():
+    """The package's one WAV writer (CLI files, utter's routes): no encoder tag between header and data."""
+    audio = tone(seconds=0.5)
+    data = encode(audio, SR, "wav")
+    assert data[36:40] == b"data" and int.from_bytes(data[40:44], "little") == 2 * len(audio)
+    assert len(data) == 44 + 2 * len(audio)
+    back = np.frombuffer(data[44:], "<i2").astype(np.float32) / 32768.0
+    assert np.max(np.abs(back - audio)) < 1e-3
+
+
 def test_out_of_range_samples_are_clipped_not_wrapped():
     loud = np.array([2.0, -3.0, np.nan, np.inf] * 100, dtype=np.float32)
     back = np.frombuffer(encode(loud, SR, "pcm"), "<i2")

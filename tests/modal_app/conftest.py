@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utter_tts.compat.cache import PromptCache
+from utter_tts.compat.checks import Limits
 from utter_tts.compat.fetch import FetchPolicy
-from utter_tts.compat.service import CompatService, Limits
+from utter_tts.compat.service import CompatService
+from utter_tts.service.inline_voices import InlineVoices
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-utter-test"
@@ -153,7 +154,7 @@ def service(models, loopback_policy) -> CompatService:
         design_model=models["voice_design"],
         limits=Limits(batch_pieces=4, chunk_chars=60, design_max_new_tokens=FRAMES),
         fetch_policy=loopback_policy,
-        cache=PromptCache(8),
+        cache=InlineVoices(8),
     )
 
 

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from utter_tts.compat import LANGUAGES
-from utter_tts.compat.deploy import build_app
-from utter_tts.compat.jobs import LocalJobRunner
-from utter_tts.compat.service import CompatService, Limits
+from utter_tts.compat.checks import Limits
+from utter_tts.compat.job_runners import LocalJobRunner
+from utter_tts.compat.service import CompatService
+from utter_tts.serve import build_app
 from utter_tts.voices.library import owner_for_key
 
 from .conftest import FRAMES, KEY, OTHER_KEY, read_wav

@@ -8,8 +8,9 @@ import base64
 import pytest
 
 from utter_tts.compat import LANGUAGES, CompatError, normalize_language
-from utter_tts.compat.cache import PromptCache, prompt_key
-from utter_tts.compat.service import CloneArgs, CompatService, Limits
+from utter_tts.compat.checks import CloneArgs, Limits
+from utter_tts.compat.service import CompatService
+from utter_tts.service.inline_voices import InlineVoices, reference_key
 
 from .conftest import FRAMES, make_wav, read_wav
 
@@ -44,7 +45,7 @@ def counted(models, loopback_policy):
         design_model=models["voice_design"],
         limits=Limits(batch_pieces=4, chunk_chars=60, design_max_new_tokens=FRAMES),
         fetch_policy=loopback_policy,
-        cache=PromptCache(2),
+        cache=InlineVoices(2),
     )
     return svc, base
 
@@ -172,10 +173,11 @@ def test_prompt_cache_hit_skips_encoding(counted, ref_wav):
     assert base.create_voice_calls == 4
 
 
-def test_prompt_key_separates_audio_and_text():
-    a = prompt_key("c", b"abc", "d")
-    assert a != prompt_key("c", b"ab", "cd") and a != prompt_key("x", b"abc", "d")
-    assert a == prompt_key("c", b"abc", "d")
+def test_reference_key_separates_audio_and_text():
+    a = reference_key("c", "base", b"abc", "d")
+    assert a != reference_key("c", "base", b"ab", "cd") and a != reference_key("x", "base", b"abc", "d")
+    assert a != reference_key("c", "base2", b"abc", "d")  # another model, another voice
+    assert a == reference_key("c", "base", b"abc", "d")
 
 
 def test_bad_reference_audio_is_a_400(service):

@@ -19,9 +19,10 @@ from fastapi.testclient import TestClient
 from modal._image import LATEST_IMAGE_BUILDER_VERSION
 
 import utter_tts.compat.deploy as deploy
+import utter_tts.serve as serve
 from utter_tts.compat import LANGUAGES, CompatError
-from utter_tts.compat.jobs import ModalJobRunner, public_status
-from utter_tts.compat.service import JobCancelled
+from utter_tts.compat.job_runners import ModalJobRunner, public_status
+from utter_tts.compat.synthesizer import JobCancelled
 
 from .conftest import FRAMES, KEY, OTHER_KEY, StandIn, load_modal_module, read_wav
 
@@ -198,7 +199,7 @@ def loads(monkeypatch):
     """Counts the models loaded by @modal.enter hooks (the real loader still runs); `loads.order` records
     the snapshot hook ("warm") and the loading hook ("load") in the order they ran."""
     seen = Loads()
-    real_load, real_warm = deploy.load_service, deploy.warm_imports
+    real_load, real_warm = deploy.load_service, serve.warm_imports
 
     def counting(settings, load_design=True, **kw):
         seen.order.append("load")
@@ -210,7 +211,7 @@ def loads(monkeypatch):
         return real_warm()
 
     monkeypatch.setattr(deploy, "load_service", counting)
-    monkeypatch.setattr(deploy, "warm_imports", warm)
+    monkeypatch.setattr(serve, "warm_imports", warm)
     return seen
 
 
@@ -242,7 +243,7 @@ def test_methods_run_locally_with_enter(qwen, modal_env, loads, ckpts, ref_wav, 
 def test_snapshot_hook_touches_no_gpu():
     import torch
 
-    assert "utter_tts.server.app" in deploy.warm_imports()
+    assert "utter_tts.server.app" in serve.warm_imports()
     assert not torch.cuda.is_initialized()
 
 

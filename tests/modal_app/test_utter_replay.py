@@ -94,12 +94,13 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect as ws_connect
 
 from tests.server.conftest import ServerThread, free_port
-from utter_tts.compat.cache import PromptCache
-from utter_tts.compat.deploy import build_app
-from utter_tts.compat.jobs import LocalJobRunner
+from utter_tts.compat.checks import Limits
+from utter_tts.compat.job_runners import LocalJobRunner
 from utter_tts.compat.languages import normalize_language
 from utter_tts.compat.routes import build_router
-from utter_tts.compat.service import CompatService, Limits
+from utter_tts.compat.service import CompatService
+from utter_tts.serve import build_app
+from utter_tts.service.inline_voices import InlineVoices
 
 from .conftest import FRAMES, KEY, StandIn, load_modal_module, make_wav, set_modal_env
 
@@ -649,7 +650,7 @@ def local_app(models, loopback_policy, tmp_path_factory):
         design_model=models["voice_design"],
         limits=Limits(frame_cap=3, design_max_new_tokens=3),
         fetch_policy=loopback_policy,
-        cache=PromptCache(8),
+        cache=InlineVoices(8),
     )
     data = tmp_path_factory.mktemp("oracle")
     runner = LocalJobRunner(service, data / "compat-jobs")

@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 
 from utter_tts.server.app import create_app
-from utter_tts.server.config import ServerConfig
 from utter_tts.server.registry import ModelRegistry
+from utter_tts.server.settings import ServerConfig
 
 ALICE = "sk-test-alice"
 BOB = "sk-test-bob"

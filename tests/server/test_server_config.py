@@ -8,8 +8,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.server.conftest import ALICE
-from utter_tts.server.cli import build_parser, config_from_args
-from utter_tts.server.config import ServerConfig, is_loopback
+from utter_tts.server.settings import ServerConfig, build_parser, config_from_args, is_loopback
 
 
 @pytest.mark.parametrize(

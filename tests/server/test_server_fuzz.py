@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
 
 from tests.server.conftest import ALICE, ServerThread, make_config, tone_wav
-from utter_tts.compat.deploy import mount_on_server
+from utter_tts.serve import mount_on_server
 from utter_tts.server.app import create_app
 
 SURROGATE = re.compile("[\ud800-\udfff]")

@@ -239,7 +239,7 @@ def test_websocket_session_survives_bad_messages(server):
 
 def test_openai_voice_names_are_preset_speakers(oa, reference_pcm):
     """OpenAI's stock example works: `alloy` is the preset speaker the documented table names."""
-    from utter_tts.server.synthesis import OPENAI_VOICES
+    from utter_tts.server.planner import OPENAI_VOICES
 
     assert OPENAI_VOICES["echo"] == "ryan"
     resp = oa.audio.speech.create(

@@ -70,11 +70,11 @@ def test_inline_reference_audio_clones_once_and_is_cached(client, server, refere
     }
     first = client.post("/v1/audio/speech", json=body)
     assert first.status_code == 200, first.text
-    before = len(server.state.cache._items)
+    before = len(server.state.inline_voices)
     body["ref_audio"] = "data:audio/wav;base64," + body["ref_audio"]
     second = client.post("/v1/audio/speech", json=body)
     assert second.content == first.content  # same voice and seed: same audio
-    assert len(server.state.cache._items) == before  # served from the (key, content hash) cache
+    assert len(server.state.inline_voices) == before  # served from the (key, content hash) cache
 
 
 @pytest.fixture

@@ -190,9 +190,11 @@ class AudioEncoder:
         self.samples_in = 0
 
     def _container_options(self) -> dict[str, str]:
+        # bitexact: no encoder-version tag, so a wav file is the plain 44-byte header and the samples
+        options = {"fflags": "+bitexact"} if self.format.container == "wav" else {}
         if not self.streaming:
-            return {}
-        options = {"flush_packets": "1"}
+            return options
+        options["flush_packets"] = "1"
         if self.format.container == "ogg":
             # Ogg pages default to one second of audio; 100 ms pages keep streamed opus responsive.
             options["page_duration"] = "100000"
@@ -288,7 +290,8 @@ def encode(
     sample_rate: int | None = None,
     speed: float = 1.0,
 ) -> bytes:
-    """Encode a whole clip to one complete file (exact header sizes)."""
+    """Encode a whole clip to one complete file (exact header sizes). The package's one WAV writer too:
+    the CLI's files and the WAV of utter's routes come from here."""
     enc = AudioEncoder(format, input_rate=input_rate, sample_rate=sample_rate, speed=speed, streaming=False)
     try:
         enc.feed(audio)

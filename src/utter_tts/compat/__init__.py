@@ -3,13 +3,14 @@
 utter calls its Modal deployment through `generate_voice_clone` / `generate_voice_clone_batch` /
 `generate_voice_design` / `get_model_info` and the HTTP routes `/clone`, `/clone-batch`, `/design`,
 `/health`, `/languages` and the job routes. This package implements that contract as plain code on top of
-`utter_tts` (TTS + Engine) so it can be tested offline; `modal_app/qwen_tts.py` only wires it to Modal.
+`utter_tts` (TTS + Engine) and utter_tts.service, beside the speech server (utter_tts.server), so it can be
+tested offline; utter_tts.serve puts both on one app and `modal_app/qwen_tts.py` only wires that to Modal.
 """
 
-from utter_tts.compat.cache import PromptCache
+from utter_tts.compat.checks import CompatError, Limits
 from utter_tts.compat.fetch import FetchError, FetchPolicy, fetch_url
 from utter_tts.compat.languages import DEFAULT_LANGUAGE, LANGUAGES, normalize_language
-from utter_tts.compat.service import CompatError, CompatService, Limits, wav_bytes
+from utter_tts.compat.service import CompatService
 
 __all__ = [
     "CompatError",
@@ -19,8 +20,6 @@ __all__ = [
     "FetchPolicy",
     "LANGUAGES",
     "Limits",
-    "PromptCache",
     "fetch_url",
     "normalize_language",
-    "wav_bytes",
 ]

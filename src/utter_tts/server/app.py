@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import threading
 import time
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from utter_tts import __version__
-from utter_tts.server import jobs, routes_speech, routes_voices, routes_ws
-from utter_tts.server.auth import KeyChecker, redact_server_logs
-from utter_tts.server.config import ServerConfig
-from utter_tts.server.errors import APIError, install_error_handlers
+from utter_tts.server import routes_jobs, routes_speech, routes_voices, routes_websocket
+from utter_tts.server.job_manager import JobManager
 from utter_tts.server.limits import BodyLimit
 from utter_tts.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from utter_tts.server.openai_errors import install_error_handlers
+from utter_tts.server.planner import Planner
 from utter_tts.server.pool import GenerationPool
 from utter_tts.server.registry import ModelRegistry
-from utter_tts.server.synthesis import Planner, VoiceCache
+from utter_tts.server.settings import ServerConfig, config_from_args
+from utter_tts.service.http_errors import APIError
+from utter_tts.service.inline_voices import InlineVoices
+from utter_tts.service.keys import KeyChecker, redact_server_logs
 from utter_tts.voices.library import VoiceLibrary
 
 log = logging.getLogger("utter_tts.server")
@@ -44,17 +47,17 @@ class ServerState:
         )
         self.metrics = Metrics(self.pool)
         self.keys = KeyChecker(config.api_keys, config.auth_enabled)
-        self.cache = VoiceCache(config.voice_cache_size)
+        self.inline_voices = InlineVoices(config.voice_cache_size)
         self.planner = Planner(
             registry,
             self.library,
-            self.cache,
+            self.inline_voices,
             config.max_input_chars,
             config.max_ref_seconds,
             config.max_new_tokens,
             config.openai_voices,
         )
-        self.jobs = jobs.JobManager(self, config.data_dir / "jobs")
+        self.jobs = JobManager(self, config.data_dir / "jobs")
 
     @property
     def sample_rate(self) -> int:
@@ -69,6 +72,13 @@ class ServerState:
             # The load error itself goes to the log and /health (operators), not to API clients.
             why = "models failed to load" if self.registry.load_error else "models are still loading"
             raise APIError(503, why, "not_ready", headers={"Retry-After": "5"})
+
+    def health_fields(self) -> dict[str, Any]:
+        """The models and the queue, as /health reports them."""
+        return {
+            "models": [m.describe() for m in self.registry.models.values()],
+            "queue": {"active": self.pool.active, "waiting": self.pool.waiting},
+        }
 
 
 def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> FastAPI:
@@ -102,7 +112,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
         await asyncio.sleep(0)
         state.pool.shutdown()
 
-    app = FastAPI(title="utter-tts", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="utter-tts", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = state
     install_error_handlers(app)
     # Room for a reference clip sent inline as base64 (4/3 of its size) plus the JSON around it.
@@ -120,16 +130,12 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
 
     app.include_router(routes_speech.router)
     app.include_router(routes_voices.router)
-    app.include_router(jobs.router)
-    app.include_router(routes_ws.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_websocket.router)
 
     @app.get("/health")
     async def health() -> Any:
-        body = {
-            "status": "ok" if registry.ready.is_set() else "loading",
-            "models": [m.describe() for m in registry.models.values()],
-            "queue": {"active": state.pool.active, "waiting": state.pool.waiting},
-        }
+        body = {"status": "ok" if registry.ready.is_set() else "loading", **state.health_fields()}
         if state.pool.closing:
             body["status"] = "shutting_down"
         if registry.load_error:
@@ -151,3 +157,37 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _version() -> str:
+    """The installed package's version (the server sits below the package's __init__, so not from it)."""
+    try:
+        return metadata.version("utter-tts")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def app_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[FastAPI, ServerConfig]:
+    """Logging set up, then the app the parsed flags ask for; a bad setting ends in `parser.error`."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+        return create_app(config), config
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def serve(app: FastAPI, config: ServerConfig, log_level: str = "info") -> None:
+    """Run `app` under uvicorn on the configured address until it is stopped."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+        ws_max_size=4 * 1024 * 1024,
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utter_tts.server.errors import APIError, error_body
+from utter_tts.server.openai_errors import error_body
+from utter_tts.service.http_errors import APIError
 
 # An over-limit body up to this size is read and dropped before the 413: a client still sending when
 # the server closes gets a connection reset instead of the answer. Larger ones are cut off unread.

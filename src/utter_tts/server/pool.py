@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from utter_tts.server.errors import APIError
+from utter_tts.service.http_errors import APIError
 
 T = TypeVar("T")
 

@@ -11,9 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from utter_tts.audio.encode import AudioEncoder
-from utter_tts.server.errors import APIError, error_body, internal_error
+from utter_tts.server.openai_errors import error_body
+from utter_tts.server.planner import FRAME_RATE_HZ
 from utter_tts.server.schemas import SpeechRequest
-from utter_tts.server.streaming import CancellingStreamingResponse, Generation
+from utter_tts.server.streaming import CancellingStreamingResponse, SpeechStream
+from utter_tts.service.http_errors import APIError, internal_error
 
 log = logging.getLogger("utter_tts.server")
 router = APIRouter()
@@ -23,16 +25,13 @@ def state_of(request) -> object:
     return request.app.state.server
 
 
-def planner_args(body) -> dict:
-    """The planner's arguments that a speech request's fields give (its text and limits come apart:
-    the WebSocket plans sentence by sentence)."""
+def casting_args(body) -> dict:
+    """The arguments of `Planner.cast` that a speech request's fields (or a WebSocket's start) give."""
     return dict(
         model=body.model,
         voice=body.voice_name,
         instructions=body.instructions,
         language=body.language,
-        seed=body.seed,
-        sampling=body.settings(),
         ref_audio=body.ref_audio,
         ref_text=body.ref_text,
     )
@@ -53,7 +52,15 @@ def stream_encoder(state, body) -> AudioEncoder:
 async def plan_speech(state, owner: str, body: SpeechRequest, **limits):
     """Resolve the request into a plan; library reads and reference probing run off the event loop.
     `limits` go to the planner as they are (long jobs pass their own `max_chars`)."""
-    return await run_in_threadpool(state.planner.plan, owner, text=body.input, **planner_args(body), **limits)
+    return await run_in_threadpool(
+        state.planner.plan,
+        owner,
+        text=body.input,
+        seed=body.seed,
+        sampling=body.settings(),
+        **casting_args(body),
+        **limits,
+    )
 
 
 @router.post("/v1/audio/speech")
@@ -64,9 +71,9 @@ async def create_speech(request: Request, body: SpeechRequest):
     owner = state.keys.owner(request)
     encoder = stream_encoder(state, body)
     plan = await plan_speech(state, owner, body)
-    generation = Generation(state, plan, owner, started)
+    speech = SpeechStream(state, plan, owner, started)
     try:
-        await generation.start()
+        await speech.start()
     except BaseException:
         encoder.close()
         raise
@@ -74,20 +81,18 @@ async def create_speech(request: Request, body: SpeechRequest):
     headers = {"X-Utter-Model": plan.model.id, "Cache-Control": "no-store"}
     if body.stream_format == "sse":
         return CancellingStreamingResponse(
-            _sse_body(generation, encoder, body), media_type="text/event-stream", headers=headers
+            _sse_body(speech, encoder, body), media_type="text/event-stream", headers=headers
         )
     headers["Content-Disposition"] = f'inline; filename="speech.{fmt.extension}"'
     return CancellingStreamingResponse(
-        _audio_body(generation, encoder), media_type=fmt.media_type, headers=headers
+        _audio_body(speech, encoder), media_type=fmt.media_type, headers=headers
     )
 
 
-async def _audio_body(generation: Generation, encoder: AudioEncoder):
+async def _audio_body(speech: SpeechStream, encoder: AudioEncoder):
     try:
-        async for chunk in generation.chunks():
-            data = encoder.feed(chunk)
-            if data:
-                yield data
+        async for data in speech.encoded(encoder):
+            yield data
         tail = encoder.finish()
         if tail:
             yield tail
@@ -98,23 +103,25 @@ async def _audio_body(generation: Generation, encoder: AudioEncoder):
         raise
     finally:
         encoder.close()
-        await generation.aclose()
+        await speech.aclose()
 
 
 def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-async def _sse_body(generation: Generation, encoder: AudioEncoder, body: SpeechRequest):
+def _sse_audio(data: bytes) -> bytes:
+    return _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+
+
+async def _sse_body(speech: SpeechStream, encoder: AudioEncoder, body: SpeechRequest):
     try:
         try:
-            async for chunk in generation.chunks():
-                data = encoder.feed(chunk)
-                if data:
-                    yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+            async for data in speech.encoded(encoder):
+                yield _sse_audio(data)
             tail = encoder.finish()
             if tail:
-                yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()})
+                yield _sse_audio(tail)
         except APIError as e:
             yield _sse({"type": "error", **error_body(e)})
             return
@@ -123,9 +130,9 @@ async def _sse_body(generation: Generation, encoder: AudioEncoder, body: SpeechR
             yield _sse({"type": "error", **error_body(internal_error())})
             return
         chars = len(body.input)
-        frames = int(round(generation.samples / generation.state.sample_rate * 12.5))
+        frames = int(round(speech.samples / speech.state.sample_rate * FRAME_RATE_HZ))
         usage = {"input_tokens": chars, "output_tokens": frames, "total_tokens": chars + frames}
         yield _sse({"type": "speech.audio.done", "usage": usage})
     finally:
         encoder.close()
-        await generation.aclose()
+        await speech.aclose()

@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from utter_tts.audio.encode import encode
+from utter_tts.audio.encode import AudioEncoder, audio_format, encode
 from utter_tts.errors import AudioError, InvalidInput
-from utter_tts.server.errors import APIError
 from utter_tts.server.schemas import DesignRequest, SaveDesignRequest
-from utter_tts.server.streaming import Generation
+from utter_tts.server.streaming import SpeechStream
+from utter_tts.service.http_errors import APIError
 from utter_tts.voices.library import check_voice_id, check_voice_name
 
 router = APIRouter()
@@ -155,20 +155,20 @@ async def _design_clip(state, owner: str, body: DesignRequest) -> tuple[np.ndarr
     plan = await run_in_threadpool(
         state.planner.plan,
         owner,
-        model=body.model,
         text=body.input,
+        seed=seed,
+        sampling=body.settings(),
+        model=body.model,
         voice="design",
         instructions=body.instructions,
         language=body.language,
-        seed=seed,
-        sampling=body.settings(),
     )
-    generation = Generation(state, plan, owner)
-    await generation.start()
+    speech = SpeechStream(state, plan, owner)
+    await speech.start()
     try:
-        pieces = [chunk async for chunk in generation.chunks()]
+        pieces = [chunk async for chunk in speech.chunks()]
     finally:
-        await generation.aclose()
+        await speech.aclose()
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32), plan, seed
 
 
@@ -178,13 +178,9 @@ async def design_preview(request: Request, body: DesignRequest):
     state = _state(request)
     state.require_ready()
     owner = state.keys.owner(request)
-    from utter_tts.audio.encode import AudioEncoder
-
     AudioEncoder(body.response_format, sample_rate=body.sample_rate).close()  # validate before generating
     audio, plan, seed = await _design_clip(state, owner, body)
     data = await run_in_threadpool(encode, audio, state.sample_rate, body.response_format, body.sample_rate)
-    from utter_tts.audio.encode import audio_format
-
     fmt = audio_format(body.response_format)
     return Response(
         data, media_type=fmt.media_type, headers={"X-Utter-Seed": str(seed), "X-Utter-Model": plan.model.id}

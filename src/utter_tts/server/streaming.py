@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -11,15 +10,14 @@ import numpy as np
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from utter_tts.errors import InvalidInput
-from utter_tts.server.errors import APIError, from_invalid_input, internal_error
-from utter_tts.server.synthesis import Plan
-
-log = logging.getLogger("utter_tts.server")
+from utter_tts.audio.encode import AudioEncoder
+from utter_tts.server.openai_errors import as_api_error
+from utter_tts.server.planner import Plan
 
 
-class Generation:
-    """A running generation seen from the event loop: the first chunk, then the rest as they come."""
+class SpeechStream:
+    """One plan's audio seen from the event loop: started (the first chunk is in), then the rest as it
+    comes. (The engine's own handle of a running request is utter_tts.engine.scheduler.Generation.)"""
 
     def __init__(self, state, plan: Plan, owner: str, started: float | None = None):
         self.state = state
@@ -28,38 +26,31 @@ class Generation:
         self.started = time.monotonic() if started is None else started
         self.first: np.ndarray | None = None
         self.samples = 0
-        self._gen: AsyncIterator[np.ndarray] | None = None
+        self._audio: AsyncIterator[np.ndarray] | None = None
 
     async def start(self) -> None:
         """Admit, build an inline voice if needed, and wait for the first audio; map failures to APIError."""
-        state = self.state
+        state, casting = self.state, self.plan.casting
         try:
-            if self.plan.pending_ref is not None:
-                await state.pool.run(lambda: state.planner.build_pending(self.owner, self.plan))
-            self._gen = state.pool.stream(self.plan.chunks)
+            if casting.pending_ref is not None:
+                await state.pool.run(lambda: state.planner.build_pending(self.owner, casting))
+            self._audio = state.pool.stream(self.plan.chunks)
             try:
-                self.first = await self._gen.__anext__()
+                self.first = await self._audio.__anext__()
             except StopAsyncIteration:
                 self.first = np.zeros(0, np.float32)
-                self._gen = None
-        except InvalidInput as e:
+                self._audio = None
+        except Exception as e:
             await self.aclose()
-            raise from_invalid_input(e) from None
-        except APIError:
-            await self.aclose()
-            raise
-        except Exception:
-            await self.aclose()
-            log.exception("generation failed before the first audio")
-            raise internal_error() from None
+            raise as_api_error(e, "generation failed before the first audio") from None
         state.metrics.ttfa.observe(time.monotonic() - self.started)
         self.samples += self.first.size
 
     async def chunks(self) -> AsyncIterator[np.ndarray]:
         """The first chunk, then every later one; records real-time factor at the end."""
         yield self.first
-        if self._gen is not None:
-            async for chunk in self._gen:
+        if self._audio is not None:
+            async for chunk in self._audio:
                 self.samples += chunk.size
                 yield chunk
         rate = getattr(self.plan.model.tts, "sample_rate", 24000)
@@ -68,11 +59,19 @@ class Generation:
             self.state.metrics.audio_seconds.inc(seconds)
             self.state.metrics.rtf.observe((time.monotonic() - self.started) / seconds)
 
+    async def encoded(self, encoder: AudioEncoder) -> AsyncIterator[bytes]:
+        """The audio through `encoder`: the bytes it has ready after each chunk (empty ones skipped; the
+        caller finishes the encoder, which may carry on with the next text of a session or job)."""
+        async for chunk in self.chunks():
+            data = encoder.feed(chunk)
+            if data:
+                yield data
+
     async def aclose(self) -> None:
         """Stop generating (frees the slot at the model's next chunk)."""
-        if self._gen is not None:
-            gen, self._gen = self._gen, None
-            await gen.aclose()
+        if self._audio is not None:
+            audio, self._audio = self._audio, None
+            await audio.aclose()
 
 
 class CancellingStreamingResponse(StreamingResponse):

@@ -9,16 +9,15 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utter_tts.errors import InvalidInput
+from utter_tts.voices.cache import VoiceCache
 from utter_tts.voices.voice import Voice
 
 VOICE_ID_RE = re.compile(r"^voice_[0-9a-f]{24}$")
@@ -134,9 +133,7 @@ class VoiceLibrary:
         self.voice_dir.mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.data_dir / "voices.db"
         self.max_voices_per_owner = max_voices_per_owner
-        self._cache: OrderedDict[tuple[str, str], Voice] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
+        self._cache = VoiceCache(cache_size)  # loaded voices by (owner, content hash)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -265,11 +262,9 @@ class VoiceLibrary:
     def load_record(self, owner: str, record: VoiceRecord, param: str = "voice") -> Voice:
         """Load the tensors for a record already fetched for `owner`."""
         key = (owner, record.content_hash)
-        with self._cache_lock:
-            voice = self._cache.get(key)
-            if voice is not None:
-                self._cache.move_to_end(key)
-                return voice
+        voice = self._cache.get(key)
+        if voice is not None:
+            return voice
         try:
             voice = Voice.load(self._file(record.id))
         except FileNotFoundError as e:
@@ -278,10 +273,7 @@ class VoiceLibrary:
         except InvalidInput as e:
             # Files are written atomically, so this is damage from outside: a server fault, not the caller's.
             raise VoiceFileCorrupt(f"voice file of {record.id} is unreadable: {e}") from e
-        with self._cache_lock:
-            self._cache[key] = voice
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, voice)
         return voice
 
     def delete(self, owner: str, voice_id: str, param: str = "voice_id") -> VoiceRecord:
@@ -292,8 +284,7 @@ class VoiceLibrary:
             if cur.rowcount == 0:
                 raise VoiceNotFound(f"no such voice: {voice_id!r}", param=param)
         self._file(voice_id).unlink(missing_ok=True)
-        with self._cache_lock:
-            self._cache.pop((owner, record.content_hash), None)
+        self._cache.pop((owner, record.content_hash))
         return record
 
     def count(self, owner: str | None = None) -> int:

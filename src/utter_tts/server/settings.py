@@ -1,16 +1,91 @@
-"""`utter-tts serve`: parse flags and environment, then run the app under uvicorn."""
+"""Server settings: models, binding, data directory, API keys and every limit, and the `utter-tts serve`
+flags and environment variables that fill them."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import ipaddress
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from utter_tts.server.config import ServerConfig, default_data_dir
+
+def default_data_dir() -> Path:
+    """`$UTTER_TTS_DATA_DIR`, else the XDG data home."""
+    if os.environ.get("UTTER_TTS_DATA_DIR"):
+        return Path(os.environ["UTTER_TTS_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "utter-tts"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (auth defaults to off there)."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServerConfig:
+    """Everything `create_app` needs; the CLI fills it from flags and environment."""
+
+    models: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = field(default_factory=default_data_dir)
+    device: str = "cpu"
+    dtype: str = "float32"
+    api_keys: list[str] = field(default_factory=list)
+    auth: str = "auto"  # "auto" (on unless bound to loopback), "on", "off"
+    max_input_chars: int = 4096
+    max_job_chars: int = 200_000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_ref_seconds: float = 30.0
+    max_concurrency: int = 2
+    engine: str = "auto"  # continuous batching: "on", "off", or "auto" (on for CUDA devices)
+    engine_streams: int = 16
+    max_queue: int = 16
+    max_voices_per_key: int = 1000
+    max_jobs_per_key: int = 8
+    voice_cache_size: int = 64
+    max_new_tokens: int | None = None  # cap on generated frames per request (None: the model's own)
+    # OpenAI voice name -> saved voice or preset speaker, over the defaults in planner.OPENAI_VOICES
+    openai_voices: dict[str, str] = field(default_factory=dict)
+    job_ttl_s: float = 3600.0
+    shutdown_grace_s: float = 10.0
+    retry_after_s: int = 2
+    # Sleep after every generated chunk; a diagnostic knob tests use to prove streaming is incremental.
+    chunk_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth == "on":
+            return True
+        if self.auth == "off":
+            return False
+        return not is_loopback(self.host) or bool(self.api_keys)
+
+    def check(self) -> None:
+        """Refuse configurations that would be unsafe or cannot work."""
+        if self.auth not in ("auto", "on", "off"):
+            raise ValueError(f"auth must be auto, on or off, not {self.auth!r}")
+        if self.auth_enabled and not self.api_keys:
+            raise ValueError(
+                f"API keys are required when binding to {self.host!r}: pass --api-key or set "
+                "UTTER_TTS_API_KEYS (comma-separated), or --auth off to serve without keys"
+            )
+        if self.max_concurrency < 1 or self.max_queue < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
 
 
 def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
+    """The server's flags (`python -m utter_tts.server`); `utter-tts serve` adds utter's routes' flags."""
     p = argparse.ArgumentParser(prog=prog, description="Serve Qwen3-TTS over an OpenAI-compatible HTTP API.")
     p.add_argument("models", nargs="+", help="checkpoint folders or hub ids (Base, VoiceDesign, CustomVoice)")
     p.add_argument("--host", default=os.environ.get("UTTER_TTS_HOST", "127.0.0.1"))
@@ -65,19 +140,6 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         help="map one of OpenAI's voice names (alloy, echo, ...) to a saved voice or preset speaker "
         "(repeatable; env UTTER_TTS_OPENAI_VOICES=alloy=me,echo=ryan)",
     )
-    p.add_argument(
-        "--compat",
-        action="store_true",
-        help="also serve utter's routes (/clone, /clone-batch, /design, /submit-job, /job-status, ...) as "
-        "its Modal app did, jobs run in this process (docs/deploy-modal.md)",
-    )
-    p.add_argument(
-        "--compat-auth",
-        choices=["on", "off"],
-        default=os.environ.get("UTTER_TTS_COMPAT_AUTH", "on"),
-        help="off: utter's routes take no API key (the others keep theirs), so utter's client works "
-        "unchanged; anyone who can reach the port can use them (env UTTER_TTS_COMPAT_AUTH)",
-    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -109,6 +171,7 @@ def _cuda_available() -> bool:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The settings the parsed flags and the environment ask for (not yet checked: `create_app` does)."""
     keys = list(args.api_key)
     keys += [k.strip() for k in os.environ.get("UTTER_TTS_API_KEYS", "").split(",") if k.strip()]
     return ServerConfig(
@@ -133,40 +196,3 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             + list(args.openai_voice)
         ),
     )
-
-
-def serve_main(argv: list[str] | None = None) -> int:
-    """Entry point of `utter-tts serve` (the top-level CLI passes the arguments after `serve`)."""
-    import uvicorn
-
-    from utter_tts.server.app import create_app
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        config = config_from_args(args)
-        app = create_app(config)
-    except ValueError as e:
-        build_parser().error(str(e))
-    runner = None
-    if args.compat:
-        from utter_tts.compat.deploy import mount_on_server
-
-        runner = mount_on_server(app, auth=args.compat_auth == "on")
-    elif args.compat_auth == "off":
-        build_parser().error("--compat-auth off goes with --compat")
-    try:
-        uvicorn.run(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=args.log_level.lower(),
-            timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
-            ws_max_size=4 * 1024 * 1024,
-        )
-    finally:
-        if runner is not None:
-            runner.close()
-    return 0

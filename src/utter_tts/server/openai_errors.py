@@ -7,10 +7,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utter_tts.errors import InvalidInput
-from utter_tts.textcheck import printable
+from utter_tts.service.http_errors import APIError, internal_error
 
 log = logging.getLogger("utter_tts.server")
 
@@ -27,37 +28,6 @@ STATUS_BY_CODE = {
     "job_failed": 409,
 }
 
-TYPE_BY_STATUS = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "server_error",
-}
-
-
-class APIError(Exception):
-    """An error with its HTTP status, already phrased for the client."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        type: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        # Messages and params may quote what the caller sent, lone surrogates included: keep them sendable.
-        self.message = printable(message)
-        self.code = code
-        self.param = None if param is None else printable(param)
-        self.headers = headers or {}
-        self.type = type or TYPE_BY_STATUS.get(status, "invalid_request_error")
-
 
 def from_invalid_input(e: InvalidInput) -> APIError:
     """Map an InvalidInput from the API or the library to its status (404 for a missing path id)."""
@@ -65,6 +35,19 @@ def from_invalid_input(e: InvalidInput) -> APIError:
     if e.code == "voice_not_found" and e.param == "voice_id":
         status = 404
     return APIError(status, e.message, e.code, e.param)
+
+
+def as_api_error(e: Exception, failed: str) -> APIError:
+    """Any exception as what the client is told: ours as they are, a fault of ours logged (`failed` says
+    what failed) and told as an internal error."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, InvalidInput):
+        return from_invalid_input(e)
+    if isinstance(e, ValidationError):
+        return validation_error(RequestValidationError(e.errors()))
+    log.error(failed, exc_info=e)
+    return internal_error()
 
 
 def error_body(err: APIError) -> dict:
@@ -79,7 +62,7 @@ def error_response(err: APIError, request: Request | None = None) -> JSONRespons
     return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     first = errors[0] if errors else {}
     kind = first.get("type", "")
@@ -116,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return error_response(_validation_error(exc), request)
+        return error_response(validation_error(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -130,7 +113,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(internal_error(), request)
-
-
-def internal_error() -> APIError:
-    return APIError(500, "internal server error", "internal_error")

@@ -1,49 +1,28 @@
-"""Long speech jobs: submit a document, poll progress, fetch the file, or cancel; nothing stays open."""
+"""Long speech jobs of this server: run in the background, their state kept on disk beside the result."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
-
 from utter_tts.audio.encode import AudioEncoder
-from utter_tts.errors import InvalidInput
-from utter_tts.server.errors import APIError, from_invalid_input
-from utter_tts.server.routes_speech import plan_speech, stream_encoder
-from utter_tts.server.schemas import JobRequest
-from utter_tts.server.streaming import Generation
-from utter_tts.server.synthesis import FRAME_RATE_HZ, Plan, split_sentences
+from utter_tts.server.openai_errors import as_api_error
+from utter_tts.server.planner import FRAME_RATE_HZ, Plan
+from utter_tts.server.streaming import SpeechStream
+from utter_tts.service.http_errors import APIError
+from utter_tts.service.job_records import RecordStore, new_job_id
+from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.server")
-router = APIRouter()
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{24}$")
-SEGMENT_CHARS = 600  # sentences are grouped up to this size: one model call each
-
-
-def segments(text: str, limit: int = SEGMENT_CHARS) -> list[str]:
-    """Group sentences into pieces of at most ~`limit` characters (a long sentence stays whole)."""
-    out, cur = [], ""
-    for sentence in split_sentences(text) or [text]:
-        if cur and len(cur) + 1 + len(sentence) > limit:
-            out.append(cur)
-            cur = sentence
-        else:
-            cur = f"{cur} {sentence}" if cur else sentence
-    if cur:
-        out.append(cur)
-    return out
+SEGMENT_CHARS = 600  # sentences are packed into pieces of up to this size: one model call each
 
 
 @dataclass
@@ -136,13 +115,13 @@ def _alive(pid: Any) -> bool:
 
 class JobManager:
     """Jobs of this process in memory; each job's state also as a JSON record beside its result file
-    under data_dir/jobs (written atomically), so jobs survive a restart and other server processes on
-    the same data directory can answer for them."""
+    under data_dir/jobs (a RecordStore), so jobs survive a restart and other server processes on the same
+    data directory can answer for them."""
 
     def __init__(self, state, directory: Path):
         self.state = state
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.records = RecordStore(directory)
         # Results left by an earlier run belong to jobs nobody can poll any more. Only old ones go:
         # another server process on this data directory may be writing or serving recent ones.
         now = time.time()
@@ -154,19 +133,14 @@ class JobManager:
                 pass
         self.jobs: dict[str, Job] = {}
 
-    def _record_path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.json"
-
     def save(self, job: Job) -> None:
-        path = self._record_path(job.id)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(job.record()))
-        os.replace(tmp, path)
+        self.records[job.id] = job.record()
 
     def _load(self, job_id: str) -> Job | None:
+        record = self.records.get(job_id)
         try:
-            return Job.from_record(json.loads(self._record_path(job_id).read_text()), self.dir)
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None if record is None else Job.from_record(record, self.dir)
+        except (KeyError, TypeError):  # a record of another version, or edited by hand
             return None
 
     def get(self, owner: str, job_id: str) -> Job:
@@ -190,7 +164,7 @@ class JobManager:
             job.task.cancel()
         self.jobs.pop(job.id, None)
         job.path.unlink(missing_ok=True)
-        self._record_path(job.id).unlink(missing_ok=True)
+        self.records.delete(job.id)
 
     def submit(self, owner: str, plan: Plan, encoder: AudioEncoder) -> Job:
         self.expire()
@@ -202,7 +176,7 @@ class JobManager:
                 "job_limit_reached",
                 headers={"Retry-After": "5"},
             )
-        job_id = "job_" + secrets.token_hex(12)
+        job_id = new_job_id()
         job = Job(
             id=job_id,
             owner=owner,
@@ -222,36 +196,29 @@ class JobManager:
         samples = 0
         try:
             with open(job.path, "wb") as out:
-                for piece in segments(plan.text):
-                    sub = dataclasses.replace(plan, text=piece, pending_ref=plan.pending_ref)
-                    generation = Generation(self.state, sub, job.owner)
-                    await generation.start()
-                    plan.pending_ref, plan.voice = None, sub.voice  # an inline voice is built once
+                # One casting for every piece: an inline voice is built once, for the first.
+                for piece in split_sentences(plan.text, SEGMENT_CHARS):
+                    speech = SpeechStream(
+                        self.state, Plan(plan.casting, piece, plan.seed, plan.sampling), job.owner
+                    )
+                    await speech.start()
                     job.status = "running"
-                    self.save(job)  # progress on disk once per segment
+                    self.save(job)  # progress on disk once per piece
                     try:
-                        async for chunk in generation.chunks():
+                        async for chunk in speech.chunks():
                             samples += chunk.size
                             job.frames_done = int(samples / rate * FRAME_RATE_HZ)
                             out.write(encoder.feed(chunk))
                     finally:
-                        await generation.aclose()
+                        await speech.aclose()
                 out.write(encoder.finish())
             job.status = "succeeded"
         except asyncio.CancelledError:
             job.status = "cancelled"
             job.path.unlink(missing_ok=True)
-        except APIError as e:
-            job.status, job.error = "failed", {"message": e.message, "code": e.code, "param": e.param}
-        except InvalidInput as e:
-            err = from_invalid_input(e)
+        except Exception as e:
+            err = as_api_error(e, f"job {job.id} failed")
             job.status, job.error = "failed", {"message": err.message, "code": err.code, "param": err.param}
-        except Exception:
-            log.exception("job %s failed", job.id)
-            job.status, job.error = (
-                "failed",
-                {"message": "internal server error", "code": "internal_error", "param": None},
-            )
         finally:
             encoder.close()
             job.finished_at = time.time()
@@ -263,79 +230,3 @@ class JobManager:
         for job in self.jobs.values():
             if job.task is not None and not job.task.done():
                 job.task.cancel()
-
-
-def _state(request: Request):
-    return request.app.state.server
-
-
-@router.post("/v1/audio/speech/jobs", status_code=202)
-async def submit_job(request: Request, body: JobRequest):
-    state = _state(request)
-    state.require_ready()
-    owner = state.keys.owner(request)
-    encoder = stream_encoder(state, body)
-    try:
-        plan = await plan_speech(state, owner, body, max_chars=state.config.max_job_chars)
-        if plan.seed is None and plan.mode == "design":
-            plan.seed = secrets.randbits(62)  # one seed for every segment keeps the designed voice steady
-        job = state.jobs.submit(owner, plan, encoder)
-    except BaseException:
-        encoder.close()
-        raise
-    return job.public()
-
-
-@router.get("/v1/audio/speech/jobs")
-async def list_jobs(request: Request):
-    state = _state(request)
-    owner = state.keys.owner(request)
-    state.jobs.expire()
-    mine = [j.public() for j in state.jobs.jobs.values() if j.owner == owner]
-    return {"object": "list", "data": sorted(mine, key=lambda j: j["created_at"], reverse=True)}
-
-
-@router.get("/v1/audio/speech/jobs/{job_id}")
-async def job_status(request: Request, job_id: str):
-    state = _state(request)
-    return state.jobs.get(state.keys.owner(request), job_id).public()
-
-
-@router.get("/v1/audio/speech/jobs/{job_id}/content")
-async def job_content(request: Request, job_id: str):
-    state = _state(request)
-    job = state.jobs.get(state.keys.owner(request), job_id)
-    if job.status != "succeeded":
-        code = "job_failed" if job.status in ("failed", "cancelled") else "job_not_finished"
-        raise APIError(
-            409,
-            f"job is {job.status}",
-            code,
-            param="job_id",
-            headers={"Retry-After": "2"} if code == "job_not_finished" else None,
-        )
-    from utter_tts.audio.encode import audio_format
-
-    fmt = audio_format(job.format)
-    return FileResponse(job.path, media_type=fmt.media_type, filename=f"{job.id}.{fmt.extension}")
-
-
-@router.post("/v1/audio/speech/jobs/{job_id}/cancel")
-async def cancel_job(request: Request, job_id: str):
-    state = _state(request)
-    job = state.jobs.get(state.keys.owner(request), job_id)
-    if job.task is not None and not job.task.done():
-        job.task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(job.task), timeout=5)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
-            pass
-    return job.public()
-
-
-@router.delete("/v1/audio/speech/jobs/{job_id}")
-async def delete_job(request: Request, job_id: str):
-    state = _state(request)
-    job = state.jobs.get(state.keys.owner(request), job_id)
-    state.jobs.remove(job)
-    return {"id": job.id, "object": "speech.job.deleted", "deleted": True}

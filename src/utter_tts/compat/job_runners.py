@@ -1,8 +1,8 @@
 """Long clone jobs: submit, poll, fetch, cancel, with the work done by a pluggable runner.
 
-The state of a job never lives in a web container's memory: it is kept in a `JobStore` (a folder of JSON
-files shared by every process on one data directory, or a `modal.Dict` on Modal) so whichever container
-answers the next poll can see it.
+The state of a job never lives in a web container's memory: it is kept in a `JobStore` (a RecordStore, a
+folder of JSON records shared by every process on one data directory, or a `modal.Dict` on Modal) so
+whichever container answers the next poll can see it.
 
 - `LocalJobRunner` runs jobs in a thread pool of this process and keeps their WAV in the store's folder.
 - `ModalJobRunner` hands each job to a separate Modal function (`spawn`), finds it again with
@@ -12,12 +12,8 @@ answers the next poll can see it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,46 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from utter_tts.compat.service import CompatError, CompatService, JobCancelled
+from utter_tts.compat.checks import CompatError
+from utter_tts.compat.service import CompatService
+from utter_tts.compat.synthesizer import JobCancelled
+from utter_tts.files import write_atomic
+from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id
 
 log = logging.getLogger("utter_tts.compat")
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-
 
 class JobStore(Protocol):
-    """What a `modal.Dict` offers and the runners need."""
+    """What a `modal.Dict` and a RecordStore (a folder of JSON records) offer and the runners need."""
 
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def __setitem__(self, key: str, value: Any) -> None: ...
-
-
-class DirStore:
-    """A JobStore of JSON files in a folder; atomic writes, readable by every process sharing the folder."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
-            raise KeyError(key)
-        return self.dir / (key.replace(":", "__") + ".json")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return json.loads(self._path(key).read_text("utf-8"))
-        except (FileNotFoundError, KeyError):
-            return default
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        path = self._path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
 
 
 NOT_FOUND = "Job not found"
@@ -170,7 +141,7 @@ class JobRunner:
         raise NotImplementedError
 
     def _record(self, caller: str, job_id: Any) -> dict[str, Any] | None:
-        if not isinstance(job_id, str) or not _KEY_RE.match(job_id):
+        if not isinstance(job_id, str) or not KEY_RE.match(job_id):
             return None
         record = self.store.get(f"job:{job_id}")
         if not record or record.get("caller") != caller:
@@ -195,7 +166,7 @@ class LocalJobRunner(JobRunner):
 
     def __init__(self, service: CompatService | Callable[[], CompatService], directory, workers: int = 1):
         self.dir = Path(directory)
-        super().__init__(DirStore(self.dir))
+        super().__init__(RecordStore(self.dir))
         self._service = service
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="utter-compat-job")
         self._closing = threading.Event()
@@ -212,7 +183,7 @@ class LocalJobRunner(JobRunner):
     def submit(self, caller: str, body: dict[str, Any]) -> str:
         service = self.service()
         service.parse_job(body)  # 400s before queueing
-        job_id = "job_" + secrets.token_hex(12)
+        job_id = new_job_id()
         self.store[f"job:{job_id}"] = {"caller": caller, "key": job_id, "created_at": time.time()}
         self.store[f"progress:{job_id}"] = {"status": "queued", "progress": 0.0}
         payload = {"job_key": job_id, "caller": caller, "body": body}
@@ -225,11 +196,7 @@ class LocalJobRunner(JobRunner):
             wav = run_stored_job(service, payload, self.store, stop=self._closing.is_set)
         except Exception:  # reported in the store by run_stored_job
             return
-        path = self._result_path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(wav)
-        os.replace(tmp, path)
+        write_atomic(self._result_path(key), wav)
 
     def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)

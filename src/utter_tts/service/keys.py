@@ -9,7 +9,7 @@ import re
 
 from starlette.requests import HTTPConnection
 
-from utter_tts.server.errors import APIError
+from utter_tts.service.http_errors import APIError
 from utter_tts.voices.library import owner_for_key
 
 

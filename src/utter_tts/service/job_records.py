@@ -1,0 +1,46 @@
+"""Job state as JSON records in a folder: written atomically, read by every process sharing the folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from utter_tts.files import write_atomic
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+def new_job_id() -> str:
+    """A job id nobody can guess: `job_` and 24 hex digits."""
+    return "job_" + secrets.token_hex(12)
+
+
+class RecordStore:
+    """A dict-like store of JSON records, one file per key (`a:b` is stored as `a__b.json`). A reader sees
+    a record whole or not at all, so other processes on the same folder can poll what one writes."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        if not KEY_RE.match(key):
+            raise KeyError(key)
+        return self.dir / (key.replace(":", "__") + ".json")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The record, or `default` when there is none, the key is malformed or the file is not JSON."""
+        try:
+            return json.loads(self.path(key).read_text("utf-8"))
+        except (FileNotFoundError, KeyError, ValueError):
+            return default
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        write_atomic(self.path(key), json.dumps(value).encode("utf-8"))
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
