@@ -10,8 +10,8 @@ from torch import nn
 
 pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
 
-from utter_tts.kernels.decoder import PackedDecoder  # noqa: E402
 from utter_tts.kernels.linear import linear  # noqa: E402
+from utter_tts.kernels.packed_decoder import PackedDecoder  # noqa: E402
 from utter_tts.model.layers import Decoder, DecoderLayer, KVCache, Rotary  # noqa: E402
 
 from .util import TOL, close, must_fail, poison  # noqa: E402

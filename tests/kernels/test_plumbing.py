@@ -16,9 +16,9 @@ import torch
 triton = pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
 
 from utter_tts.kernels._jit import compile_for, record_launches  # noqa: E402
-from utter_tts.kernels.decoder import PackedDecoder  # noqa: E402
 from utter_tts.kernels.linear import linear  # noqa: E402
-from utter_tts.kernels.sampling import Embed, noise, sample  # noqa: E402
+from utter_tts.kernels.packed_decoder import PackedDecoder  # noqa: E402
+from utter_tts.kernels.sampler import Embed, noise, sample  # noqa: E402
 from utter_tts.model.layers import Decoder, Rotary  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
 
-from utter_tts.kernels.sampling import Embed, noise, sample, sample_ref  # noqa: E402
+from utter_tts.kernels.sampler import Embed, noise, sample, sample_ref  # noqa: E402
 from utter_tts.model.frame import pick_codebook0, suppressed_ids  # noqa: E402
 from utter_tts.model.sampling import choose, uniform_noise  # noqa: E402
 

@@ -7,7 +7,7 @@ embedding) through the input projection and 5 layers, then 14 one-row steps foll
 the codebook's embedding into the running sum that becomes the talker's input (the text embedding is
 added at the last codebook). The talker then runs 28 layers, its final norm, its head and the
 codebook-0 sampler (repetition penalty over the seen-mask, suppressed control ids, min_new_tokens).
-Layers are `kernels.decoder.PackedDecoder` (6-7 launches each). Attention reads exactly the columns a
+Layers are `kernels.packed_decoder.PackedDecoder` (6-7 launches each). Attention reads exactly the columns a
 row has written, so one graph per batch serves every cache length.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from utter_tts.kernels.decoder import PackedDecoder
 from utter_tts.kernels.linear import linear
-from utter_tts.kernels.sampling import Embed, sample
+from utter_tts.kernels.packed_decoder import PackedDecoder
+from utter_tts.kernels.sampler import Embed, sample
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch, SamplingParams
 from utter_tts.model.prompt import Prompt

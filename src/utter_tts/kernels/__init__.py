@@ -13,7 +13,6 @@ from utter_tts.kernels.attention import (
     qk_norm_rope_write,
     qk_norm_rope_write_ref,
 )
-from utter_tts.kernels.decoder import PackedDecoder
 from utter_tts.kernels.linear import (
     CONFIGS,
     LinearConfig,
@@ -23,7 +22,8 @@ from utter_tts.kernels.linear import (
     linear_ref,
     pack_gate_up,
 )
-from utter_tts.kernels.sampling import Embed, noise, sample, sample_ref
+from utter_tts.kernels.packed_decoder import PackedDecoder
+from utter_tts.kernels.sampler import Embed, noise, sample, sample_ref
 
 __all__ = [
     "ATTENTION_CONFIG",
