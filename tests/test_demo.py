@@ -88,9 +88,32 @@ def test_official_code_agrees_with_us_on_a_demo_checkpoint(demo_base):
         assert_codes_equal(ours, official)
 
 
+HIDE_TRITON = """
+import importlib.abc, sys
+class _NoTriton(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoTriton())
+"""
+
+
+def without_triton(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import Triton: the README's install command does not install
+    it (CPU builds of torch do not bring it), so the runtime must not need it."""
+    site = tmp_path / "no-triton"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HIDE_TRITON)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=path)
+
+
 def test_readme_demo_command_runs(tmp_path):
-    """The install command's demo: a custom_voice demo checkpoint, then `utter-tts speak` capped at 2 s."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    """The install command's demo: a custom_voice demo checkpoint, then `utter-tts speak` capped at 2 s,
+    in an environment without Triton, as the install command leaves it."""
+    env = without_triton(tmp_path)
+    hidden = subprocess.run([sys.executable, "-c", "import triton"], capture_output=True, text=True, env=env)
+    assert hidden.returncode != 0 and "No module named 'triton'" in hidden.stderr
     ckpt, out = tmp_path / "demo", tmp_path / "demo.wav"
     build = subprocess.run(
         [sys.executable, "-m", "utter_tts.demo", str(ckpt), "--model-type", "custom_voice"],
@@ -110,3 +133,26 @@ def test_readme_demo_command_runs(tmp_path):
         seconds = w.getnframes() / w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert 0.08 <= seconds <= 2.0 and np.abs(pcm).max() > 0
+
+
+def test_engine_runs_without_triton(tmp_path):
+    """The batching engine on the CPU takes the eager frame step; the fused kernels are never imported."""
+    env = without_triton(tmp_path)
+    ckpt = tmp_path / "demo"
+    build = subprocess.run(
+        [sys.executable, "-m", "utter_tts.demo", str(ckpt), "--model-type", "custom_voice"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    code = (
+        "import sys\n"
+        "from utter_tts import TTS\n"
+        f"tts = TTS.from_pretrained({str(ckpt)!r}, engine={{'max_streams': 2, 'max_frames': 64}})\n"
+        "audio, sr = tts.speak('Hello.', speaker='vivian', max_new_tokens=6)\n"
+        "assert sr == 24000 and len(audio) > 0, (sr, len(audio))\n"
+        "assert tts.engine is not None and tts.engine.runner.fused is None\n"
+        "assert not any(m == 'triton' or m.startswith('triton.') for m in sys.modules)\n"
+        "tts.close()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr

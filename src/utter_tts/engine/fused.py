@@ -23,17 +23,6 @@ from utter_tts.model.frame import FrameBatch, SamplingParams
 from utter_tts.model.prompt import Prompt
 
 
-def kernels_available(device: torch.device) -> bool:
-    """Whether the fused kernels run on `device`: a CUDA device with Triton (Ampere or newer)."""
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
 class FusedFrame:
     """The fused frame step of a FrameBatch (weights packed once from its talker)."""
 

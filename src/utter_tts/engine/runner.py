@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.device import start_copy, to_host
-from utter_tts.engine.fused import FusedFrame, kernels_available
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
 from utter_tts.model.prompt import Prompt
@@ -27,6 +26,17 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # invalidates the graph (seen on an H100 with Base and VoiceDesign engines warming up together).
 _CAPTURE_LOCK = threading.Lock()
 MIN_SPAN = 256
+
+
+def kernels_available(device: torch.device) -> bool:
+    """Whether the fused kernels run on `device`: a CUDA device (Ampere or newer) with Triton installed."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def bucket(n: int, buckets: tuple[int, ...]) -> int:
@@ -83,7 +93,12 @@ class Runner:
         # the fused kernels (engine/fused.py) run the frame on CUDA; the eager step is the reference
         if kernels is None:
             kernels = kernels_available(self.device)
-        self.fused = FusedFrame(self.batch) if kernels else None
+        self.fused = None
+        if kernels:
+            # imported here: the kernels need Triton, which a CPU-only install does not have
+            from utter_tts.engine.fused import FusedFrame
+
+            self.fused = FusedFrame(self.batch)
         self.batch_buckets = tuple(b for b in BATCH_BUCKETS if b < max_slots) + (max_slots,)
         self.codebook_size = talker.cfg.code_predictor.vocab_size
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}

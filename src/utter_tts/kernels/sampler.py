@@ -1,18 +1,18 @@
 """Token choice in one launch: penalties and masks, greedy or seeded top-k/top-p Gumbel-max, embedding gather.
 
 One program per row holds the row's logits (V <= 4096) in registers, all in fp32. Semantics are the
-eager ones: `FrameRunner._pick` (repetition penalty over a seen-mask, suppressed ids, EOS held back
+eager ones: `model.frame.pick_codebook0` (repetition penalty over a seen-mask, suppressed ids, EOS held back
 while frame < min_new_tokens) followed by `model.sampling.choose` (argmax where do_sample is False;
 else logits / temperature, HF top-k then top-p, then argmax of logits - log(-log(u)) with OUR
 counter-based noise u = uniform_noise(seed, frame, codebook, id), reproduced bit for bit in-kernel).
 
-No sort: the k-th largest value is found by bisection over the float's order-preserving integer key
-(32 halvings of a count over the row), and the top-p cut likewise (the smallest value whose mass at or
-below it exceeds 1 - top_p). Top-k then equals the reference exactly (both keep every value >= the k-th,
-ties included). Top-p differs from the reference's sort + cumsum only (a) when a cumulative sum lands
-within float rounding of 1 - top_p, and (b) on ties at the cut: we keep every token equal to the cut
-value, the reference keeps the ones its (unstable) sort happens to put last. Argmax ties go to the
-lowest index, as torch. Division (penalty, temperature) is correctly rounded (div_rn) like torch's.
+No sort: the k-th largest value is found by a radix select over the float's order-preserving integer key
+(4 histograms of 8 bits), and the top-p cut by bisection over the same key (the smallest value whose mass
+at or below it exceeds 1 - top_p). Top-k then equals the reference exactly (both keep every value >= the
+k-th, ties included). Top-p differs from the reference's sort + cumsum only (a) when a cumulative sum
+lands within float rounding of 1 - top_p, and (b) on ties at the cut: we keep every token equal to the
+cut value, the reference keeps the ones its (unstable) sort happens to put last. Argmax ties
+go to the lowest index, as torch. Division (penalty, temperature) is correctly rounded (div_rn) like torch's.
 
 The optional `Embed` epilogue gathers embedding rows of the chosen tokens in the same launch: the
 next step's input (`out[m] = table[t]`) and the running sum of codebook embeddings that feeds the
@@ -380,7 +380,7 @@ def sample_ref(
     eos_id=None,
     embed: Embed | None = None,
 ):
-    """Reference of `sample`: FrameRunner._pick's masks, then model.sampling.choose (graph_safe: every
+    """Reference of `sample`: pick_codebook0's masks, then model.sampling.choose (graph_safe: every
     row filtered and drawn, greedy rows taken from the argmax), then the embedding epilogue."""
     from utter_tts.model.sampling import choose
 
