@@ -147,6 +147,15 @@ def jit(fn=None, **kwargs):
     return Kernel(fn, **kwargs)
 
 
+@jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """A kernel's first statement. On Hopper, launched early (programmatic dependent launch): wait for the
+    previous kernel's results before touching memory, and let the next kernel's grid start launching."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
 _PATCHED = False
 
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from utter_tts.kernels._jit import dot_precision, jit, next_pow2
+from utter_tts.kernels._jit import dot_precision, jit, next_pow2, pdl_wait
 
 # ---- q/k RMSNorm + RoPE + cache write ---------------------------------------------------------------------
 
@@ -57,10 +57,7 @@ def _qk_norm_rope_kernel(
     BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     # one program per (row, head); heads HEADS.. are the key heads (q, k, v are packed in that order,
     # so head h's columns start at h * HEAD_DIM for q and k alike); a key program also copies its v head
     m = tl.program_id(0)
@@ -245,10 +242,7 @@ def _attention_kernel(
     DOT_PREC: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     # one program per (row, kv head, split): the REP query heads sharing the kv head are the rows of one
     # tile (padded to 16 for tl.dot), so each key/value block is loaded once for the group
     m = tl.program_id(0)
@@ -313,10 +307,7 @@ def _attention_combine_kernel(
     BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     m = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from utter_tts.kernels._jit import dot_precision, jit
+from utter_tts.kernels._jit import dot_precision, jit, pdl_wait
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,7 @@ def _linear_kernel(
     STAGES: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     # axis 0 (rows) varies fastest, so the programs that share a weight tile run together (L2 reuse)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import triton.language as tl
 
-from utter_tts.kernels._jit import jit, next_pow2
+from utter_tts.kernels._jit import jit, next_pow2, pdl_wait
 
 # ---- the noise: model.sampling.uniform_noise in uint32 arithmetic -----------------------------------------
 
@@ -71,10 +71,7 @@ def _noise_kernel(
     BLOCK_V: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     m = tl.program_id(0)
     ids = tl.arange(0, BLOCK_V)
     frame = tl.load(frame_ptr + m) if FRAME_TENSOR else frame_scalar
@@ -213,10 +210,7 @@ def _sample_kernel(
     BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:  # Hopper, launched early (programmatic dependent launch): wait for the previous kernel's
-        # results before touching memory, and let the next kernel's grid start launching meanwhile
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL)
     m = tl.program_id(0)
     ids = tl.arange(0, BLOCK_V)
     valid = ids < V
