@@ -96,6 +96,26 @@ def test_get_model_info(service):
     assert {"model", "gpu", "sample_rate", "prompt_cache"} <= set(info)
 
 
+def test_model_info_names_the_fused_kernels_when_the_engine_runs_them(models):
+    """With the fused frame step (a CUDA engine; built here on the CPU, where it would run interpreted),
+    the reported attention is ours, not SDPA's."""
+    pytest.importorskip("triton")
+    from utter_tts.api import TTS
+    from utter_tts.compat.model_info import attention_implementation
+    from utter_tts.engine.engine import Engine
+
+    pipeline = models["base"].pipeline
+    assert attention_implementation(models["base"]).startswith("sdpa")
+    plain = Engine(pipeline, max_streams=1, max_frames=8, max_prompt=64, max_text_tokens=64, kernels=False)
+    fused = Engine(pipeline, max_streams=1, max_frames=8, max_prompt=64, max_text_tokens=64, kernels=True)
+    try:
+        assert attention_implementation(TTS(pipeline, plain)).startswith("sdpa")
+        assert attention_implementation(TTS(pipeline, fused)).startswith("triton (fused decode attention")
+    finally:
+        plain.close()
+        fused.close()
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

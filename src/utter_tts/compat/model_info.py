@@ -41,7 +41,11 @@ def attention_implementation(model: Any) -> str:
     """The attention kernels `model` (a TTS) runs, and whether flash-attn is installed beside them."""
     if model is None:
         return "unloaded"
-    backend = attention_backend(model.device)
+    engine = getattr(model, "engine", None)
+    if engine is not None and engine.runner.fused is not None:
+        backend = "triton (fused decode attention over the static KV cache)"
+    else:  # the plain pipeline, or an engine without the kernels: PyTorch's SDPA
+        backend = attention_backend(model.device)
     try:
         import flash_attn  # noqa: F401
 
