@@ -117,17 +117,24 @@ class FusedFrame:
     def step(self, n: int) -> None:
         """Advance slots [0, n) by one frame (`FrameBatch.step`'s contract: device tensors only)."""
         b = self.batch
-        dev, dt = b.device, b.dtype
         rows = slice(0, n)
         p = b.params.rows(rows)
         frame = b.frame[rows]
+        codes = b.out[rows, :-1]  # this frame's 16 codes land here
+        codes[:, 0].copy_(b.code0[rows])
+        acc = self._residual_codes(n, p, frame, codes)
+        self._talker_step(n, p, frame, acc)
+
+    def _residual_codes(self, n: int, p: SamplingParams, frame: torch.Tensor, codes: torch.Tensor):
+        """The code predictor's 15 steps (codebooks 1-15 into `codes`); returns the talker's next input:
+        the sum of the frame's 16 codebook embeddings plus its text embedding."""
+        b = self.batch
+        dev, dt = b.device, b.dtype
+        rows = slice(0, n)
         slots = torch.arange(n, device=dev)
         zero = torch.zeros(n, dtype=torch.long, device=dev)
         width = b.hidden.shape[1]
-        codes = b.out[rows, :-1]  # this frame's 16 codes land here
-        codes[:, 0].copy_(b.code0[rows])
-
-        # code predictor, step 1: rows (hidden, embedding of codebook 0) of each stream, at columns 0, 1
+        # step 1: rows (hidden, embedding of codebook 0) of each stream, at columns 0, 1
         first = torch.empty(n, 2, width, dtype=dt, device=dev)
         first[:, 0] = b.hidden[rows]
         first[:, 1] = self.codec_table[b.code0[rows]]
@@ -173,8 +180,15 @@ class FusedFrame:
                 last = self.predictor.forward(
                     self._project(nxt), slots, col, col.expand(3, -1), zero, b.predictor_caches
                 )
+        return acc
 
-        # talker: the frame's embeddings plus its text in, the next codebook 0 out
+    def _talker_step(self, n: int, p: SamplingParams, frame: torch.Tensor, acc: torch.Tensor) -> None:
+        """The talker: the frame's embeddings plus its text in, the next codebook 0 out (and the books)."""
+        b = self.batch
+        dev = b.device
+        rows = slice(0, n)
+        slots = torch.arange(n, device=dev)
+        zero = torch.zeros(n, dtype=torch.long, device=dev)
         col = b.col[rows].clamp(max=b.max_len - 1)  # padding slots keep counting: keep them in bounds
         h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
         hidden = self.talker_norm(h)
