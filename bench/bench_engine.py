@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -34,6 +35,23 @@ TEXT = (
 FRAME_SECONDS = 0.08
 RESULTS: dict = {}
 KERNELS: bool | None = None  # --kernels: the engine's frame step (None: fused on CUDA)
+
+
+COMPILES: list[str] = []  # Triton compiles while serving (each ~1 s: a stall for every stream)
+
+
+def _note_compile(*args, **kwargs):
+    COMPILES.append(f"{time.strftime('%H:%M:%S')} {str(kwargs.get('repr', '?'))[:400]}")
+    return None
+
+
+def watch_compiles():
+    try:
+        import triton
+
+        triton.knobs.runtime.jit_post_compile_hook = _note_compile
+    except Exception as e:  # an older Triton: no hook, no log
+        log("no Triton compile hook:", e)
 
 
 def log(*a):
@@ -321,15 +339,18 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
         except Exception:
             errors.append(traceback.format_exc())
 
+    timings = []
+
     def _run(i):
         req = Request(
             TEXT, "clone", "english", voice=voice, seed=int(seed * 1000 + i), sampling=forced(int(frames[i]))
         )
         t0 = time.perf_counter()
-        ttfa, wall, audio_s, dry = _stream_once(eng, req, 1, 4)
+        ttfa, wall, audio_s, dry = _stream_once(eng, req, 1, 4, timings)
         recs[i] = dict(start=t0, end=t0 + wall, ttfa=ttfa, audio_s=audio_s, dry=dry)
 
     passes = eng.decoding.batches
+    compiles_before = len(COMPILES)
     t_start = time.perf_counter()
     for i in range(n):
         th = threading.Thread(target=run, args=(i,))
@@ -357,6 +378,13 @@ def _concurrent(eng, voice, n, poisson_rate, seed):
         ttfa_p95_ms=round(pct(ttfas, 95) * 1e3, 1),
         streams_ran_dry=int(sum(r["dry"] for r in recs)),
         codec_passes=eng.decoding.batches - passes,
+        # where the first audio's time went (p50 / max over streams, ms from the stream's start)
+        **{
+            f"{k[:-2]}_{q}_ms": round(f(t[k] for t in timings) * 1e3, 1)
+            for k in ("submit_s", "admitted_s", "first_frame_s", "first_decode_s")
+            for q, f in (("p50", lambda xs: pct(list(xs), 50)), ("max", max))
+        },
+        triton_compiles=COMPILES[compiles_before:],
     )
 
 
@@ -366,7 +394,8 @@ def section_concurrency(args, ctx):
     # warm every batch bucket's graphs
     _concurrent(eng, voice, min(64, args.max_streams), 0, 99)
     out = []
-    for n, rate in ((1, 0), (8, 0), (32, 20.0), (64, 40.0)):
+    # 64 at once is the target's "64 concurrent streams"; 64 with Poisson arrivals is kept for comparison
+    for n, rate in ((1, 0), (8, 0), (32, 20.0), (64, 0), (64, 40.0)):
         if n > args.max_streams:
             continue
         r = _concurrent(eng, voice, n, rate, n)
@@ -549,12 +578,12 @@ def section_profile(args, ctx):
         out[f"batch{b}"] = dict(kernel_ms_per_frame=round(total, 2), kernels_per_frame=round(kernels))
         log("profile", b, out[f"batch{b}"])
         print(table[:6000])
-    out["codec"] = _codec_passes(eng)
+    out["codec"] = _codec_passes(eng, args.out)
     log("profile codec", out["codec"])
     RESULTS["profile"] = out
 
 
-def _codec_passes(eng) -> dict:
+def _codec_passes(eng, out_dir) -> dict:
     """The streaming decoder's capacity: one pass of `size` streams x `n` frames (codec slots, CUDA graph
     when n is 1 or 4), median of 20, and the audio seconds per second that rate could decode."""
     slots = eng.decoding.slots
@@ -578,6 +607,39 @@ def _codec_passes(eng) -> dict:
             res[f"{size}x{n}"] = dict(
                 ms=round(ms, 2), audio_s_per_s=round(size * n * FRAME_SECONDS / (ms / 1e3), 1)
             )
+        res["eager_64x4"] = _codec_eager(slots, out_dir)
+    return res
+
+
+def _codec_eager(slots, out_dir) -> dict:
+    """One 64-stream x 4-frame pass run eagerly, with the fused Snake and without (ms, kernels), and the
+    profile of the fused one's kernels (profile_codec.txt)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from utter_tts.codec.decoder import fused_snake
+
+    size = min(64, len(slots.free))
+    index = torch.arange(size, device="cuda")
+    codes = torch.randint(0, 2048, (size, 4, 16), device="cuda")
+    res = {}
+    for label, flag in (("eager_snake", "0"), ("fused_snake", "1")):
+        os.environ["UTTER_TTS_CODEC_KERNELS"] = flag
+        fused_snake.cache_clear()
+        for _ in range(2):
+            slots._pass(index, codes)
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            slots._pass(index, codes)
+            sync()
+        events = prof.key_averages()
+        res[label] = dict(
+            kernel_ms=round(sum(e.device_time_total for e in events) / 1e3, 2),
+            kernels=int(sum(e.count for e in events if e.device_time_total > 0)),
+        )
+        with open(os.path.join(out_dir, f"profile_codec_{label}.txt"), "w") as f:
+            f.write(events.table(sort_by="device_time_total", row_limit=25))
+    os.environ["UTTER_TTS_CODEC_KERNELS"] = "1"
+    fused_snake.cache_clear()
     return res
 
 
@@ -618,6 +680,10 @@ def main():
         torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * 2**30 / total)
         RESULTS["memory_cap_gib"] = args.memory_cap_gib
     ctx: dict = {}
+    watch_compiles()
+    # the engine's own log (graph captures, faults) among the bench's lines: a capture mid-run is a stall
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s: %(message)s")
+    logging.getLogger("utter_tts").setLevel(logging.INFO)
     for name in args.sections:
         t = time.perf_counter()
         try:

@@ -47,7 +47,7 @@ from utter_tts.kernels import (  # noqa: E402
     sample,
 )
 from utter_tts.kernels._jit import record_launches  # noqa: E402
-from utter_tts.kernels.linear import candidate_configs, config_for  # noqa: E402
+from utter_tts.kernels.linear import LinearConfig, candidate_configs, config_for  # noqa: E402
 from utter_tts.model.frame import pick_codebook0, suppressed_ids  # noqa: E402
 from utter_tts.model.layers import Decoder, KVCache, Rotary  # noqa: E402
 from utter_tts.model.sampling import choose, uniform_noise  # noqa: E402
@@ -109,7 +109,7 @@ TINY = {
     ),
 }
 EPS = 1e-6
-RESULTS: dict = {"checks": [], "kernels": [], "passes": [], "sweep": {}, "errors": []}
+RESULTS: dict = {"checks": [], "kernels": [], "passes": [], "sweep": {}, "tiles": {}, "errors": []}
 
 
 def log(*a):
@@ -306,6 +306,14 @@ def section_check(sh, device, smoke):
             wgu = pack_gate_up(w, w.flip(0))
             y = gate_up_silu(x, nw, wgu, EPS)
             record_check(f"gate_up_silu M={M}", dtype, rel_err(y, gate_up_silu_ref(x, nw, wgu, EPS)), tol)
+            # the batch tiles' other paths: norm computed first, K split over programs
+            split = LinearConfig(16 if M <= 16 else 64, 64, 64, 4, 3, split_k=0)
+            y = linear(x, w, b, norm_weight=nw, residual=r, config=split)
+            ref = linear_ref(x, w, b, norm_weight=nw, residual=r, norm_mode="separate")
+            record_check(f"linear split-K M={M}", dtype, rel_err(y, ref), tol)
+            y = gate_up_silu(x, nw, wgu, EPS, config=split)
+            ref = gate_up_silu_ref(x, nw, wgu, EPS, norm_mode="separate")
+            record_check(f"gate_up_silu split-K M={M}", dtype, rel_err(y, ref), tol)
         # q/k norm + M-RoPE + cache write at the talker's shape, distinct positions per axis
         H, KV, D, S, L = t["heads"], t["kv"], t["hd"], 4, t["span"]
         rot = Rotary(D, t["theta"], t["sections"], True)
@@ -690,6 +698,63 @@ def section_sweep(sh, device, timer, Ms, budget_s, smoke):
         log(f"sweep M={M:<3d} best {best['config']} {us:.1f} us (default {d:.1f} us, {tried} tried)")
 
 
+# ---- section: tiles (the real fused linears at batch >= 8: norm first, split-K) ---------------------------
+
+
+def tile_candidates(M: int) -> list[tuple[str, LinearConfig | None, str | None]]:
+    """(label, tile, norm mode) for M rows: the runtime default, its tile with the norm computed first, and
+    whole-row tiles whose K is split until the launch fills the GPU (split_k=0)."""
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    out = [("default", None, None), ("default+separate", None, "separate")]
+    for bn, bk, warps, stages in ((32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 4), (128, 64, 4, 3),
+                                  (128, 128, 8, 3), (64, 128, 8, 3)):  # fmt: skip
+        out.append(
+            (f"split {bm}x{bn}x{bk} w{warps} s{stages}", LinearConfig(bm, bn, bk, warps, stages, 0), None)
+        )
+    return out
+
+
+def section_tiles(sh, device, timer, Ms, budget_s):
+    dtype, cuda = torch.bfloat16, device.type == "cuda"
+    t0 = time.time()
+    RESULTS["tiles"] = {}
+    for M in Ms:
+        built = []
+        for name, K, N, kind in linear_cases(sh):
+            rows = 2 * N if kind == "gate" else N
+            built.append((name, K, N, LinearCase(K, N, kind, M, n_copies(rows * K * 2, cuda), dtype, device)))
+        table = {}
+        eager = {name: timer.per_call([c.eager(i) for i in range(len(c.w))]) for name, _, _, c in built}
+        table["eager (cuBLAS)"] = dict(total_us=sum(eager.values()), per_shape=eager)
+        for label, cfg, mode in tile_candidates(M):
+            if time.time() - t0 > budget_s:
+                RESULTS["tiles"]["stopped_at"] = f"M={M}, {label}"
+                break
+            try:
+                per = {
+                    name: timer.per_call([c.ours(i, config=cfg, mode=mode) for i in range(len(c.w))])
+                    for name, _, _, c in built
+                }
+            except Exception as e:  # a tile that does not compile: skip it
+                log(f"tiles M={M} {label}: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            table[label] = dict(total_us=sum(per.values()), per_shape=per)
+            log(
+                f"tiles M={M:<3d} {label:28s} {sum(per.values()):8.1f} us  "
+                + " ".join(f"{v:.1f}" for v in per.values())
+            )
+        ours = {k: v for k, v in table.items() if not k.startswith("eager")}
+        if not ours:
+            continue
+        best = min(ours, key=lambda k: ours[k]["total_us"])
+        per_shape_best = {
+            name: min(ours, key=lambda k: ours[k]["per_shape"][name]) for name, _, _, _ in built
+        }
+        RESULTS["tiles"][str(M)] = dict(table=table, best=best, per_shape_best=per_shape_best)
+        log(f"tiles M={M:<3d} best {best}: {ours[best]['total_us']:.1f} us; default "
+            f"{ours['default']['total_us']:.1f}; eager {eager and sum(eager.values()):.1f}")  # fmt: skip
+
+
 # ---- report -----------------------------------------------------------------------------------------------
 
 
@@ -794,7 +859,9 @@ def main():
         kernels=lambda: section_kernels(sh, device, timer, Ms, args.smoke),
         passes=lambda: section_passes(sh, device, timer, Ms),
         sweep=lambda: section_sweep(sh, device, timer, sweep_Ms, sweep_budget(), args.smoke),
-    )
+        tiles=lambda: section_tiles(sh, device, timer, (3, 16) if args.smoke else (8, 16, 32, 64, 128),
+                                    sweep_budget()),
+    )  # fmt: skip
 
     def sweep_budget():  # what is left of the whole budget, at most --sweep-budget
         return max(0.0, min(args.sweep_budget, args.budget - (time.time() - t0) - 15))

@@ -25,7 +25,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in kernels|tune) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -63,11 +63,14 @@ case "$STAGE" in
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
+  tiles)    timeout 230 python3 bench/bench_kernels.py --sections check,tiles --budget 220 --sweep-budget 170 \
+              2>&1 | tail -40
+            ours tiles 300 --max-streams 64 --sections env profile concurrency ;;
   kernels)  ours fused 330 --max-streams 64 --sections env single profile floor parity
             timeout 200 python3 bench/bench_kernels.py --budget 170 2>&1 | tail -80
             cp "$OUT"/bench_kernels.json "$OUT"/kernels.json 2>/dev/null ;;
 esac
 # at most 8 files come back from the GPU machine: logs and profiles travel as one archive
-( cd "$OUT" && tar czf extras.tgz --ignore-failed-read build_*.log profile_b*.txt env.txt *.log 2>/dev/null; \
-  rm -f build_*.log profile_b*.txt env.txt )
+( cd "$OUT" && tar czf extras.tgz --ignore-failed-read build_*.log profile_*.txt env.txt *.log 2>/dev/null; \
+  rm -f build_*.log profile_*.txt env.txt )
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -15,6 +15,7 @@ from utter_tts.kernels.linear import (  # noqa: E402
     MIN_PROGRAMS,
     NORM_MODES,
     LinearConfig,
+    auto_split,
     config_for,
     gate_up_silu,
     gate_up_silu_ref,
@@ -28,6 +29,8 @@ from .util import DTYPES, close, must_fail, poison  # noqa: E402
 ONE_ROW = LinearConfig(1, 8, 32, 4, 3)  # CUDA-core tile, K split into several blocks
 NARROW = LinearConfig(1, 2, 16, 1, 1)  # the narrowest tile config_for shrinks to, unpipelined
 DOT = LinearConfig(16, 16, 32, 4, 3)  # tensor-core tile
+SPLIT = LinearConfig(16, 16, 16, 4, 2, split_k=3)  # tensor-core tile, K in three programs' shares
+SPLIT_ONE_ROW = LinearConfig(1, 8, 16, 4, 1, split_k=2)
 
 
 def case(M, K, N, dtype, seed=0, x_stride=1):
@@ -58,8 +61,11 @@ def check_linear(c, dtype, config=None, use=("bias", "norm_weight", "residual"),
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "M,config",
-    [(1, None), (1, ONE_ROW), (3, NARROW), (3, DOT), (8, None), (20, None), (20, DOT), (40, None)],
-)
+    [
+        (1, None), (1, ONE_ROW), (3, NARROW), (3, DOT), (8, None), (20, None), (20, DOT), (40, None),
+        (3, SPLIT), (20, SPLIT), (2, SPLIT_ONE_ROW),
+    ],
+)  # fmt: skip
 def test_linear_fused(M, config, dtype):
     # K and N not multiples of the tiles: masking on both
     check_linear(case(M, 72, 40, dtype, seed=M), dtype, config)
@@ -72,13 +78,19 @@ def test_linear_fused_one_pass_norm(M, config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,config", [(3, DOT), (20, SPLIT)])
+def test_linear_fused_separate_norm(M, config, dtype):
+    check_linear(case(M, 72, 40, dtype, seed=M), dtype, config, mode="separate")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("use", [(), ("bias",), ("norm_weight",), ("residual",)])
 def test_linear_each_feature_alone(use, dtype):
-    for config in (ONE_ROW, DOT):
+    for config in (ONE_ROW, DOT, SPLIT):
         check_linear(case(5, 48, 24, dtype, seed=1), dtype, config, use)
 
 
-@pytest.mark.parametrize("config", [ONE_ROW, DOT])
+@pytest.mark.parametrize("config", [ONE_ROW, DOT, SPLIT])
 def test_linear_strided_rows_and_in_place_residual(config):
     c = case(6, 64, 64, torch.float32, seed=2, x_stride=2)
     assert c["x"].stride(0) == 2 * 64
@@ -108,12 +120,13 @@ def test_linear_fp32_activations_with_bf16_weights():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,config", [(1, None), (3, ONE_ROW), (5, DOT), (17, None)])
+@pytest.mark.parametrize("M,config", [(1, None), (3, ONE_ROW), (5, DOT), (17, None), (5, SPLIT)])
 def test_gate_up_silu(M, config, dtype):
     c = case(M, 56, 36, dtype, seed=M)
     w_up = (torch.randn(36, 56) / 8).to(dtype)
     packed = pack_gate_up(c["w"], w_up)
-    for nw, mode in ((c["norm_weight"], "prologue"), (c["norm_weight"], "one_pass"), (None, None)):
+    modes = ("prologue", "separate") if config is SPLIT else NORM_MODES  # split-K: the norm goes first
+    for nw, mode in [(c["norm_weight"], m) for m in modes] + [(None, None)]:
         y = gate_up_silu(
             c["x"], nw, packed, 1e-6, out=poison(M, 36, dtype=dtype), config=config, norm_mode=mode
         )
@@ -143,6 +156,23 @@ def test_tiles_shrink_for_skinny_outputs():
     cfg = config_for(64, 1024)
     assert cfg.block_n == 16 and cfg.block_m == 16  # 4 x 64 programs instead of 2 x 16
     assert config_for(64) == CONFIGS[64]
+
+
+def test_split_k_fills_the_gpu_instead_of_shrinking_the_tile():
+    tile = LinearConfig(64, 64, 128, 4, 3, split_k=0)
+    for n, k in ((2048, 6144), (4096, 2048), (1024, 1024)):
+        cfg = auto_split(tile, 64, n, k)
+        assert cfg.block_m == 64 and cfg.block_n == 64  # the tile stays whole
+        programs = (n // 64) * cfg.split_k
+        assert programs >= MIN_PROGRAMS or cfg.split_k == k // 256  # enough programs, or K is used up
+    assert auto_split(tile, 64, None, None).split_k == 1
+    assert auto_split(LinearConfig(64, 64, 128, split_k=3), 64, 2048, 6144).split_k == 3  # explicit: kept
+
+
+def test_split_k_with_one_pass_norm_is_refused():
+    c = case(4, 48, 24, torch.float32)
+    with pytest.raises(AssertionError, match="split-K"):
+        linear(c["x"], c["w"], norm_weight=c["norm_weight"], norm_mode="one_pass", config=SPLIT)
 
 
 def test_gate_up_silu_matches_the_eager_mlp_activation():
@@ -183,8 +213,10 @@ def test_linear_any_shape(M, K, N, dtype, stride, tile, seed):
 # ---- planted faults: each wrong reference must fail the same comparison -----------------------------------
 
 
-@pytest.mark.parametrize("mode", NORM_MODES)
-@pytest.mark.parametrize("config", [ONE_ROW, DOT])
+@pytest.mark.parametrize(
+    "config,mode",
+    [(c, m) for c in (ONE_ROW, DOT) for m in NORM_MODES] + [(SPLIT, "prologue"), (SPLIT, "separate")],
+)
 def test_faults_are_caught(config, mode):
     c = case(4, 48, 24, torch.float32, seed=5)
 
@@ -210,3 +242,17 @@ def test_faults_are_caught(config, mode):
     swapped = pack_gate_up(w_up, c["w"])  # gate and up exchanged
     must_fail(close, y, gate_up_silu_ref(c["x"], c["norm_weight"], swapped), torch.float32)
     must_fail(close, poison(4, 24), gate_up_silu_ref(c["x"], c["norm_weight"], packed), torch.float32)
+
+
+def test_a_lost_split_is_caught():
+    """Each K split's partial sums count: a reference without the last split's columns must fail."""
+    c = case(20, 48, 24, torch.float32, seed=7)
+    y = linear(c["x"], c["w"], out=poison(20, 24), config=SPLIT)  # K=48: splits of 16 columns
+    close(y, linear_ref(c["x"], c["w"]), torch.float32)
+    w_lost = c["w"].clone()
+    w_lost[:, 32:] = 0
+    must_fail(close, y, linear_ref(c["x"], w_lost), torch.float32)
+    reordered = torch.cat(
+        [c["w"][:, 16:32], c["w"][:, :16], c["w"][:, 32:]], dim=1
+    )  # splits' columns swapped
+    must_fail(close, y, linear_ref(c["x"], reordered), torch.float32)

@@ -10,7 +10,9 @@ independent streams stack into one batch and split back (`stack_states`, `split_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +184,19 @@ class CausalConvTranspose1d(nn.Module):
         return self.conv(x)[..., start : start + n * self.stride]
 
 
+@functools.lru_cache(maxsize=4)
+def fused_snake(device: torch.device) -> Callable | None:
+    """The one-pass Triton SnakeBeta (kernels/snake.py) on a CUDA device with Triton installed, else None
+    (CPU, or UTTER_TTS_CODEC_KERNELS=0: the eager op below)."""
+    if device.type != "cuda" or os.environ.get("UTTER_TTS_CODEC_KERNELS", "1") == "0":
+        return None
+    try:
+        from utter_tts.kernels.snake import snake
+    except ImportError:  # a CPU-only install has no Triton
+        return None
+    return snake
+
+
 class SnakeBeta(nn.Module):
     """x + sin^2(x * e^alpha) / e^beta, per channel (alpha, beta stored in log scale)."""
 
@@ -191,9 +206,23 @@ class SnakeBeta(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = fused_snake(x.device) if x.is_cuda else None
+        if fused is not None:  # one pass over x instead of five (the codec's batched streaming decode)
+            return fused(x, *self._factors())
         alpha = torch.exp(self.alpha)[None, :, None]
         beta = torch.exp(self.beta)[None, :, None]
         return x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)
+
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e^alpha, 1 / (e^beta + 1e-9)), computed again only when the parameters change (a load, a move)."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.alpha, self.beta))
+        if getattr(self, "_factors_key", None) != key:
+            from utter_tts.kernels.snake import snake_factors  # only reached where Triton is installed
+
+            with torch.no_grad():
+                self._cached_factors = snake_factors(self.alpha, self.beta)
+            self._factors_key = key
+        return self._cached_factors
 
 
 class ConvNeXtBlock(nn.Module):

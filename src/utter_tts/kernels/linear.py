@@ -40,9 +40,13 @@ class LinearConfig:
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    # > 1: programs also split K (fp32 partial sums, then `_split_reduce_kernel` sums them in order and
+    # runs the epilogue); 0: as many splits as make MIN_PROGRAMS programs, instead of shrinking the tile
+    split_k: int = 1
 
     def __post_init__(self):
         assert self.block_m == 1 or self.block_m >= 16, "one row on CUDA cores, or tl.dot's 16-row tiles"
+        assert self.split_k >= 0
 
     @property
     def use_dot(self) -> bool:
@@ -68,20 +72,33 @@ CONFIGS: dict[int, LinearConfig] = {
 MIN_PROGRAMS = 264
 
 
-def config_for(m: int, n: int | None = None) -> LinearConfig:
-    """The bucket's tile for m rows; with the output width n, BLOCK_N (then BLOCK_M) halves while the launch
-    would have fewer than MIN_PROGRAMS programs (skinny outputs at small batch). Shapes only: graph-safe."""
-    cfg = next((c for b, c in CONFIGS.items() if m <= b), CONFIGS[max(CONFIGS)])
-    if n is None:
+def auto_split(cfg: LinearConfig, m: int, n: int | None, k: int | None) -> LinearConfig:
+    """Resolve split_k=0: the fewest K splits that give MIN_PROGRAMS programs, each split keeping at least
+    two BLOCK_K steps (1 without the shapes)."""
+    if cfg.split_k != 0:
         return cfg
+    if n is None or k is None:
+        return replace(cfg, split_k=1)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    most = max(1, k // (2 * cfg.block_k))
+    return replace(cfg, split_k=max(1, min(most, triton.cdiv(MIN_PROGRAMS, tiles))))
+
+
+def config_for(m: int, n: int | None = None, k: int | None = None) -> LinearConfig:
+    """The bucket's tile for m rows; with the output width n, BLOCK_N (then BLOCK_M) halves while the launch
+    would have fewer than MIN_PROGRAMS programs (skinny outputs at small batch), or, for a split-K tile
+    (split_k=0), K splits until it has them (with k). Shapes only: graph-safe."""
+    cfg = next((c for b, c in CONFIGS.items() if m <= b), CONFIGS[max(CONFIGS)])
+    if n is None or m > max(CONFIGS):  # prefill-sized: many row blocks anyway, one tile for every m
+        return replace(cfg, split_k=1) if cfg.split_k == 0 else cfg
+    if cfg.split_k != 1:
+        return auto_split(cfg, m, n, k)
     bm, bn = cfg.block_m, cfg.block_n
     min_bn = 16 if bm >= 16 else 2
 
     def programs(bm, bn):
         return triton.cdiv(m, bm) * triton.cdiv(n, bn)
 
-    if m > max(CONFIGS):  # prefill-sized: many row blocks anyway, and one tile for every m (no compile per m)
-        return cfg
     while bn > min_bn and programs(bm, bn) < MIN_PROGRAMS:
         bn //= 2
     while bm > 16 and programs(bm, bn) < MIN_PROGRAMS:
@@ -125,6 +142,7 @@ def _linear_kernel(
     stride_om,
     up_offset,
     eps,
+    k_per_split,
     HAS_BIAS: tl.constexpr,
     NORM: tl.constexpr,
     HAS_RES: tl.constexpr,
@@ -135,12 +153,15 @@ def _linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
     # axis 0 (rows) varies fastest, so the programs that share a weight tile run together (L2 reuse)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    k_lo = tl.program_id(2) * k_per_split  # split-K: this program's share of K (all of it when SPLIT_K=1)
+    k_hi = tl.minimum(k_lo + k_per_split, K)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
@@ -169,9 +190,9 @@ def _linear_kernel(
             acc2_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
 
     # tl.range(num_stages=...): the weight stream is software-pipelined (cp.async) on the CUDA-core path too
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         ks = k0 + ks0
-        k_ok = ks < K
+        k_ok = ks < k_hi
         xt = tl.load(x_rows + ks[None, :] * stride_xk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if NORM == 1:
             nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
@@ -200,6 +221,14 @@ def _linear_kernel(
         acc = tl.sum(acc2, axis=1)[None, :]
         if GATED:
             acc_up = tl.sum(acc2_up, axis=1)[None, :]
+    if SPLIT_K > 1:  # partial sums out: [split, M, N] (gated: [split, M, 2N], up in the right half)
+        mask = row_ok[:, None] & col_ok[None, :]
+        width = 2 * N if GATED else N
+        p_ptrs = out_ptr + (tl.program_id(2) * M + rows.to(tl.int64))[:, None] * width + cols[None, :]
+        tl.store(p_ptrs, acc, mask=mask)
+        if GATED:
+            tl.store(p_ptrs + N, acc_up, mask=mask)
+        return
     if NORM == 2:
         rstd = tl.math.rsqrt(ss / K + eps)
         acc = acc * rstd[:, None]
@@ -217,7 +246,84 @@ def _linear_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-NORM_MODES = ("prologue", "one_pass")
+@jit
+def _split_reduce_kernel(
+    part_ptr,
+    b_ptr,
+    res_ptr,
+    out_ptr,
+    M,
+    N,
+    stride_rm,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """Split-K's second half: sum the partials of one row in a fixed order (deterministic), then the
+    linear's epilogue (SiLU gate, bias, residual) and one rounding into out."""
+    pdl_wait(USE_PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = cols < N
+    width = 2 * N if GATED else N
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        p = part_ptr + (s * M + row) * width + cols
+        acc += tl.load(p, mask=ok, other=0.0)
+        if GATED:
+            acc_up += tl.load(p + N, mask=ok, other=0.0)
+    if GATED:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_RES:
+        acc += tl.load(res_ptr + row * stride_rm + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@jit
+def _rms_norm_kernel(
+    x_ptr,
+    nw_ptr,
+    out_ptr,
+    K,
+    stride_xm,
+    stride_xk,
+    eps,
+    BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """One row of norm_mode "separate": x * rstd * norm_weight in fp32, rounded once into out (the
+    prologue's operand, written once instead of recomputed by every program of the GEMM)."""
+    pdl_wait(USE_PDL)
+    row = tl.program_id(0).to(tl.int64)
+    ks = tl.arange(0, BLOCK_K)
+    ok = ks < K
+    x = tl.load(x_ptr + row * stride_xm + ks * stride_xk, mask=ok, other=0.0).to(tl.float32)
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+    nw = tl.load(nw_ptr + ks, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * K + ks, (x * rstd * nw).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def rms_norm_rows(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """rmsnorm(x) * norm_weight as a new [M, K] tensor of `dtype` (fp32 math, one rounding)."""
+    M, K = x.shape
+    out = torch.empty(M, K, dtype=dtype, device=x.device)
+    if M:
+        block = triton.next_power_of_2(K)
+        _rms_norm_kernel[(M,)](
+            x, norm_weight, out, K, x.stride(0), x.stride(1), float(eps), BLOCK_K=block,
+            num_warps=4 if block <= 2048 else 8,
+        )  # fmt: skip
+    return out
+
+
+NORM_MODES = ("prologue", "one_pass", "separate")
 NORM_MODE: str | None = None  # None: `norm_mode_for` the row count; pass norm_mode= to choose
 
 
@@ -242,19 +348,29 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         assert bias.shape == (N,) and bias.is_contiguous()
     if norm_weight is not None:
         assert norm_weight.shape == (K,) and norm_weight.is_contiguous()
-    mode = norm_mode or NORM_MODE or norm_mode_for(M)
-    assert mode in NORM_MODES, mode
     # tiles shrink for GPU occupancy only; under the CPU interpreter more programs only cost time
-    cfg = config or config_for(M, N if x.is_cuda else None)
-    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n))
+    cfg = auto_split(config, M, N, K) if config else config_for(M, N if x.is_cuda else None, K)
+    split = cfg.split_k
+    mode = norm_mode or NORM_MODE or ("separate" if split > 1 else norm_mode_for(M))
+    assert mode in NORM_MODES, mode
+    if norm_weight is not None and (mode == "separate" or split > 1 and mode == "prologue"):
+        # the prologue's operand computed once (split-K programs see only part of each row)
+        x, norm_weight = rms_norm_rows(x, norm_weight, eps, w.dtype), None
+    assert norm_weight is None or split == 1, "split-K takes norm modes prologue or separate"
+    k_per_split = triton.cdiv(triton.cdiv(K, split), cfg.block_k) * cfg.block_k
+    split = triton.cdiv(K, k_per_split)  # no empty splits
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n), split)
     res = residual if residual is not None else out
+    target = out
+    if split > 1:
+        target = torch.empty(split, M, 2 * N if gated else N, dtype=torch.float32, device=x.device)
     _linear_kernel[grid](
         x,
         w,
         bias if bias is not None else w,
         norm_weight if norm_weight is not None else w,
         res,
-        out,
+        target,
         M,
         N,
         K,
@@ -266,6 +382,7 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         out.stride(0),
         N * w.stride(0),
         float(eps),
+        k_per_split,
         HAS_BIAS=bias is not None,
         NORM=0 if norm_weight is None else 1 + NORM_MODES.index(mode),
         HAS_RES=residual is not None,
@@ -276,9 +393,28 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         STAGES=cfg.num_stages,
+        SPLIT_K=split,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
+    if split > 1:
+        block = min(1024, triton.next_power_of_2(N))
+        _split_reduce_kernel[(M, triton.cdiv(N, block))](
+            target,
+            bias if bias is not None else w,
+            res,
+            out,
+            M,
+            N,
+            res.stride(0),
+            out.stride(0),
+            HAS_BIAS=bias is not None,
+            HAS_RES=residual is not None,
+            GATED=gated,
+            SPLIT_K=split,
+            BLOCK_N=block,
+            num_warps=4,
+        )
     return out
 
 
