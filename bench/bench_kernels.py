@@ -314,6 +314,16 @@ def section_check(sh, device, smoke):
             y = gate_up_silu(x, nw, wgu, EPS, config=split)
             ref = gate_up_silu_ref(x, nw, wgu, EPS, norm_mode="separate")
             record_check(f"gate_up_silu split-K M={M}", dtype, rel_err(y, ref), tol)
+        if (
+            dtype == torch.float32
+        ):  # the codec's Snake runs in fp32: a strided slice at its last block's shape
+            from utter_tts.kernels.snake import snake, snake_factors, snake_ref
+
+            la, lb = torch.randn(96, device=device) * 0.5, torch.randn(96, device=device) * 0.5
+            xs = torch.randn(8, 96, 8000, device=device)[..., 100:7780]
+            record_check(
+                "snake", dtype, rel_err(snake(xs, *snake_factors(la, lb)), snake_ref(xs, la, lb)), tol
+            )
         # q/k norm + M-RoPE + cache write at the talker's shape, distinct positions per axis
         H, KV, D, S, L = t["heads"], t["kv"], t["hd"], 4, t["span"]
         rot = Rotary(D, t["theta"], t["sections"], True)
