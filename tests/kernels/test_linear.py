@@ -153,9 +153,20 @@ def test_norm_modes_agree_with_the_eager_norm():
 def test_tiles_shrink_for_skinny_outputs():
     assert config_for(1, 1024).block_n * MIN_PROGRAMS <= 2 * 1024  # >= MIN_PROGRAMS/2 programs at batch 1
     assert config_for(1, 12288) == CONFIGS[1]  # wide enough already
+    # tensor-core buckets keep the whole-row tile and split K instead (rows are re-read per N block)
+    cfg = config_for(64, 1024, 1024)
+    assert (cfg.block_m, cfg.block_n) == (CONFIGS[64].block_m, CONFIGS[64].block_n)
+    assert cfg.split_k == 1024 // (2 * cfg.block_k)  # as many splits as K allows (2 steps each)
+    cfg = config_for(64, 4096, 2048)
+    assert cfg.split_k > 1 and (4096 // cfg.block_n) * cfg.split_k >= MIN_PROGRAMS
+    assert config_for(64).split_k == 1  # without the shapes, no split
+    assert config_for(4096, 1024, 1024).split_k == 1  # prefill-sized: row blocks fill the GPU
+
+
+def test_tiles_without_split_k_shrink(monkeypatch):
+    monkeypatch.setitem(CONFIGS, 64, LinearConfig(64, 32, 128, 4, 4))
     cfg = config_for(64, 1024)
-    assert cfg.block_n == 16 and cfg.block_m == 16  # 4 x 64 programs instead of 2 x 16
-    assert config_for(64) == CONFIGS[64]
+    assert cfg.block_n == 16 and cfg.block_m == 16  # 4 x 64 programs instead of 2 x 32
 
 
 def test_split_k_fills_the_gpu_instead_of_shrinking_the_tile():

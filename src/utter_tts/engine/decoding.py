@@ -36,6 +36,19 @@ QUIET_S, GATHER_S = 0.0005, 0.002
 GRAPH_FRAMES = (1, 4)  # push lengths that run as CUDA graphs (the engine's first chunk, then chunks of 4)
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    """cuDNN times its convolution algorithms for the graph's fixed shapes (the heuristic pick ran one
+    64-stream transposed convolution at 2.1 ms on an H200); the process's own setting comes back after.
+    The flag is process-wide, so a convolution in another thread meanwhile may be timed too: harmless."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class CodecSlots:
     """Streaming codec states of up to `slots` streams, resident on the device; row `slots` is scratch (the
     padding rows of a graph's batch bucket write there)."""
@@ -119,11 +132,11 @@ class CodecSlots:
         codes = torch.zeros(size, n, 16, dtype=torch.long, device=device)
         side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._pass(index, codes)  # warm-up (only the scratch slot changes)
+        with _cudnn_benchmark(), torch.cuda.stream(side):
+            self._pass(index, codes)  # warm-up (only the scratch slot changes); cuDNN times its algorithms
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with _cudnn_benchmark(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             audio = self._pass(index, codes)
         self.pool = graph.pool()
         self.graphs[(size, n)] = entry = (graph, index, codes, audio)

@@ -1,4 +1,4 @@
-"""Small-M GEMM y = x @ w.T (nn.Linear weights [N, K]) with RMSNorm prologue, bias/residual/SiLU epilogues.
+"""Small-M GEMM y = x @ w.T (nn.Linear weights [N, K]) with RMSNorm, bias/residual/SiLU epilogues.
 
 Decode multiplies a handful of rows by a large weight, so the kernel is a bandwidth problem: every
 program streams a [BLOCK_N, BLOCK_K] weight tile per step with wide loads along K. Two tile kinds:
@@ -6,19 +6,22 @@ BLOCK_M = 1 multiplies one row on CUDA cores, accumulating [BLOCK_N, BLOCK_K] pa
 weight tile's own register layout and reducing over K once at the end (a [M, N, K] broadcast instead
 would cost a shared-memory layout shuffle of every weight tile); BLOCK_M >= 16 uses tensor cores
 (`tl.dot`, rows padded to the tile, weight tiles software-pipelined). With BLOCK_M = 1 and a few rows,
-the programs of one weight tile run side by side (rows are grid axis 0) and re-read it from L2. Small
-BLOCK_N (not split-K) gives skinny outputs enough programs to fill the GPU and keeps the kernel
-deterministic and single-launch. The tile comes from `CONFIGS`, keyed by the row bucket (override per
-call with `config=`); the GPU benchmark sweeps `candidate_configs` and prints the best per bucket.
+the programs of one weight tile run side by side (rows are grid axis 0) and re-read it from L2; small
+BLOCK_N gives skinny outputs enough programs to fill the GPU in one launch. Tensor-core tiles instead
+cover every row (so each weight tile is read once) and split K over programs until the launch fills
+the GPU (split-K): a tile narrow in N would make every program re-read all the rows' activations from
+L2, four times the weight's bytes at 64 rows. The K splits write fp32 partial sums that a second
+kernel adds in a fixed order (deterministic) before the epilogue. The tile comes from `CONFIGS`, keyed
+by the row bucket (override per call with `config=`); the GPU benchmark times the candidates.
 
-Numerics: the RMSNorm prologue (norm_mode "prologue", the default) sums x^2 over the whole row in fp32
-first, then the main loop scales each x block by rstd * norm_weight in fp32 and casts it to the weight
-dtype for the product (one rounding, where the eager RMSNorm rounds twice). norm_mode "one_pass" saves
-that extra pass over x (a chain of dependent loads in every program before its weights stream; at batch
-1 maybe ~1 us of a few-us launch: to be measured, the benchmark times both): the loop sums x^2 while it
-multiplies x * norm_weight (fp32, rounded to the weight dtype), and rstd scales the fp32 result at the
-end. Both round x once; only the rounding point differs. Accumulation, bias, SiLU and the residual add
-are fp32; the result is rounded once into `out`'s dtype.
+Numerics: RMSNorm, three modes that each round x once. "prologue": the kernel sums x^2 over the whole
+row in fp32 first, then the main loop scales each x block by rstd * norm_weight in fp32 and casts it to
+the weight dtype for the product (where the eager RMSNorm rounds twice). "separate": the same operand,
+written once per row by `_rms_norm_kernel` before the GEMM (the default on tensor-core tiles, required
+by split-K: every program would otherwise re-read its rows to find rstd). "one_pass" (the default on
+one-row tiles): the loop sums x^2 while it multiplies x * norm_weight (fp32, rounded to the weight
+dtype), and rstd scales the fp32 result at the end. Accumulation, bias, SiLU and the residual add are
+fp32; the result is rounded once into `out`'s dtype.
 """
 
 from __future__ import annotations
@@ -53,17 +56,20 @@ class LinearConfig:
         return self.block_m >= 16
 
 
-# Row bucket -> tile. Buckets 1, 32 and 64 are the H200 sweep's best (bench_kernels, 2026-11-30); the
-# others were already within 2% of it.
+# Row bucket -> tile. Buckets 1 and 2: one-row CUDA-core tiles (the H200 sweep's best, bench_kernels
+# 2026-11-30). Buckets 4-128: whole-row tensor-core tiles whose K is split until the launch fills the GPU
+# (split_k=0), the RMSNorm computed first: the H200 "tiles" run (2026-11-30, the 11 real weight shapes with
+# their fused extras) measured 88 / 91 / 103 / 112 / 128 us at M = 8 / 16 / 32 / 64 / 128, against 122 /
+# 148 / 161 / 258 / 354 us for the shrinking tiles with the norm in the prologue, and cuBLAS at 163-177 us.
 CONFIGS: dict[int, LinearConfig] = {
-    1: LinearConfig(1, 4, 512, 4, 3),  # the H200 sweep's best at M=1
+    1: LinearConfig(1, 4, 512, 4, 3),
     2: LinearConfig(1, 8, 512, 4, 3),
-    4: LinearConfig(16, 16, 256, 4, 4),
-    8: LinearConfig(16, 16, 256, 4, 4),
-    16: LinearConfig(16, 32, 128, 4, 4),
-    32: LinearConfig(32, 32, 256, 4, 3),  # the H200 sweep's best at M=32
-    64: LinearConfig(64, 32, 128, 4, 4),  # the H200 sweep's best at M=64 (104 vs 135 us over 11 shapes)
-    128: LinearConfig(64, 64, 64, 4, 3),
+    4: LinearConfig(16, 32, 128, 4, 4, split_k=0),
+    8: LinearConfig(16, 32, 128, 4, 4, split_k=0),
+    16: LinearConfig(16, 32, 128, 4, 4, split_k=0),
+    32: LinearConfig(32, 32, 128, 4, 4, split_k=0),
+    64: LinearConfig(64, 32, 128, 4, 4, split_k=0),
+    128: LinearConfig(64, 64, 64, 4, 4, split_k=0),
 }
 
 
@@ -123,7 +129,9 @@ def candidate_configs(m: int) -> list[LinearConfig]:
     return out
 
 
-@jit
+# M is not specialized: Triton would compile a second variant for row counts that are not multiples of 16
+# (seen on an H200: a prefill of a new size compiled mid-serving, ~1 s of stall for every stream)
+@jit(do_not_specialize=["M"])
 def _linear_kernel(
     x_ptr,
     w_ptr,
@@ -246,7 +254,7 @@ def _linear_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@jit
+@jit(do_not_specialize=["M"])
 def _split_reduce_kernel(
     part_ptr,
     b_ptr,
@@ -329,9 +337,10 @@ NORM_MODE: str | None = None  # None: `norm_mode_for` the row count; pass norm_m
 
 def norm_mode_for(m: int) -> str:
     """The faster norm mode measured on an H200 (bench_kernels): one pass on the one-row CUDA-core tiles
-    (talker gate/up at M=1: 17.1 vs 19.1 us), the prologue on tensor-core tiles (QKV at M=8: 13.5 vs
-    26.8 us). Decided by the row bucket, so a kernel and its reference agree."""
-    return "prologue" if config_for(m).use_dot else "one_pass"
+    (talker gate/up at M=1: 17.1 vs 19.1 us); on tensor-core tiles the norm first, once per row (QKV at
+    M=8: 9.2 us, against 15.7 with the prologue and 26.8 in one pass). Decided by the row bucket, so a
+    kernel and its reference agree."""
+    return "separate" if config_for(m).use_dot else "one_pass"
 
 
 def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode):
@@ -436,8 +445,8 @@ def linear(
     an nn.Linear weight (bf16 or fp32), bias [N], norm_weight [K]. residual and out are [M, N] with
     contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
     written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
-    `config_for(M, N)` on the GPU); norm_mode: "prologue" or "one_pass" (default NORM_MODE; see the
-    module docstring). No host syncs, so it can be captured in a CUDA graph."""
+    `config_for(M, N, K)` on the GPU); norm_mode: "prologue", "separate" or "one_pass" (default
+    NORM_MODE, else by row bucket; see the module docstring). No host syncs: CUDA-graph safe."""
     return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode)
 
 
