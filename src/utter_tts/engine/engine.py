@@ -115,8 +115,9 @@ class Engine:
         """Audio chunks of a submitted generation (see `stream`); decoding is batched with other streams'."""
         decoder = self.decoding.decoder()
         try:
+            frames = generation.chunked(first_chunk_frames, chunk_frames)  # woken once a chunk
             yield from audio_chunks(
-                generation, decoder, generation.job.ref_codes, chunk_frames, first_chunk_frames
+                frames, decoder, generation.job.ref_codes, chunk_frames, first_chunk_frames
             )
         finally:
             decoder.close()  # its codec slot serves the next stream

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +20,6 @@ from utter_tts.model.denormals import flush_denormals
 from utter_tts.pipeline import Prepared
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 
 class Busy(UtterTTSError):
@@ -46,11 +44,14 @@ class Generation:
     admitted_at: float | None = None  # prefilled into a slot (its first token sampled)
     first_frame_at: float | None = None
     frames: int = 0
-    _queue: queue.Queue = field(default_factory=queue.Queue, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     error: BaseException | None = None
     codes: list[torch.Tensor] = field(default_factory=list, repr=False)
+    # a consumer waits here until `_need` frames in all have come (or the end): it is woken once per chunk,
+    # not once per frame (64 streams' players woken every frame starved the scheduler's thread of the GIL)
+    _ready: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _need: int = 1
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -64,13 +65,27 @@ class Generation:
         return self._done.is_set()
 
     def __iter__(self):
+        """Each frame's codes ([16] int64) as it comes."""
+        return self.chunked(1, 1)
+
+    def chunked(self, first: int, size: int) -> Iterator[torch.Tensor]:
+        """The frames as `iter` gives them, but the consumer wakes only when a chunk is complete: after
+        `first` frames, then every `size` (chunk boundaries counted from the first frame), or at the end."""
+        taken, boundary = 0, first
         while True:
-            item = self._queue.get()
-            if item is _END:
+            with self._ready:
+                while boundary <= taken:
+                    boundary += size
+                self._need = boundary
+                self._ready.wait_for(lambda: len(self.codes) >= self._need or self.done)
+                ready = len(self.codes)
+            while taken < ready:
+                yield self.codes[taken]
+                taken += 1
+            if self.done and taken >= len(self.codes):
                 if self.error is not None:
                     raise self.error
                 return
-            yield item
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
         """All codes [F, 16] once the generation has finished."""
@@ -85,13 +100,16 @@ class Generation:
         if self.first_frame_at is None:
             self.first_frame_at = time.perf_counter()
         self.frames += 1
-        self.codes.append(codes)
-        self._queue.put(codes)
+        with self._ready:
+            self.codes.append(codes)
+            if len(self.codes) >= self._need:
+                self._ready.notify_all()
 
     def _finish(self, error: BaseException | None = None) -> None:
         self.error = error
-        self._done.set()
-        self._queue.put(_END)
+        with self._ready:
+            self._done.set()
+            self._ready.notify_all()
 
 
 class Scheduler:
