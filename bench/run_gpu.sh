@@ -26,7 +26,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -64,6 +64,7 @@ case "$STAGE" in
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
+  load)     ours load 250 --max-streams 64 --sections env single ttfa concurrency ;;
   engine)   ours fused 270 --max-streams 64 --sections env single ttfa profile concurrency
             ours parity 230 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \
               --parity-bf16-batches 1 --long-frames 3000 ;;
