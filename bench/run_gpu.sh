@@ -58,7 +58,8 @@ case "$STAGE" in
   final)  ours ours 200 --sections env single ttfa profile concurrency floor
           peer faster 100 --runs 2 --ttfa-runs 3 --chunk-sizes 4 1
           peer faster_batch 80 --batch-sizes 8 32 --batch-runs 1
-          peer qwen_tts 100 --runs 1 --icl-runs 1 ;;
+          peer qwen_tts 90 --runs 1 --icl-runs 1
+          ours capped21 90 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   checks) ours parity 200 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \
             --parity-bf16-batches 1 --long-frames 3000
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
