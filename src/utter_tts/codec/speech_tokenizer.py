@@ -205,7 +205,10 @@ class StreamingDecoder:
         self.frames += part.shape[1]
         if self.chunk is None:
             return
-        hist = part if self.history is None else torch.cat([self.history, part], dim=1)
+        # the history stays on the device of its first part (the engine's batcher keeps it on the host)
+        hist = (
+            part if self.history is None else torch.cat([self.history, part.to(self.history.device)], dim=1)
+        )
         self.history = hist[:, max(0, hist.shape[1] - self.context) :]
 
     def _restart(self) -> None:

@@ -84,14 +84,16 @@ class CodecSlots:
 
     @torch.inference_mode()
     def run(self, slots: list[int], codes: torch.Tensor) -> torch.Tensor:
-        """The next n frames of the streams in `slots`: codes [B, n, 16] (non-negative) -> audio [B, n * 1920]
-        (float32, on the device)."""
+        """The next n frames of the streams in `slots`: codes [B, n, 16] (non-negative; on the host or the
+        device) -> audio [B, n * 1920] (float32, on the device)."""
         B, n = codes.shape[:2]
         if self.use_graphs and n in GRAPH_FRAMES:
             return self._replay(slots, codes)
-        return self._pass(torch.tensor(slots, device=codes.device), codes)
+        return self._pass(torch.tensor(slots), codes)
 
     def _pass(self, index: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        device = self.codec.device
+        index, codes = index.to(device), codes.to(device)  # codes may be host copies (chunk history)
         state = map_states(lambda t: t.index_select(0, index), self.state)
         audio = self.codec.run(codes, state)
         map_states(lambda dst, src: dst.index_copy_(0, index, src), self.state, state)
@@ -107,7 +109,7 @@ class CodecSlots:
             except Exception:  # a codec op that will not capture: decode eagerly from now on
                 log.exception("codec graph capture failed (batch %d, %d frames); decoding eagerly", size, n)
                 self.use_graphs = False
-                return self._pass(torch.tensor(slots, device=codes.device), codes)
+                return self._pass(torch.tensor(slots), codes)
         graph, index, static_codes, audio = entry
         index.fill_(self.slots)  # padding rows: the scratch slot
         index[:B].copy_(torch.tensor(slots), non_blocking=True)
@@ -295,7 +297,7 @@ class DecodeBatcher:
         an official chunk boundary, an ICL voice's reference) run alone."""
         passes: list[int] = []
         groups: dict[int, list[int]] = {}
-        outs: dict[int, torch.Tensor] = {}
+        outs: list[tuple[list[int], torch.Tensor]] = []  # (jobs, their audio [len(jobs), samples])
         for job in batch:  # all checked before any state moves: a failed batch is retried push by push
             if job.codes.dim() != 2 or job.codes.shape[1] != 16:
                 raise ValueError(f"a push takes [n, 16] codes, got {tuple(job.codes.shape)}")
@@ -305,17 +307,20 @@ class DecodeBatcher:
             if 0 < n <= job.decoder.room():
                 groups.setdefault(n, []).append(i)
             else:
-                outs[i] = StreamingDecoder.push(job.decoder, codes)
+                outs.append(([i], StreamingDecoder.push(job.decoder, codes)[None]))
                 passes.append(1)
         for idx in groups.values():
             jobs = [batch[i] for i in idx]
-            codes = torch.stack([j.codes for j in jobs]).to(self.codec.device).clamp(min=0)
+            # the codes stay where they came from (the scheduler's host copies) for the streams' chunk
+            # history: no device op per stream
+            codes = torch.stack([j.codes for j in jobs]).clamp(min=0)
             audio = self.slots.run([j.decoder.slot for j in jobs], codes)
             passes.append(len(jobs))
-            for k, (i, job) in enumerate(zip(idx, jobs)):
+            for k, job in enumerate(jobs):
                 job.decoder.remember(codes[k : k + 1])
-                outs[i] = audio[k]
+            outs.append((idx, audio))
         self.batches += 1
         self.passes.append(passes)
-        for i, audio in zip(sorted(outs), to_host_all([outs[i] for i in sorted(outs)])):  # one wait
-            batch[i].audio = audio
+        for (idx, _), audio in zip(outs, to_host_all([a for _, a in outs])):  # one copy a pass, one wait
+            for k, i in enumerate(idx):
+                batch[i].audio = audio[k]
