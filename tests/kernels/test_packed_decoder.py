@@ -68,7 +68,7 @@ class Pair:
             )
 
 
-def step(dec, rot, packed, pair, streams, dtype, tol, eager_layer=None):
+def step(dec, rot, packed, pair, streams, dtype, tol, eager_layer=None, eager=False):
     """streams: (slot, start, first col, n tokens) each. Runs the tokens packed through PackedDecoder and
     stream by stream through the eager Decoder.run; compares hidden states and caches."""
     hidden = dec.norm.weight.shape[0]
@@ -92,8 +92,9 @@ def step(dec, rot, packed, pair, streams, dtype, tol, eager_layer=None):
     M = x.shape[0]
     out = poison(M, hidden, dtype=dtype)
     h = packed(
-        x, torch.tensor(slot), torch.cat(col), torch.cat(pos, 1), torch.tensor(start), pair.ours, out=out
-    )
+        x, torch.tensor(slot), torch.cat(col), torch.cat(pos, 1), torch.tensor(start), pair.ours, out=out,
+        eager=eager,
+    )  # fmt: skip
     assert h is out
     expected = torch.cat(expected)
     close(h, expected, dtype, scale=float(expected.abs().max()), **tol)
@@ -101,12 +102,13 @@ def step(dec, rot, packed, pair, streams, dtype, tol, eager_layer=None):
     return h
 
 
-def scenario(shape, dtype, tol, seed=0, norm_mode=None, two_token_step=True):
+def scenario(shape, dtype, tol, seed=0, norm_mode=None, two_token_step=True, eager_prefill=False):
     dec, rot = build(shape, dtype, seed)
     packed = PackedDecoder(dec, rot, norm_mode=norm_mode)
     pair = Pair(dec, slots=5, L=16, dtype=dtype)
     # packed prefill of three streams of different lengths (one left-padded: starts at column 2)
-    step(dec, rot, packed, pair, [(3, 0, 0, 5), (0, 2, 2, 3), (4, 0, 0, 7)], dtype, tol)
+    streams = [(3, 0, 0, 5), (0, 2, 2, 3), (4, 0, 0, 7)]
+    step(dec, rot, packed, pair, streams, dtype, tol, eager=eager_prefill)
     # a decode step: one token per stream
     step(dec, rot, packed, pair, [(3, 0, 5, 1), (0, 2, 5, 1), (4, 0, 7, 1)], dtype, tol)
     if not two_token_step:
@@ -124,6 +126,13 @@ def test_packed_decoder_fp32(shape):
 @pytest.mark.parametrize("shape", [TINY, ODD], ids=["tiny", "odd"])
 def test_packed_decoder_bf16(shape):
     scenario(shape, torch.bfloat16, BF16_VS_EAGER, two_token_step=shape is ODD)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_decoder_eager_prefill(dtype):
+    """The prefill's launch-frugal pass (one tile, the norm in the GEMM's prologue) computes the same."""
+    tol = TOL[torch.float32] if dtype == torch.float32 else BF16_VS_EAGER
+    scenario(ODD, dtype, tol, two_token_step=False, eager_prefill=True)
 
 
 def test_packed_decoder_one_pass_norms():

@@ -57,7 +57,9 @@ class FusedFrame:
         col = torch.cat([torch.arange(length, device=dev) for length in lengths])
         # one split: a prompt's rows fill the GPU anyway, and kernels never compile per prompt length
         zero = torch.zeros_like(col)
-        h = self.talker.forward(x, slot, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1)
+        h = self.talker.forward(
+            x, slot, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True
+        )
         ends = torch.tensor(lengths, device=dev).cumsum(0) - 1
         hidden = self.talker_norm(h[ends])
         params = SamplingParams.stack(settings, seeds, dev)
@@ -105,7 +107,9 @@ class FusedFrame:
             col = torch.arange(m, device=b.device).clamp(max=b.max_len - 1)
             x = torch.zeros(m, b.hidden.shape[1], dtype=b.dtype, device=b.device)
             zero = torch.zeros_like(col)
-            self.talker.forward(x, zero, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1)
+            self.talker.forward(
+                x, zero, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True
+            )
             if m == max_rows or rows > 128:  # past the largest bucket every row count shares one tile
                 break
             rows *= 2

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
-from utter_tts.kernels.linear import gate_up_silu, linear, pack_gate_up
+from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up
+
+# An eager pass of up to this many rows (one or two prompts' prefill) is bound by Python launching its
+# kernels, not by the GPU: one stream's admission took 16-22 ms with one launch per linear and 26-32 ms
+# with split-K and separate norm launches (H200 runs, 2026-11-30). Past it, the GPU work dominates and
+# the prologue's re-read of every row per program costs more than a launch.
+EAGER_PROLOGUE_ROWS = 256
 
 
 @dataclass
@@ -89,13 +95,17 @@ class PackedDecoder:
         caches,
         out: torch.Tensor | None = None,
         num_splits: int | None = None,
+        eager: bool = False,
     ) -> torch.Tensor:
         """x [M, hidden] packed tokens (rows may be strided) -> hidden [M, hidden] before the final norm.
 
         slot, col, start [M] int64 and pos [A, M] as in kernels.attention; caches: one (k, v) pair (or an
         eager KVCache with .k, .v) per layer, each [S, kv_heads, L, head_dim]. Rows' keys are written at
         (slot, col) in every layer. out may be x itself (updated in place). Buffers are allocated from
-        the shapes only, so the pass can be captured in a CUDA graph."""
+        the shapes only, so the pass can be captured in a CUDA graph. eager=True (a pass launched
+        from Python, not replayed from a graph: the prefill): fewer launches, since each costs tens of
+        microseconds of Python there: no split-K, and up to EAGER_PROLOGUE_ROWS rows the RMSNorm in the
+        GEMM's prologue instead of its own kernel."""
         M = x.shape[0]
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         dev, dt = x.device, self.final_norm.dtype
@@ -113,19 +123,24 @@ class PackedDecoder:
                 torch.empty(M, H, splits, dtype=torch.float32, device=dev),
             )
         shape = dict(heads=H, kv_heads=KV, head_dim=D, eps=self.eps)
-        mode = self.norm_mode
+        mode, tile = self.norm_mode, None
+        if eager:
+            tile = config_for(M)  # the row bucket's tile, K not split
+            if mode is None and tile.use_dot and M <= EAGER_PROLOGUE_ROWS:
+                mode = "prologue"
         resid = x
         for layer, cache in zip(self.layers, caches):
             ck, cv = _kv(cache)
             linear(
-                resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode
-            )
+                resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode,
+                config=tile,
+            )  # fmt: skip
             rope = (self.inv_freq, self.axis_of, pos, slot, col)
             qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
             decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
-            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h)
-            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode)
-            linear(act, layer.w_down, residual=h, out=h)
+            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile)
+            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode, config=tile)
+            linear(act, layer.w_down, residual=h, out=h, config=tile)
             resid = h
         return h
 
