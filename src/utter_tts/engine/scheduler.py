@@ -48,8 +48,9 @@ class Generation:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     error: BaseException | None = None
     codes: list[torch.Tensor] = field(default_factory=list, repr=False)
-    # a consumer waits here until `_need` frames in all have come (or the end): it is woken once per chunk,
-    # not once per frame (64 streams' players woken every frame starved the scheduler's thread of the GIL)
+    # its consumer (one per generation) waits here until `_need` frames in all have come (or the end): woken
+    # once per chunk, not once per frame (64 streams' players woken every frame starved the scheduler's
+    # thread of the GIL)
     _ready: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _need: int = 1
 
