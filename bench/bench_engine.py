@@ -586,18 +586,24 @@ def section_profile(args, ctx):
                     torch.cuda.synchronize()
         for s in streams:
             s.cancel()
-        events = prof.key_averages()
-        total = sum(e.device_time_total for e in events) / 5 / 1e3
-        kernels = sum(e.count for e in events if e.device_time_total > 0) / 5
-        table = events.table(sort_by="device_time_total", row_limit=30)
-        with open(os.path.join(args.out, f"profile_b{b}.txt"), "w") as f:
-            f.write(table)
+        total, kernels, table = _kernel_profile(prof, os.path.join(args.out, f"profile_b{b}.txt"), runs=5)
         out[f"batch{b}"] = dict(kernel_ms_per_frame=round(total, 2), kernels_per_frame=round(kernels))
         log("profile", b, out[f"batch{b}"])
         print(table[:6000])
     out["codec"] = _codec_passes(eng, args.out)
     log("profile codec", out["codec"])
     RESULTS["profile"] = out
+
+
+def _kernel_profile(prof, path: str, runs: int = 1, rows: int = 30) -> tuple[float, float, str]:
+    """A profile's GPU kernels per run (ms, count) and its top-`rows` table, also written to `path`."""
+    events = prof.key_averages()
+    ms = sum(e.device_time_total for e in events) / runs / 1e3
+    kernels = sum(e.count for e in events if e.device_time_total > 0) / runs
+    table = events.table(sort_by="device_time_total", row_limit=rows)
+    with open(path, "w") as f:
+        f.write(table)
+    return ms, kernels, table
 
 
 def _codec_passes(eng, out_dir) -> dict:
@@ -648,13 +654,8 @@ def _codec_eager(slots, out_dir) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             slots._pass(index, codes)
             sync()
-        events = prof.key_averages()
-        res[label] = dict(
-            kernel_ms=round(sum(e.device_time_total for e in events) / 1e3, 2),
-            kernels=int(sum(e.count for e in events if e.device_time_total > 0)),
-        )
-        with open(os.path.join(out_dir, f"profile_codec_{label}.txt"), "w") as f:
-            f.write(events.table(sort_by="device_time_total", row_limit=25))
+        ms, kernels, _ = _kernel_profile(prof, os.path.join(out_dir, f"profile_codec_{label}.txt"), rows=25)
+        res[label] = dict(kernel_ms=round(ms, 2), kernels=round(kernels))
     os.environ["UTTER_TTS_CODEC_KERNELS"] = "1"
     fused_snake.cache_clear()
     return res

@@ -762,7 +762,7 @@ def section_tiles(sh, device, timer, Ms, budget_s):
         }
         RESULTS["tiles"][str(M)] = dict(table=table, best=best, per_shape_best=per_shape_best)
         log(f"tiles M={M:<3d} best {best}: {ours[best]['total_us']:.1f} us; default "
-            f"{ours['default']['total_us']:.1f}; eager {eager and sum(eager.values()):.1f}")  # fmt: skip
+            f"{ours['default']['total_us']:.1f}; eager {sum(eager.values()):.1f}")  # fmt: skip
 
 
 # ---- report -----------------------------------------------------------------------------------------------

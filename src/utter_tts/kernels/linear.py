@@ -96,7 +96,7 @@ def config_for(m: int, n: int | None = None, k: int | None = None) -> LinearConf
     (split_k=0), K splits until it has them (with k). Shapes only: graph-safe."""
     cfg = next((c for b, c in CONFIGS.items() if m <= b), CONFIGS[max(CONFIGS)])
     if n is None or m > max(CONFIGS):  # prefill-sized: many row blocks anyway, one tile for every m
-        return replace(cfg, split_k=1) if cfg.split_k == 0 else cfg
+        return auto_split(cfg, m, None, None)
     if cfg.split_k != 1:
         return auto_split(cfg, m, n, k)
     bm, bn = cfg.block_m, cfg.block_n
