@@ -38,10 +38,10 @@ def summary(folder: Path, prefix: str) -> dict:
         runs = [c for c in ours["concurrency"] if c["streams"] == n]
         return ([c for c in runs if not c.get("poisson_rate_per_s")] or runs)[0]
 
-    runs = {n: run_of(n) for n in (8, 32, 64)}
+    chosen = {n: run_of(n) for n in (8, 32, 64)}
     streams = {
         str(n): {"aggregate": r["aggregate_rtf"], "slowest_rtf": r["slowest_stream_rtf"]}
-        for n, r in runs.items()
+        for n, r in chosen.items()
     }
     p95_32 = next(c["ttfa_p95_ms"] for c in ours["concurrency"] if c["streams"] == 32)
     f_total = median(faster, "nonstream_xvector", "total_s")
