@@ -661,6 +661,226 @@ def _codec_eager(slots, out_dir) -> dict:
     return res
 
 
+def _timed(obj, name, log_list):
+    """Wrap obj.name so each call's (start, seconds, first arg's length or value) lands in log_list."""
+    fn = getattr(obj, name)
+
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            arg = a[0] if a else None
+            size = len(arg) if isinstance(arg, list) else arg if isinstance(arg, int) else None
+            log_list.append((t, time.perf_counter() - t, size))
+
+    setattr(obj, name, wrapper)
+    return fn
+
+
+def _stream_busy(events, t0, t1) -> dict:
+    """Per CUDA stream within [t0, t1] (us): kernels, summed kernel time, busy union; and the union over
+    all streams, the time two streams ran at once, the launch gaps of each stream."""
+    by_stream: dict = {}
+    for e in events:
+        s, a, b = e
+        a, b = max(a, t0), min(b, t1)
+        if b > a:
+            by_stream.setdefault(s, []).append((a, b))
+
+    def union(iv):
+        iv = sorted(iv)
+        out, cur = [], None
+        for a, b in iv:
+            if cur and a <= cur[1]:
+                cur[1] = max(cur[1], b)
+            else:
+                if cur:
+                    out.append(tuple(cur))
+                cur = [a, b]
+        if cur:
+            out.append(tuple(cur))
+        return out
+
+    res, unions = {}, {}
+    for s, iv in by_stream.items():
+        u = union(iv)
+        unions[s] = u
+        gaps = [u[i + 1][0] - u[i][1] for i in range(len(u) - 1)]
+        res[str(s)] = dict(
+            kernels=len(iv),
+            kernel_ms=round(sum(b - a for a, b in iv) / 1e3, 2),
+            busy_ms=round(sum(b - a for a, b in u) / 1e3, 2),
+            gaps_under_5us_ms=round(sum(g for g in gaps if g < 5) / 1e3, 2),
+            gaps_5_50us_ms=round(sum(g for g in gaps if 5 <= g < 50) / 1e3, 2),
+            gaps_over_50us_ms=round(sum(g for g in gaps if g >= 50) / 1e3, 2),
+            gaps_over_50us=sum(1 for g in gaps if g >= 50),
+        )
+    every = union([x for u in unions.values() for x in u])
+    busy_all = sum(b - a for a, b in every)
+    busy_sum = sum(sum(b - a for a, b in u) for u in unions.values())
+    return dict(
+        window_ms=round((t1 - t0) / 1e3, 2),
+        gpu_busy_ms=round(busy_all / 1e3, 2),
+        streams_overlap_ms=round((busy_sum - busy_all) / 1e3, 2),
+        streams=res,
+    )
+
+
+def section_timeline(args, ctx):
+    """Where the wall time of 64 streams at once goes: host timings of the scheduler's launch / collect /
+    update and the decoder's passes, and a CUDA trace of the middle of the run (per-stream busy time,
+    overlap, launch gaps). Also the same streams' codes alone (no audio) and one codec pass alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eng = _engine(ctx, args, slots=args.max_streams)
+    voice = ctx["voice"]
+    n = min(64, args.max_streams)
+    _concurrent(eng, voice, n, 0, 99)  # warm
+    out = {}
+    # codes only: the frame loop without the codec
+    reqs = [Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(128)) for i in range(n)]
+    t = time.perf_counter()
+    gens = [eng.submit(r) for r in reqs]
+    t_sub = time.perf_counter() - t
+    [g.result() for g in gens]
+    wall = time.perf_counter() - t
+    first = min(g.first_frame_at for g in gens)
+    last = max(g.first_frame_at for g in gens)
+    out["codes_only"] = dict(
+        streams=n,
+        frames=128,
+        submit_ms=round(t_sub * 1e3, 1),
+        wall_s=round(wall, 3),
+        first_frame_ms=round((first - t) * 1e3, 1),
+        last_first_frame_ms=round((last - t) * 1e3, 1),
+        ms_per_step=round((t + wall - first) / 128 * 1e3, 2),
+        audio_s_per_s=round(n * 128 * FRAME_SECONDS / wall, 1),
+    )
+    log("timeline codes only", out["codes_only"])
+    # the frame graph alone at the full batch, replayed back to back (GPU time of a frame, launch gaps in)
+    runner = eng.runner
+    if runner.use_graphs:
+        with eng.scheduler.lock, torch.cuda.stream(runner.cuda_stream):
+            saved = [t.clone() for t in runner._mutable()]
+            graph = runner.graphs.get((n, runner.max_len)) or next(iter(runner.graphs.values()))
+            graph.replay()
+            sync()
+            t = time.perf_counter()
+            for _ in range(20):
+                graph.replay()
+            sync()
+            out["frame_graph_ms"] = round((time.perf_counter() - t) / 20 * 1e3, 3)
+            for dst, src in zip(runner._mutable(), saved):
+                dst.copy_(src)
+            sync()
+        log("timeline frame graph", out["frame_graph_ms"])
+    # host timings and a trace of a full run with audio
+    logs: dict = {k: [] for k in ("launch", "collect", "update", "admit", "decode")}
+    sched, runner, dec = eng.scheduler, eng.runner, eng.decoding
+    saved = [
+        (runner, "launch", _timed(runner, "launch", logs["launch"])),
+        (runner, "collect", _timed(runner, "collect", logs["collect"])),
+        (sched, "_update", _timed(sched, "_update", logs["update"])),
+        (sched, "_admit", _timed(sched, "_admit", logs["admit"])),
+        (dec, "_serve", _timed(dec, "_serve", logs["decode"])),
+    ]
+    trace_path = os.path.join("/tmp", "timeline_trace.json")
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            r = _concurrent(eng, voice, n, 0, n)
+        prof.export_chrome_trace(trace_path)
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+    out["run"] = r
+    host = {}
+    for k, v in logs.items():
+        if not v:
+            continue
+        secs = [d for _, d, _ in v]
+        sizes = [s for _, _, s in v if s is not None]
+        host[k] = dict(
+            calls=len(v),
+            total_ms=round(sum(secs) * 1e3, 1),
+            p50_ms=round(pct(secs, 50) * 1e3, 3),
+            p95_ms=round(pct(secs, 95) * 1e3, 3),
+            max_ms=round(max(secs) * 1e3, 2),
+            size_p50=pct(sizes, 50) if sizes else None,
+        )
+    steps = sorted(t for t, _, _ in logs["launch"])
+    host["launch_interval_ms"] = (
+        dict(
+            p50=round(pct(list(np.diff(steps)), 50) * 1e3, 2),
+            p95=round(pct(list(np.diff(steps)), 95) * 1e3, 2),
+        )
+        if len(steps) > 2
+        else None
+    )
+    out["host"] = host
+    # the trace: kernels and copies with their streams
+    with open(trace_path) as f:
+        trace = json.load(f)
+    events, names = [], {}
+    for e in trace.get("traceEvents", []):
+        if e.get("ph") != "X" or e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        s = e.get("args", {}).get("stream", -1)
+        events.append((s, float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+        key = e.get("name", "?")[:40]
+        names.setdefault(s, {}).setdefault(key, 0)
+        names[s][key] += 1
+    if events:
+        t0 = min(a for _, a, _ in events)
+        t1 = max(b for _, _, b in events)
+        span = t1 - t0
+        out["trace_all"] = _stream_busy(events, t0, t1)
+        out["trace_middle"] = _stream_busy(events, t0 + 0.3 * span, t0 + 0.6 * span)
+        # which stream is which: their most frequent kernels
+        out["trace_top_kernels_by_stream"] = {
+            str(k): dict(sorted(v.items(), key=lambda kv: -kv[1])[:4]) for k, v in names.items()
+        }
+    try:
+        import gzip
+
+        gz = os.path.join(args.out, "timeline_trace.json.gz")
+        with open(trace_path, "rb") as f, gzip.open(gz, "wb") as g:
+            g.write(f.read())
+        if os.path.getsize(gz) > 15 * 2**20:  # over what comes back from the GPU machine
+            os.remove(gz)
+    except OSError:
+        pass
+    # one codec pass alone, the same shape as the run's
+    slots = dec.slots
+    codes = torch.randint(0, 2048, (n, 4, 16), device="cuda")
+    with torch.cuda.stream(dec.cuda_stream):
+        rows = list(range(n))
+        for _ in range(3):
+            slots.run(rows, codes)
+        sync()
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            slots.run(rows, codes)
+            sync()
+            times.append(time.perf_counter() - t)
+    out["codec_pass_ms"] = round(statistics.median(times) * 1e3, 2)
+    # which operations of the codec pass launch its kernels (an eager pass, CPU ops with their kernels)
+    with torch.cuda.stream(dec.cuda_stream):
+        index = torch.arange(n, device="cuda")
+        slots._pass(index, codes)
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            slots._pass(index, codes)
+            sync()
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=45)
+    with open(os.path.join(args.out, "profile_codec_ops.txt"), "w") as f:
+        f.write(table)
+    print(table[:9000])
+    RESULTS["timeline"] = out
+    log("timeline", json.dumps(out)[:6000])
+
+
 SECTIONS = dict(
     env=section_env,
     parity=section_parity,
@@ -671,6 +891,7 @@ SECTIONS = dict(
     memory=section_memory,
     deploy=section_deploy,
     profile=section_profile,
+    timeline=section_timeline,
 )
 
 

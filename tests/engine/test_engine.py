@@ -88,10 +88,10 @@ def test_streamed_audio_equals_one_shot(tts, voices, engine):
 
 
 def test_concurrent_streams_decode_in_batches(tts, voices, engine):
-    """Three players streaming at once: their codec pushes run batched, and each stream's audio still
-    equals its own one-shot decode. Batching is shown deterministically: the decoder is held until all
-    three first pushes wait; the two one-frame pushes (x-vector voices) then run as one pass, the ICL
-    voice's reference push (another length) as a second."""
+    """Three players streaming at once: the decoder takes their chunks itself, batched, and each stream's
+    audio still equals its own one-shot decode. Batching is shown deterministically: the decoder is held
+    until all three streams have their first frame; the two one-frame first chunks (x-vector voices) then
+    run as one pass, the ICL voice's reference push (another length) as a second."""
     reqs = _requests(voices)[:3]
     want = []
     for req in reqs:
@@ -102,13 +102,17 @@ def test_concurrent_streams_decode_in_batches(tts, voices, engine):
     def play(i):
         got[i] = np.concatenate(list(engine.stream(reqs[i], chunk_frames=2, first_chunk_frames=1)))
 
+    def all_due():
+        streams = list(engine.decoding.streams)
+        return len(streams) == 3 and all(s.generation.codes for s in streams)
+
     threads = [threading.Thread(target=play, args=(i,)) for i in range(3)]
     with engine.decoding.held():
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 120  # liveness only: how long the pushes take does not matter
-        while len(engine.decoding.jobs) < 3:
-            assert time.monotonic() < deadline, "the three first pushes never arrived"
+        deadline = time.monotonic() + 120  # liveness only: how long the frames take does not matter
+        while not all_due():
+            assert time.monotonic() < deadline, "the three streams never had their first frames"
             time.sleep(0.01)
     for t in threads:
         t.join()
@@ -116,6 +120,28 @@ def test_concurrent_streams_decode_in_batches(tts, voices, engine):
     for g, w in zip(got, want):
         assert len(g) == len(w)
         assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max()
+
+
+def test_the_decoder_takes_chunks_without_the_consumer(tts, voices, engine):
+    """The decoder's thread decodes a stream's chunks as its frames come, not when the consumer asks:
+    after one chunk, a consumer that stops reading finds every other chunk decoded and queued at the
+    generation's end; they still concatenate to the one-shot decode (ICL voice: reference pushed first)."""
+    req = _requests(voices)[1]  # ICL, 23 frames
+    want = tts.decode(tts.generate_codes([req])[0], tts.pipeline.prepare(req).ref_codes)
+    gen = engine.submit(req)
+    chunks = engine.audio(gen, chunk_frames=5, first_chunk_frames=2)
+    got = [next(chunks)]
+    stream = engine.decoding.streams[0]
+    deadline = time.monotonic() + 120  # liveness only
+    while not stream.ended:  # 2 + 4 x 5 + 1 frames: five more chunks, the last of one frame
+        assert time.monotonic() < deadline, "the decoder did not finish the stream on its own"
+        time.sleep(0.01)
+    assert [len(c) for c in stream.chunks] == [5 * 1920] * 4 + [1920]
+    got += list(chunks)
+    assert engine.decoding.streams == []  # detached when the consumer finished
+    streamed = np.concatenate(got)
+    assert len(streamed) == len(want)
+    assert np.abs(streamed - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_async_stream(voices, engine):
@@ -316,3 +342,28 @@ def test_codec_slots_decode_like_separate_decoders(tts):
     finally:
         codec.chunk_frames = saved
         batcher.close()
+
+
+def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
+    """With graphs, a push of another length runs as replays of the captured lengths (4s, then 1s), and a
+    stream's final frames are padded to a captured length: the audio is what one eager push gives. Replays
+    are played here by eager passes that refuse any length that was not captured."""
+    from utter_tts.engine.decoding import GRAPH_FRAMES, CodecSlots
+
+    codec = tts.pipeline.codec
+    slots = CodecSlots(codec, 2, use_graphs=True)
+    lengths = []
+
+    def replay(rows, codes):
+        assert codes.shape[1] in GRAPH_FRAMES
+        lengths.append(codes.shape[1])
+        return slots._pass(torch.tensor(rows), codes)
+
+    monkeypatch.setattr(slots, "_replay", replay)
+    codes = torch.randint(0, 2048, (1, 10, 16), generator=torch.Generator().manual_seed(5))
+    want = codec.stream_decoder().push(codes[0])
+    slots.reset(0)
+    got = torch.cat([slots.run([0], codes[:, :7])[0], slots.run([0], codes[:, 7:], last=True)[0]])
+    assert lengths == [4, 1, 1, 1, 4]  # 7 = 4 + 1 + 1 + 1; the final 3 padded to 4
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-5 * want.abs().max())

@@ -6,10 +6,15 @@ gather their rows, run the decoder, scatter the rows back. On CUDA each pass of 
 bucket of 1-frame or 4-frame pushes) is a captured CUDA graph: a streaming push costs one launch instead
 of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an H200).
 
-Players hand their pushes to one thread (`DecodeBatcher`), which runs all pushes waiting at that moment
-in as few passes as their lengths allow, on its own high-priority CUDA stream so audio is not queued
-behind the talker's frames. Each stream keeps the official 300-frame chunk restarts of `StreamingDecoder`
-(its history and counters stay per stream; only the state lives in the slot).
+One thread (`DecodeBatcher`) decodes, on its own high-priority CUDA stream so audio is not queued behind
+the talker's frames. The engine's streams are attached to it (`attach`, an `AudioStream` per generation):
+after each frame the scheduler wakes it, it takes every stream's chunk that is complete at that moment
+and decodes them in as few passes as their lengths allow, then hands each chunk to its stream's
+consumer. No player round trip: 64 streams' chunks of one frame are one pass, whatever the consumers'
+threads are doing (players pushing their own chunks arrived spread over milliseconds and split into
+passes of ~25 streams on an H200). A caller may still push its own decoder's frames (`SlotDecoder.push`).
+Each stream keeps the official 300-frame chunk restarts of `StreamingDecoder` (its history and counters
+stay per stream; only the state lives in the slot).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from utter_tts.codec.decoder import map_states
@@ -28,11 +35,17 @@ from utter_tts.device import to_host_all
 from utter_tts.engine.runner import BATCH_BUCKETS, bucket
 from utter_tts.model.denormals import flush_denormals
 
+if TYPE_CHECKING:
+    from utter_tts.engine.scheduler import Generation
+
 log = logging.getLogger(__name__)
 
-# Streams batched in the talker get their frames together: after the first push arrives, wait for more
-# until none came for QUIET_S seconds, at most GATHER_S in all.
+# Pushes from callers' own decoders: after the first arrives, wait for more until none came for QUIET_S
+# seconds, at most GATHER_S in all (attached streams need no wait: their chunks are taken per frame).
 QUIET_S, GATHER_S = 0.0005, 0.002
+# With streams attached the thread also looks on its own this often (a generation that ended outside the
+# scheduler's loop, e.g. cancelled while queued, wakes nobody).
+POLL_S = 0.05
 GRAPH_FRAMES = (1, 4)  # push lengths that run as CUDA graphs (the engine's first chunk, then chunks of 4)
 
 
@@ -73,6 +86,10 @@ class CodecSlots:
                 raise RuntimeError("no codec slot came free")
             return self.free.pop()
 
+    def try_acquire(self) -> int | None:
+        with self.lock:
+            return self.free.pop() if self.free else None
+
     def release(self, slot: int) -> None:
         with self.lock:
             self.free.append(slot)
@@ -82,14 +99,41 @@ class CodecSlots:
         """Put a slot back at its stream's first frame."""
         map_states(lambda dst, src: dst[slot : slot + 1].copy_(src), self.state, self.fresh)
 
+    def reset_many(self, slots: list[int]) -> None:
+        """`reset` of several slots, one copy per state tensor."""
+        if len(slots) == 1:
+            return self.reset(slots[0])
+        index = torch.tensor(slots, device=self.codec.device)
+        map_states(
+            lambda dst, src: dst.index_copy_(0, index, src.expand(len(slots), *src.shape[1:])),
+            self.state,
+            self.fresh,
+        )
+
     @torch.inference_mode()
-    def run(self, slots: list[int], codes: torch.Tensor) -> torch.Tensor:
+    def run(self, slots: list[int], codes: torch.Tensor, last: bool = False) -> torch.Tensor:
         """The next n frames of the streams in `slots`: codes [B, n, 16] (non-negative; on the host or the
-        device) -> audio [B, n * 1920] (float32, on the device)."""
-        B, n = codes.shape[:2]
-        if self.use_graphs and n in GRAPH_FRAMES:
-            return self._replay(slots, codes)
-        return self._pass(torch.tensor(slots), codes)
+        device) -> audio [B, n * 1920] (float32, on the device). `last`: the streams' final frames (their
+        state is not used after).
+
+        With graphs, every push runs as replays of the captured lengths: any other length, run eagerly,
+        met new convolution shapes mid-serving, and cuDNN's plan building for them held the GIL and
+        stopped every stream (~0.2 s on an H200 at the streams' ends). The decoder is causal, so a push
+        split into captured lengths gives the same audio, and final frames padded to a captured length
+        give the same audio for the real frames (only the state after them differs)."""
+        n = codes.shape[1]
+        if not self.use_graphs or n in GRAPH_FRAMES:
+            return self._replay(slots, codes) if self.use_graphs else self._pass(torch.tensor(slots), codes)
+        longest = max(GRAPH_FRAMES)
+        if last and n < longest:
+            padded = torch.cat([codes, codes.new_zeros(codes.shape[0], longest - n, codes.shape[2])], dim=1)
+            return self._replay(slots, padded)[:, : n * self.codec.frame_samples]
+        pieces, start = [], 0
+        while start < n:
+            k = max(f for f in GRAPH_FRAMES if f <= n - start)
+            pieces.append(self._replay(slots, codes[:, start : start + k]))
+            start += k
+        return torch.cat(pieces, dim=1)
 
     def _pass(self, index: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         device = self.codec.device
@@ -182,11 +226,80 @@ class SlotDecoder(StreamingDecoder):
             self.slot = None
 
 
-class _Job:
-    __slots__ = ("decoder", "codes", "audio", "error", "done")
+class AudioStream:
+    """A generation's audio, decoded on the batcher's thread as its frames come: the first chunk after
+    `first` frames, then every `size`, the rest at the end (chunks as `audio_chunks` cuts them, so they
+    concatenate to the one-shot decode). Iterate it (one consumer) for float32 chunks as they land; the
+    generation's error, if any, comes after the chunks completed before it. An ICL voice's reference codes
+    are pushed first, at the stream's first frame (their audio is the reference's: dropped)."""
 
-    def __init__(self, decoder: SlotDecoder, codes: torch.Tensor):
+    def __init__(self, batcher: DecodeBatcher, generation: Generation, first: int, size: int):
+        self.decoder = SlotDecoder(batcher)
+        self.generation = generation
+        self.ref_codes = generation.job.ref_codes
+        self.taken, self.want, self.size = 0, first, size
+        self.chunks: deque[np.ndarray] = deque()
+        self.error: BaseException | None = None
+        self.ended = False  # every chunk is in `chunks` (or `error` is set)
+        self.ready = threading.Condition()
+
+    def __iter__(self):
+        while True:
+            with self.ready:
+                self.ready.wait_for(lambda: self.chunks or self.ended)
+                chunk = self.chunks.popleft() if self.chunks else None
+            if chunk is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield chunk
+
+    # called by the batcher's thread
+    def next_push(self) -> tuple[torch.Tensor, bool, bool] | None:
+        """(codes [n, 16], whether its audio is a chunk, whether they are the stream's last frames) of the
+        push due now, if any; at the generation's end, with nothing left to push, the stream ends."""
+        g = self.generation
+        done = g.done  # read first: once done, every frame is in `codes`
+        ready = len(g.codes)
+        if self.ref_codes is not None and ready > 0:
+            ref, self.ref_codes = self.ref_codes, None
+            return ref, False, False
+        if done and g.error is not None:  # as `audio_chunks` over a failed generation: no partial chunk
+            self.finish(g.error)
+        elif ready - self.taken >= self.want or (done and ready > self.taken):
+            n = min(self.want, ready - self.taken)
+            part = torch.stack(g.codes[self.taken : self.taken + n])
+            self.taken, self.want = self.taken + n, self.size
+            return part, True, done and self.taken == ready
+        elif done:
+            self.finish()
+        return None
+
+    def deliver(self, audio: torch.Tensor) -> None:
+        with self.ready:
+            self.chunks.append(audio.numpy().copy())  # not a view keeping the whole pass's buffer
+            self.ready.notify()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self.ready:
+            self.error, self.ended = error, True
+            self.ready.notify()
+
+
+class _Job:
+    __slots__ = ("decoder", "codes", "audio", "error", "done", "stream", "chunk", "last")
+
+    def __init__(
+        self,
+        decoder: SlotDecoder,
+        codes: torch.Tensor,
+        stream: AudioStream | None = None,
+        chunk: bool = True,
+        last: bool = False,
+    ):
         self.decoder, self.codes = decoder, codes
+        self.stream, self.chunk = stream, chunk  # an attached stream's push, and whether its audio is kept
+        self.last = last  # the stream's final frames
         self.audio: torch.Tensor | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -204,6 +317,9 @@ class DecodeBatcher:
             codec, 2 * max_batch, self.cuda if use_graphs is None else use_graphs, max_batch
         )
         self.jobs: deque[_Job] = deque()
+        self.streams: list[AudioStream] = []  # attached: their chunks are taken after every frame
+        self.detached: list[AudioStream] = []  # their slots go back on this thread, between passes
+        self.ticks = 0  # frames announced by `frames_ready` (and attachments)
         self.wake = threading.Condition()
         self.closed = False
         self.open = threading.Event()  # cleared by `held()`: pushes queue up but no pass starts
@@ -216,6 +332,32 @@ class DecodeBatcher:
     def decoder(self) -> SlotDecoder:
         """A new stream's decoder (it holds a codec slot until closed)."""
         return SlotDecoder(self)
+
+    def attach(self, generation: Generation, first: int, size: int) -> AudioStream:
+        """Decode a generation's frames as they come (see AudioStream); `detach` it when done with it."""
+        stream = AudioStream(self, generation, first, size)
+        with self.wake:
+            if self.closed:
+                raise RuntimeError("the decoder is shut down")
+            self.streams.append(stream)
+            self.ticks += 1
+            self.wake.notify()
+        return stream
+
+    def detach(self, stream: AudioStream) -> None:
+        """Stop decoding a stream; its codec slot serves the next one."""
+        with self.wake:
+            if stream in self.streams:
+                self.streams.remove(stream)
+            self.detached.append(stream)
+            self.wake.notify()
+
+    def frames_ready(self) -> None:
+        """New frames (or ended generations): take the chunks they complete (the scheduler calls this
+        after each frame)."""
+        with self.wake:
+            self.ticks += 1
+            self.wake.notify()
 
     def push(self, decoder: SlotDecoder, codes: torch.Tensor) -> torch.Tensor:
         """Audio (float32, on the CPU) of `codes` [n, 16], the next frames of `decoder`'s stream."""
@@ -252,26 +394,85 @@ class DecodeBatcher:
             self._take_batches()
 
     def _take_batches(self) -> None:
+        seen = 0
         while True:
             with self.wake:
-                while not self.jobs and not self.closed:
-                    self.wake.wait()
-                if not self.jobs and self.closed:
-                    return
+                while not self.jobs and self.ticks == seen and not self.detached and not self.closed:
+                    if not self.wake.wait(POLL_S if self.streams else None):
+                        break  # the poll: look at the attached streams anyway
+                if self.closed:
+                    self._close_streams()
+                    if not self.jobs:
+                        return
+                seen = self.ticks
             self.open.wait()
             with self.wake:
-                deadline = time.perf_counter() + GATHER_S  # let the other players hand their pushes in
-                while len(self.jobs) < self.max_batch and not self.closed:
-                    n, left = len(self.jobs), deadline - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self.wake.wait(min(QUIET_S, left))
-                    if len(self.jobs) == n:
-                        break
+                if self.jobs:
+                    deadline = time.perf_counter() + GATHER_S  # let other callers hand their pushes in
+                    while len(self.jobs) < self.max_batch and not self.closed:
+                        n, left = len(self.jobs), deadline - time.perf_counter()
+                        if left <= 0:
+                            break
+                        self.wake.wait(min(QUIET_S, left))
+                        if len(self.jobs) == n:
+                            break
                 batch = []
                 while self.jobs and len(batch) < self.max_batch:
                     batch.append(self.jobs.popleft())
+                detached, self.detached = self.detached, []
+                streams = list(self.streams)
+            for stream in detached:
+                stream.decoder.close()
+            batch += self._stream_pushes(streams, self.max_batch - len(batch))
+            if not batch:
+                continue
             self._serve(batch)
+            for job in batch:
+                if job.stream is None:
+                    continue
+                if job.error is not None:  # its audio cannot continue: end the stream and its generation
+                    job.stream.generation.cancel()
+                    job.stream.finish(job.error)
+                elif job.chunk:
+                    job.stream.deliver(job.audio)
+            if any(job.stream is not None for job in batch):
+                with self.wake:
+                    self.ticks += 1  # look again: more may be due (a first chunk after its reference)
+
+    def _stream_pushes(self, streams: list[AudioStream], room: int) -> list[_Job]:
+        """The attached streams' pushes due now (one per stream), taking codec slots for new streams."""
+        jobs, fresh = [], []
+        for stream in streams:
+            if len(jobs) >= room:
+                break
+            if stream.ended:
+                continue
+            decoder = stream.decoder
+            if decoder.slot is None:
+                if not stream.generation.codes:  # no frame yet: no slot held meanwhile
+                    if stream.generation.done:
+                        stream.next_push()  # ended without a frame: nothing to decode, the stream ends
+                    continue
+                decoder.slot = self.slots.try_acquire()
+                if decoder.slot is None:
+                    continue  # all slots held by consumers that have not closed yet: next time
+                fresh.append(decoder.slot)
+            push = stream.next_push()
+            if push is not None:
+                jobs.append(_Job(decoder, push[0], stream, *push[1:]))
+        if fresh:
+            with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
+                self.slots.reset_many(fresh)
+        return jobs
+
+    def _close_streams(self) -> None:
+        from utter_tts.engine.scheduler import Cancelled
+
+        for stream in self.streams:
+            if not stream.ended:
+                stream.finish(Cancelled("the engine is shut down"))
+        self.detached += self.streams
+        self.streams = []
 
     def _serve(self, batch: list[_Job]) -> None:
         with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
@@ -296,7 +497,7 @@ class DecodeBatcher:
         """Pushes of equal length that fit their stream's chunk run as one pass; the rest (a push crossing
         an official chunk boundary, an ICL voice's reference) run alone."""
         passes: list[int] = []
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}  # (frames, final frames): one pass each
         outs: list[tuple[list[int], torch.Tensor]] = []  # (jobs, their audio [len(jobs), samples])
         for job in batch:  # all checked before any state moves: a failed batch is retried push by push
             if job.codes.dim() != 2 or job.codes.shape[1] != 16:
@@ -305,16 +506,16 @@ class DecodeBatcher:
             codes = job.codes
             n = codes.shape[0]
             if 0 < n <= job.decoder.room():
-                groups.setdefault(n, []).append(i)
+                groups.setdefault((n, job.last), []).append(i)
             else:
                 outs.append(([i], StreamingDecoder.push(job.decoder, codes)[None]))
                 passes.append(1)
-        for idx in groups.values():
+        for (_, last), idx in groups.items():
             jobs = [batch[i] for i in idx]
             # the codes stay where they came from (the scheduler's host copies) for the streams' chunk
             # history: no device op per stream
             codes = torch.stack([j.codes for j in jobs]).clamp(min=0)
-            audio = self.slots.run([j.decoder.slot for j in jobs], codes)
+            audio = self.slots.run([j.decoder.slot for j in jobs], codes, last)
             passes.append(len(jobs))
             for k, job in enumerate(jobs):
                 job.decoder.remember(codes[k : k + 1])

@@ -16,7 +16,7 @@ from utter_tts.engine.decoding import DecodeBatcher
 from utter_tts.engine.runner import Runner, attention_backend
 from utter_tts.engine.scheduler import Generation, Scheduler
 from utter_tts.errors import InvalidInput
-from utter_tts.pipeline import Pipeline, audio_chunks, check_chunk_sizes
+from utter_tts.pipeline import Pipeline, check_chunk_sizes
 from utter_tts.request import Request
 from utter_tts.text import split_sentences
 
@@ -53,8 +53,9 @@ class Engine:
             use_graphs=use_graphs,
             kernels=kernels,
         )
-        self.scheduler = Scheduler(self.runner, max_queue=max_queue)
         self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
+        # after each frame the decoder takes the chunks it completed, all streams' in one pass
+        self.scheduler = Scheduler(self.runner, max_queue=max_queue, on_step=self.decoding.frames_ready)
         log.info(
             "engine ready: %d streams x %d frames, graphs %s, frame step %s",
             max_streams,
@@ -112,15 +113,13 @@ class Engine:
     def audio(
         self, generation: Generation, chunk_frames: int = 4, first_chunk_frames: int = 1
     ) -> Iterator[np.ndarray]:
-        """Audio chunks of a submitted generation (see `stream`); decoding is batched with other streams'."""
-        decoder = self.decoding.decoder()
+        """Audio chunks of a submitted generation (see `stream`): the decoder's thread decodes them as the
+        frames come, batched with the other streams' chunks of the same frame."""
+        stream = self.decoding.attach(generation, first_chunk_frames, chunk_frames)
         try:
-            frames = generation.chunked(first_chunk_frames, chunk_frames)  # woken once a chunk
-            yield from audio_chunks(
-                frames, decoder, generation.job.ref_codes, chunk_frames, first_chunk_frames
-            )
+            yield from stream
         finally:
-            decoder.close()  # its codec slot serves the next stream
+            self.decoding.detach(stream)  # its codec slot serves the next stream
             generation.cancel()  # no-op when finished; frees the slot when the consumer walked away
 
     async def astream(

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -116,8 +116,9 @@ class Generation:
 class Scheduler:
     """Drives a Runner from its own thread. Thread-safe `submit`."""
 
-    def __init__(self, runner: Runner, max_queue: int = 256):
+    def __init__(self, runner: Runner, max_queue: int = 256, on_step: Callable[[], None] | None = None):
         self.runner = runner
+        self.on_step = on_step  # called on the scheduler's thread after each step's books are kept
         self.max_queue = max_queue
         self.pending: list[Generation] = []
         self.live: list[Generation] = []  # index = slot
@@ -199,6 +200,9 @@ class Scheduler:
                 for g in self.live + self.pending:
                     g._finish(Cancelled("the engine is shut down"))
                 self.live, self.pending, in_flight = [], [], None
+            if self.on_step is not None:
+                self.on_step()
+            if self.closed:
                 return
 
     def _on_cuda_stream(self):
