@@ -786,13 +786,34 @@ def section_timeline(args, ctx):
         (dec, "_serve", _timed(dec, "_serve", logs["decode"])),
     ]
     trace_path = os.path.join("/tmp", "timeline_trace.json")
+    import gc
+
+    collections_seen: list = []  # (generation, ms) of the garbage collector's passes during the run
+    started: dict = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif "t" in started:
+            collections_seen.append((info["generation"], (time.perf_counter() - started.pop("t")) * 1e3))
+
+    gc.callbacks.append(on_gc)
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             r = _concurrent(eng, voice, n, 0, n)
         prof.export_chrome_trace(trace_path)
     finally:
+        gc.callbacks.remove(on_gc)
         for obj, name, fn in saved:
             setattr(obj, name, fn)
+    out["gc"] = {
+        f"gen{k}": dict(
+            passes=sum(1 for g, _ in collections_seen if g == k),
+            total_ms=round(sum(ms for g, ms in collections_seen if g == k), 1),
+            max_ms=round(max([ms for g, ms in collections_seen if g == k], default=0), 1),
+        )
+        for k in (0, 1, 2)
+    }
     out["run"] = r
     host = {}
     for k, v in logs.items():

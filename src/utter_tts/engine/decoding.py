@@ -47,6 +47,7 @@ QUIET_S, GATHER_S = 0.0005, 0.002
 # scheduler's loop, e.g. cancelled while queued, wakes nobody).
 POLL_S = 0.05
 GRAPH_FRAMES = (1, 4)  # push lengths that run as CUDA graphs (the engine's first chunk, then chunks of 4)
+CLOCK_FRAMES = 4  # attached streams' frames are decoded together every this many frames
 
 
 @contextlib.contextmanager
@@ -227,17 +228,24 @@ class SlotDecoder(StreamingDecoder):
 
 
 class AudioStream:
-    """A generation's audio, decoded on the batcher's thread as its frames come: the first chunk after
-    `first` frames, then every `size`, the rest at the end (chunks as `audio_chunks` cuts them, so they
-    concatenate to the one-shot decode). Iterate it (one consumer) for float32 chunks as they land; the
-    generation's error, if any, comes after the chunks completed before it. An ICL voice's reference codes
-    are pushed first, at the stream's first frame (their audio is the reference's: dropped)."""
+    """A generation's audio, decoded on the batcher's thread as its frames come, cut into the consumer's
+    chunks: the first after `first` frames, then every `size`, the rest at the end (so they concatenate to
+    the one-shot decode). Iterate it (one consumer) for float32 chunks as they land; the generation's
+    error, if any, comes after the chunks completed before it. An ICL voice's reference codes are pushed
+    first, at the stream's first frame (their audio is the reference's: dropped).
+
+    When frames are decoded is the batcher's choice, not the chunks': the first chunk as soon as it is
+    complete (first audio), then all streams' frames together on a shared clock, every CLOCK_FRAMES
+    frames (streams that joined at different frames would otherwise fall into up to 4 passes a cycle)."""
 
     def __init__(self, batcher: DecodeBatcher, generation: Generation, first: int, size: int):
         self.decoder = SlotDecoder(batcher)
         self.generation = generation
         self.ref_codes = generation.job.ref_codes
-        self.taken, self.want, self.size = 0, first, size
+        self.first, self.size = first, size
+        self.pushed = 0  # frames handed to the decoder
+        self.decoded: list[np.ndarray] = []  # audio decoded but not yet cut into chunks
+        self.cut = 0  # frames delivered in chunks
         self.chunks: deque[np.ndarray] = deque()
         self.error: BaseException | None = None
         self.ended = False  # every chunk is in `chunks` (or `error` is set)
@@ -255,9 +263,10 @@ class AudioStream:
             yield chunk
 
     # called by the batcher's thread
-    def next_push(self) -> tuple[torch.Tensor, bool, bool] | None:
-        """(codes [n, 16], whether its audio is a chunk, whether they are the stream's last frames) of the
-        push due now, if any; at the generation's end, with nothing left to push, the stream ends."""
+    def next_push(self, on_clock: bool) -> tuple[torch.Tensor, bool, bool] | None:
+        """(codes [n, 16], whether its audio is kept, whether they are the stream's last frames) of the
+        push due now (`on_clock`: this round is a tick of the shared clock), if any; at the generation's
+        end, with nothing left to push, the last chunk is cut and the stream ends."""
         g = self.generation
         done = g.done  # read first: once done, every frame is in `codes`
         ready = len(g.codes)
@@ -266,19 +275,46 @@ class AudioStream:
             return ref, False, False
         if done and g.error is not None:  # as `audio_chunks` over a failed generation: no partial chunk
             self.finish(g.error)
-        elif ready - self.taken >= self.want or (done and ready > self.taken):
-            n = min(self.want, ready - self.taken)
-            part = torch.stack(g.codes[self.taken : self.taken + n])
-            self.taken, self.want = self.taken + n, self.size
-            return part, True, done and self.taken == ready
-        elif done:
+            return None
+        waiting = ready - self.pushed
+        if self.pushed == 0:
+            due = waiting >= self.first or (done and waiting > 0)
+            n = min(waiting, self.first)
+        else:
+            due = waiting > 0 and (on_clock or waiting >= CLOCK_FRAMES or done)
+            n = min(waiting, CLOCK_FRAMES)
+        if due:
+            part = torch.stack(g.codes[self.pushed : self.pushed + n])
+            self.pushed += n
+            return part, True, done and self.pushed == ready
+        if done:
+            self._cut(final=True)
             self.finish()
         return None
 
     def deliver(self, audio: torch.Tensor) -> None:
-        with self.ready:
-            self.chunks.append(audio.numpy().copy())  # not a view keeping the whole pass's buffer
-            self.ready.notify()
+        """Decoded audio of the frames pushed last: cut what completes chunks."""
+        self.decoded.append(audio.numpy())
+        self._cut(final=False)
+
+    def _cut(self, final: bool) -> None:
+        have = sum(len(a) for a in self.decoded)
+        frame = self.decoder.model.frame_samples
+        cuts = []
+        while have > 0:
+            want = (self.first if self.cut == 0 else self.size) * frame
+            if have < want and not final:
+                break
+            audio = np.concatenate(self.decoded) if len(self.decoded) > 1 else self.decoded[0]
+            take = min(want, have)
+            cuts.append(audio[:take].copy())  # a copy: not a view keeping a whole pass's buffer
+            self.decoded = [audio[take:]] if take < have else []
+            self.cut += take // frame
+            have -= take
+        if cuts:
+            with self.ready:
+                self.chunks.extend(cuts)
+                self.ready.notify()
 
     def finish(self, error: BaseException | None = None) -> None:
         with self.ready:
@@ -319,7 +355,8 @@ class DecodeBatcher:
         self.jobs: deque[_Job] = deque()
         self.streams: list[AudioStream] = []  # attached: their chunks are taken after every frame
         self.detached: list[AudioStream] = []  # their slots go back on this thread, between passes
-        self.ticks = 0  # frames announced by `frames_ready` (and attachments)
+        self.ticks = 0  # wake-ups: frames announced by `frames_ready`, attachments, a round's rerun
+        self.clock = 0  # frames announced by `frames_ready`: the shared decode clock counts these
         self.wake = threading.Condition()
         self.closed = False
         self.open = threading.Event()  # cleared by `held()`: pushes queue up but no pass starts
@@ -357,6 +394,7 @@ class DecodeBatcher:
         after each frame)."""
         with self.wake:
             self.ticks += 1
+            self.clock += 1
             self.wake.notify()
 
     def push(self, decoder: SlotDecoder, codes: torch.Tensor) -> torch.Tensor:
@@ -394,7 +432,7 @@ class DecodeBatcher:
             self._take_batches()
 
     def _take_batches(self) -> None:
-        seen = 0
+        seen, tick = 0, 0  # wake-ups seen; the clock's tick last decoded on
         while True:
             with self.wake:
                 while not self.jobs and self.ticks == seen and not self.detached and not self.closed:
@@ -421,9 +459,11 @@ class DecodeBatcher:
                     batch.append(self.jobs.popleft())
                 detached, self.detached = self.detached, []
                 streams = list(self.streams)
+                on_clock = self.clock // CLOCK_FRAMES != tick
+                tick = self.clock // CLOCK_FRAMES
             for stream in detached:
                 stream.decoder.close()
-            batch += self._stream_pushes(streams, self.max_batch - len(batch))
+            batch += self._stream_pushes(streams, self.max_batch - len(batch), on_clock)
             if not batch:
                 continue
             self._serve(batch)
@@ -439,7 +479,7 @@ class DecodeBatcher:
                 with self.wake:
                     self.ticks += 1  # look again: more may be due (a first chunk after its reference)
 
-    def _stream_pushes(self, streams: list[AudioStream], room: int) -> list[_Job]:
+    def _stream_pushes(self, streams: list[AudioStream], room: int, on_clock: bool) -> list[_Job]:
         """The attached streams' pushes due now (one per stream), taking codec slots for new streams."""
         jobs, fresh = [], []
         for stream in streams:
@@ -451,13 +491,13 @@ class DecodeBatcher:
             if decoder.slot is None:
                 if not stream.generation.codes:  # no frame yet: no slot held meanwhile
                     if stream.generation.done:
-                        stream.next_push()  # ended without a frame: nothing to decode, the stream ends
+                        stream.next_push(on_clock)  # ended without a frame: the stream ends
                     continue
                 decoder.slot = self.slots.try_acquire()
                 if decoder.slot is None:
                     continue  # all slots held by consumers that have not closed yet: next time
                 fresh.append(decoder.slot)
-            push = stream.next_push()
+            push = stream.next_push(on_clock)
             if push is not None:
                 jobs.append(_Job(decoder, push[0], stream, *push[1:]))
         if fresh:

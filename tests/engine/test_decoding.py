@@ -1,0 +1,72 @@
+"""An attached stream's frames are decoded on a shared clock and cut into the consumer's chunks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from utter_tts.engine.decoding import CLOCK_FRAMES, AudioStream
+from utter_tts.engine.scheduler import Generation
+
+FRAME = 3  # samples per frame of the stand-in codec
+
+
+def stream(first: int, size: int) -> AudioStream:
+    codec = SimpleNamespace(frame_samples=FRAME, chunk_frames=None, chunk_context=0)
+    g = Generation(job=SimpleNamespace(ref_codes=None))
+    return AudioStream(SimpleNamespace(codec=codec), g, first, size)
+
+
+def push_frames(s: AudioStream, n: int) -> None:
+    for _ in range(n):
+        s.generation._push(torch.full((16,), len(s.generation.codes), dtype=torch.long))
+
+
+def decode(s: AudioStream, push) -> list[int]:
+    """Play the decoder: each frame's audio is its index, FRAME times; returns the frames pushed."""
+    codes, kept, _ = push
+    frames = [int(c[0]) for c in codes]
+    if kept:
+        s.deliver(torch.tensor(np.repeat(frames, FRAME), dtype=torch.float32))
+    return frames
+
+
+def test_first_chunk_at_once_then_frames_on_the_clock():
+    s = stream(first=1, size=4)
+    assert s.next_push(on_clock=True) is None  # no frame yet
+    push_frames(s, 1)
+    assert decode(s, s.next_push(on_clock=False)) == [0]  # first audio: not waiting for the clock
+    assert [c[0] for c in s.chunks] == [0]
+    push_frames(s, 2)
+    assert s.next_push(on_clock=False) is None  # 2 waiting frames wait for the clock
+    assert decode(s, s.next_push(on_clock=True)) == [1, 2]  # a tick: all waiting frames, one push
+    assert len(s.chunks) == 1  # chunk 2 (frames 1-4) is not complete yet
+    push_frames(s, CLOCK_FRAMES)  # more than a clock's worth waiting: pushed without a tick
+    assert decode(s, s.next_push(on_clock=False)) == [3, 4, 5, 6]
+    assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4]]
+    push_frames(s, 1)
+    s.generation._finish()
+    codes, _, last = s.next_push(on_clock=False)  # the end: pushed at once, marked last
+    assert last and decode(s, (codes, True, last)) == [7]
+    assert s.next_push(on_clock=False) is None and s.ended
+    assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4], [5, 6, 7]]  # the rest, at the end
+
+
+def test_a_failed_generation_ends_its_stream_after_the_complete_chunks():
+    s = stream(first=2, size=2)
+    push_frames(s, 3)
+    decode(s, s.next_push(on_clock=False))
+    decode(s, s.next_push(on_clock=True))
+    s.generation._finish(RuntimeError("boom"))
+    assert s.next_push(on_clock=True) is None and s.ended
+    got = []
+    try:
+        for chunk in s:
+            got.append(list(chunk[::FRAME]))
+    except RuntimeError as e:
+        assert str(e) == "boom"
+    else:
+        raise AssertionError("the generation's error was not raised")
+    assert got == [[0, 1]]  # frame 2 was decoded, but its chunk never completed: dropped, as one-shot
