@@ -367,3 +367,18 @@ def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
     assert lengths == [4, 1, 1, 1, 4]  # 7 = 4 + 1 + 1 + 1; the final 3 padded to 4
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=0, atol=3e-5 * want.abs().max())
+
+
+def test_warmup_freezes_the_long_lived_objects(tts):
+    """After warm-up the objects alive (the model among them) are out of the collector's full passes."""
+    import gc
+
+    eng = Engine(tts.pipeline, max_streams=1, max_frames=16, max_prompt=128, max_text_tokens=128)
+    try:
+        gc.unfreeze()
+        eng.warmup()
+        assert gc.get_freeze_count() > 0
+        assert all(o is not eng for o in gc.get_objects())  # frozen: in none of the generations
+    finally:
+        gc.unfreeze()
+        eng.close()
