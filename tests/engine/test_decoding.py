@@ -26,7 +26,7 @@ def push_frames(s: AudioStream, n: int) -> None:
 
 def decode(s: AudioStream, push) -> list[int]:
     """Play the decoder: each frame's audio is its index, FRAME times; returns the frames pushed."""
-    codes, kept, _ = push
+    codes, kept = push
     frames = [int(c[0]) for c in codes]
     if kept:
         s.deliver(torch.tensor(np.repeat(frames, FRAME), dtype=torch.float32))
@@ -48,8 +48,7 @@ def test_first_chunk_at_once_then_frames_on_the_clock():
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4]]
     push_frames(s, 1)
     s.generation._finish()
-    codes, _, last = s.next_push(on_clock=False)  # the end: pushed at once, marked last
-    assert last and decode(s, (codes, True, last)) == [7]
+    assert decode(s, s.next_push(on_clock=False)) == [7]  # the end: pushed at once
     assert s.next_push(on_clock=False) is None and s.ended
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4], [5, 6, 7]]  # the rest, at the end
 

@@ -345,9 +345,9 @@ def test_codec_slots_decode_like_separate_decoders(tts):
 
 
 def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
-    """With graphs, a push of another length runs as replays of the captured lengths (4s, then 1s), and a
-    stream's final frames are padded to a captured length: the audio is what one eager push gives. Replays
-    are played here by eager passes that refuse any length that was not captured."""
+    """With graphs, a push longer than the captured lengths runs as replays of them (4s, then the rest):
+    the audio is what one eager push gives. Replays are played here by eager passes that refuse any length
+    that was not captured."""
     from utter_tts.engine.decoding import GRAPH_FRAMES, CodecSlots
 
     codec = tts.pipeline.codec
@@ -360,11 +360,11 @@ def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
         return slots._pass(torch.tensor(rows), codes)
 
     monkeypatch.setattr(slots, "_replay", replay)
-    codes = torch.randint(0, 2048, (1, 10, 16), generator=torch.Generator().manual_seed(5))
+    codes = torch.randint(0, 2048, (1, 14, 16), generator=torch.Generator().manual_seed(5))
     want = codec.stream_decoder().push(codes[0])
     slots.reset(0)
-    got = torch.cat([slots.run([0], codes[:, :7])[0], slots.run([0], codes[:, 7:], last=True)[0]])
-    assert lengths == [4, 1, 1, 1, 4]  # 7 = 4 + 1 + 1 + 1; the final 3 padded to 4
+    got = torch.cat([slots.run([0], codes[:, :11])[0], slots.run([0], codes[:, 11:])[0]])
+    assert lengths == [4, 4, 3, 3]  # 11 = 4 + 4 + 3, then 3
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=0, atol=3e-5 * want.abs().max())
 

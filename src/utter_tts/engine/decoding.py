@@ -46,7 +46,10 @@ QUIET_S, GATHER_S = 0.0005, 0.002
 # With streams attached the thread also looks on its own this often (a generation that ended outside the
 # scheduler's loop, e.g. cancelled while queued, wakes nobody).
 POLL_S = 0.05
-GRAPH_FRAMES = (1, 4)  # push lengths that run as CUDA graphs (the engine's first chunk, then chunks of 4)
+# push lengths that run as CUDA graphs: first chunks, the shared clock's 4 frames, and what a stream that
+# joined between two ticks has waiting at its first tick (one stream's 1-frame pass took 2.65 ms on an
+# H200, its 4-frame pass 2.94: three 1-frame passes cost far more than one 3-frame pass)
+GRAPH_FRAMES = (1, 2, 3, 4)
 CLOCK_FRAMES = 4  # attached streams' frames are decoded together every this many frames
 
 
@@ -112,23 +115,18 @@ class CodecSlots:
         )
 
     @torch.inference_mode()
-    def run(self, slots: list[int], codes: torch.Tensor, last: bool = False) -> torch.Tensor:
+    def run(self, slots: list[int], codes: torch.Tensor) -> torch.Tensor:
         """The next n frames of the streams in `slots`: codes [B, n, 16] (non-negative; on the host or the
-        device) -> audio [B, n * 1920] (float32, on the device). `last`: the streams' final frames (their
-        state is not used after).
+        device) -> audio [B, n * 1920] (float32, on the device).
 
-        With graphs, every push runs as replays of the captured lengths: any other length, run eagerly,
-        met new convolution shapes mid-serving, and cuDNN's plan building for them held the GIL and
-        stopped every stream (~0.2 s on an H200 at the streams' ends). The decoder is causal, so a push
-        split into captured lengths gives the same audio, and final frames padded to a captured length
-        give the same audio for the real frames (only the state after them differs)."""
+        With graphs, every push runs as replays of the captured lengths (a longer one in pieces: the
+        decoder streams exactly): any other length, run eagerly, met new convolution shapes mid-serving,
+        whose cuDNN plans were built holding the GIL, stopping every stream."""
         n = codes.shape[1]
-        if not self.use_graphs or n in GRAPH_FRAMES:
-            return self._replay(slots, codes) if self.use_graphs else self._pass(torch.tensor(slots), codes)
-        longest = max(GRAPH_FRAMES)
-        if last and n < longest:
-            padded = torch.cat([codes, codes.new_zeros(codes.shape[0], longest - n, codes.shape[2])], dim=1)
-            return self._replay(slots, padded)[:, : n * self.codec.frame_samples]
+        if not self.use_graphs:
+            return self._pass(torch.tensor(slots), codes)
+        if n in GRAPH_FRAMES:
+            return self._replay(slots, codes)
         pieces, start = [], 0
         while start < n:
             k = max(f for f in GRAPH_FRAMES if f <= n - start)
@@ -263,16 +261,16 @@ class AudioStream:
             yield chunk
 
     # called by the batcher's thread
-    def next_push(self, on_clock: bool) -> tuple[torch.Tensor, bool, bool] | None:
-        """(codes [n, 16], whether its audio is kept, whether they are the stream's last frames) of the
-        push due now (`on_clock`: this round is a tick of the shared clock), if any; at the generation's
-        end, with nothing left to push, the last chunk is cut and the stream ends."""
+    def next_push(self, on_clock: bool) -> tuple[torch.Tensor, bool] | None:
+        """(codes [n, 16], whether its audio is kept) of the push due now (`on_clock`: this round is a
+        tick of the shared clock), if any; at the generation's end, with nothing left to push, the last
+        chunk is cut and the stream ends."""
         g = self.generation
         done = g.done  # read first: once done, every frame is in `codes`
         ready = len(g.codes)
         if self.ref_codes is not None and ready > 0:
             ref, self.ref_codes = self.ref_codes, None
-            return ref, False, False
+            return ref, False
         if done and g.error is not None:  # as `audio_chunks` over a failed generation: no partial chunk
             self.finish(g.error)
             return None
@@ -286,7 +284,7 @@ class AudioStream:
         if due:
             part = torch.stack(g.codes[self.pushed : self.pushed + n])
             self.pushed += n
-            return part, True, done and self.pushed == ready
+            return part, True
         if done:
             self._cut(final=True)
             self.finish()
@@ -323,7 +321,7 @@ class AudioStream:
 
 
 class _Job:
-    __slots__ = ("decoder", "codes", "audio", "error", "done", "stream", "chunk", "last")
+    __slots__ = ("decoder", "codes", "audio", "error", "done", "stream", "chunk")
 
     def __init__(
         self,
@@ -331,11 +329,9 @@ class _Job:
         codes: torch.Tensor,
         stream: AudioStream | None = None,
         chunk: bool = True,
-        last: bool = False,
     ):
         self.decoder, self.codes = decoder, codes
         self.stream, self.chunk = stream, chunk  # an attached stream's push, and whether its audio is kept
-        self.last = last  # the stream's final frames
         self.audio: torch.Tensor | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -499,7 +495,7 @@ class DecodeBatcher:
                 fresh.append(decoder.slot)
             push = stream.next_push(on_clock)
             if push is not None:
-                jobs.append(_Job(decoder, push[0], stream, *push[1:]))
+                jobs.append(_Job(decoder, push[0], stream, push[1]))
         if fresh:
             with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
                 self.slots.reset_many(fresh)
@@ -537,7 +533,7 @@ class DecodeBatcher:
         """Pushes of equal length that fit their stream's chunk run as one pass; the rest (a push crossing
         an official chunk boundary, an ICL voice's reference) run alone."""
         passes: list[int] = []
-        groups: dict[tuple[int, bool], list[int]] = {}  # (frames, final frames): one pass each
+        groups: dict[int, list[int]] = {}
         outs: list[tuple[list[int], torch.Tensor]] = []  # (jobs, their audio [len(jobs), samples])
         for job in batch:  # all checked before any state moves: a failed batch is retried push by push
             if job.codes.dim() != 2 or job.codes.shape[1] != 16:
@@ -546,16 +542,16 @@ class DecodeBatcher:
             codes = job.codes
             n = codes.shape[0]
             if 0 < n <= job.decoder.room():
-                groups.setdefault((n, job.last), []).append(i)
+                groups.setdefault(n, []).append(i)
             else:
                 outs.append(([i], StreamingDecoder.push(job.decoder, codes)[None]))
                 passes.append(1)
-        for (_, last), idx in groups.items():
+        for idx in groups.values():
             jobs = [batch[i] for i in idx]
             # the codes stay where they came from (the scheduler's host copies) for the streams' chunk
             # history: no device op per stream
             codes = torch.stack([j.codes for j in jobs]).clamp(min=0)
-            audio = self.slots.run([j.decoder.slot for j in jobs], codes, last)
+            audio = self.slots.run([j.decoder.slot for j in jobs], codes)
             passes.append(len(jobs))
             for k, job in enumerate(jobs):
                 job.decoder.remember(codes[k : k + 1])
