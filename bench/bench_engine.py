@@ -775,6 +775,29 @@ def section_timeline(args, ctx):
                 dst.copy_(src)
             sync()
         log("timeline frame graph", out["frame_graph_ms"])
+    # a packed prefill of n prompts (what admitting n streams at once costs before their first frame)
+    jobs = [eng.pipeline.prepare(r, limit=runner.max_frames) for r in reqs]
+    with eng.scheduler.lock, torch.cuda.stream(runner.cuda_stream):
+        for _ in range(2):
+            runner.prefill(0, [(j.prompt, j.sampling, j.request.seed) for j in jobs])
+            sync()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            runner.prefill(0, [(j.prompt, j.sampling, j.request.seed) for j in jobs])
+            sync()
+        wall = time.perf_counter() - t
+        for i in range(n):
+            runner.clear(i)
+    kernel_ms, kernels, table = _kernel_profile(prof, os.path.join(args.out, "profile_prefill.txt"), rows=12)
+    out["prefill"] = dict(
+        prompts=n,
+        rows=sum(j.prompt.embeds.shape[0] for j in jobs),
+        wall_ms=round(wall * 1e3, 1),
+        kernel_ms=round(kernel_ms, 1),
+        kernels=round(kernels),
+    )
+    log("timeline prefill", out["prefill"])
+    print(table[:5000])
     # host timings and a trace of a full run with audio
     logs: dict = {k: [] for k in ("launch", "collect", "update", "admit", "decode")}
     sched, runner, dec = eng.scheduler, eng.runner, eng.decoding
