@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from utter_tts.engine.decoding import CLOCK_FRAMES, AudioStream
+from utter_tts.engine.decoding import AHEAD_S, CLOCK_FRAMES, FRAME_SECONDS, AudioStream
 from utter_tts.engine.scheduler import Generation
 
 FRAME = 3  # samples per frame of the stand-in codec
+NOW = 0.0  # long before any chunk was delivered (perf_counter is far past it): players far ahead
 
 
 def stream(first: int, size: int) -> AudioStream:
@@ -35,31 +36,31 @@ def decode(s: AudioStream, push) -> list[int]:
 
 def test_first_chunk_at_once_then_frames_on_the_clock():
     s = stream(first=1, size=4)
-    assert s.next_push(on_clock=True) is None  # no frame yet
+    assert s.next_push(True, NOW) is None  # no frame yet
     push_frames(s, 1)
-    assert decode(s, s.next_push(on_clock=False)) == [0]  # first audio: not waiting for the clock
+    assert decode(s, s.next_push(False, NOW)) == [0]  # first audio: not waiting for the clock
     assert [c[0] for c in s.chunks] == [0]
     push_frames(s, 2)
-    assert s.next_push(on_clock=False) is None  # 2 waiting frames wait for the clock
-    assert decode(s, s.next_push(on_clock=True)) == [1, 2]  # a tick: all waiting frames, one push
+    assert s.next_push(False, NOW) is None  # 2 waiting frames wait for the clock
+    assert decode(s, s.next_push(True, NOW)) == [1, 2]  # a tick: all waiting frames, one push
     assert len(s.chunks) == 1  # chunk 2 (frames 1-4) is not complete yet
     push_frames(s, CLOCK_FRAMES)  # more than a clock's worth waiting: pushed without a tick
-    assert decode(s, s.next_push(on_clock=False)) == [3, 4, 5, 6]
+    assert decode(s, s.next_push(False, NOW)) == [3, 4, 5, 6]
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4]]
     push_frames(s, 1)
     s.generation._finish()
-    assert decode(s, s.next_push(on_clock=False)) == [7]  # the end: pushed at once
-    assert s.next_push(on_clock=False) is None and s.ended
+    assert decode(s, s.next_push(False, NOW)) == [7]  # the end: pushed at once
+    assert s.next_push(False, NOW) is None and s.ended
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4], [5, 6, 7]]  # the rest, at the end
 
 
 def test_a_failed_generation_ends_its_stream_after_the_complete_chunks():
     s = stream(first=2, size=2)
     push_frames(s, 3)
-    decode(s, s.next_push(on_clock=False))
-    decode(s, s.next_push(on_clock=True))
+    decode(s, s.next_push(False, NOW))
+    decode(s, s.next_push(True, NOW))
     s.generation._finish(RuntimeError("boom"))
-    assert s.next_push(on_clock=True) is None and s.ended
+    assert s.next_push(True, NOW) is None and s.ended
     got = []
     try:
         for chunk in s:
@@ -69,3 +70,23 @@ def test_a_failed_generation_ends_its_stream_after_the_complete_chunks():
     else:
         raise AssertionError("the generation's error was not raised")
     assert got == [[0, 1]]  # frame 2 was decoded, but its chunk never completed: dropped, as one-shot
+
+
+def test_a_stream_close_to_running_dry_decodes_each_chunk_at_once():
+    """Until its audio runs AHEAD_S ahead of a player started at the first chunk, a stream's complete
+    chunks are decoded without waiting for the clock; then it waits for the clock again."""
+    s = stream(first=1, size=2)
+    push_frames(s, 1)
+    decode(s, s.next_push(False, NOW))
+    start = s.first_at  # the player starts here
+    push_frames(s, 1)
+    assert s.next_push(False, start) is None  # chunk 2 (frames 1-2) not complete yet
+    push_frames(s, 1)
+    assert decode(s, s.next_push(False, start)) == [1, 2]  # 80 ms ahead: at once
+    push_frames(s, 2)
+    assert decode(s, s.next_push(False, start)) == [3, 4]  # 240 ms ahead: still at once
+    assert s.ahead(start) == 5 * FRAME_SECONDS > AHEAD_S
+    push_frames(s, 2)
+    assert s.next_push(False, start) is None  # 400 ms ahead: waits for the clock
+    later = start + 5 * FRAME_SECONDS - AHEAD_S + 0.01  # the player caught up to within AHEAD_S
+    assert decode(s, s.next_push(False, later)) == [5, 6]

@@ -51,6 +51,8 @@ POLL_S = 0.05
 # H200, its 4-frame pass 2.94: three 1-frame passes cost far more than one 3-frame pass)
 GRAPH_FRAMES = (1, 2, 3, 4)
 CLOCK_FRAMES = 4  # attached streams' frames are decoded together every this many frames
+AHEAD_S = 0.25  # a stream whose audio is less far ahead of its player decodes each chunk at once
+FRAME_SECONDS = 0.08  # audio per frame (12.5 frames a second)
 
 
 @contextlib.contextmanager
@@ -234,7 +236,10 @@ class AudioStream:
 
     When frames are decoded is the batcher's choice, not the chunks': the first chunk as soon as it is
     complete (first audio), then all streams' frames together on a shared clock, every CLOCK_FRAMES
-    frames (streams that joined at different frames would otherwise fall into up to 4 passes a cycle)."""
+    frames (streams that joined at different frames would otherwise fall into up to 4 passes a cycle),
+    except while the consumer's audio runs less than AHEAD_S ahead of playing it from the first chunk
+    on: then each chunk is decoded as soon as it is complete (waiting for the clock after an 80 ms first
+    chunk would let a player run dry)."""
 
     def __init__(self, batcher: DecodeBatcher, generation: Generation, first: int, size: int):
         self.decoder = SlotDecoder(batcher)
@@ -244,6 +249,7 @@ class AudioStream:
         self.pushed = 0  # frames handed to the decoder
         self.decoded: list[np.ndarray] = []  # audio decoded but not yet cut into chunks
         self.cut = 0  # frames delivered in chunks
+        self.first_at: float | None = None  # when the first chunk was delivered: playback starts there
         self.chunks: deque[np.ndarray] = deque()
         self.error: BaseException | None = None
         self.ended = False  # every chunk is in `chunks` (or `error` is set)
@@ -261,10 +267,10 @@ class AudioStream:
             yield chunk
 
     # called by the batcher's thread
-    def next_push(self, on_clock: bool) -> tuple[torch.Tensor, bool] | None:
+    def next_push(self, on_clock: bool, now: float) -> tuple[torch.Tensor, bool] | None:
         """(codes [n, 16], whether its audio is kept) of the push due now (`on_clock`: this round is a
-        tick of the shared clock), if any; at the generation's end, with nothing left to push, the last
-        chunk is cut and the stream ends."""
+        tick of the shared clock; `now`: time.perf_counter()), if any; at the generation's end, with
+        nothing left to push, the last chunk is cut and the stream ends."""
         g = self.generation
         done = g.done  # read first: once done, every frame is in `codes`
         ready = len(g.codes)
@@ -279,7 +285,10 @@ class AudioStream:
             due = waiting >= self.first or (done and waiting > 0)
             n = min(waiting, self.first)
         else:
-            due = waiting > 0 and (on_clock or waiting >= CLOCK_FRAMES or done)
+            completes = self.cut + self.size - self.pushed <= waiting  # the consumer's next chunk
+            due = waiting > 0 and (
+                on_clock or waiting >= CLOCK_FRAMES or done or (completes and self.ahead(now) < AHEAD_S)
+            )
             n = min(waiting, CLOCK_FRAMES)
         if due:
             part = torch.stack(g.codes[self.pushed : self.pushed + n])
@@ -289,6 +298,12 @@ class AudioStream:
             self._cut(final=True)
             self.finish()
         return None
+
+    def ahead(self, now: float) -> float:
+        """Seconds of audio delivered beyond what a player started at the first chunk has played."""
+        if self.first_at is None:
+            return 0.0
+        return self.cut * FRAME_SECONDS - (now - self.first_at)
 
     def deliver(self, audio: torch.Tensor) -> None:
         """Decoded audio of the frames pushed last: cut what completes chunks."""
@@ -310,6 +325,8 @@ class AudioStream:
             self.cut += take // frame
             have -= take
         if cuts:
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
             with self.ready:
                 self.chunks.extend(cuts)
                 self.ready.notify()
@@ -478,6 +495,7 @@ class DecodeBatcher:
     def _stream_pushes(self, streams: list[AudioStream], room: int, on_clock: bool) -> list[_Job]:
         """The attached streams' pushes due now (one per stream), taking codec slots for new streams."""
         jobs, fresh = [], []
+        now = time.perf_counter()
         for stream in streams:
             if len(jobs) >= room:
                 break
@@ -487,13 +505,13 @@ class DecodeBatcher:
             if decoder.slot is None:
                 if not stream.generation.codes:  # no frame yet: no slot held meanwhile
                     if stream.generation.done:
-                        stream.next_push(on_clock)  # ended without a frame: the stream ends
+                        stream.next_push(on_clock, now)  # ended without a frame: the stream ends
                     continue
                 decoder.slot = self.slots.try_acquire()
                 if decoder.slot is None:
                     continue  # all slots held by consumers that have not closed yet: next time
                 fresh.append(decoder.slot)
-            push = stream.next_push(on_clock)
+            push = stream.next_push(on_clock, now)
             if push is not None:
                 jobs.append(_Job(decoder, push[0], stream, push[1]))
         if fresh:
