@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | conc | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
@@ -67,6 +67,7 @@ case "$STAGE" in
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
   load)     ours load 250 --max-streams 64 --sections env single ttfa concurrency ;;
   timeline) ours timeline 300 --max-streams 64 --sections env timeline ;;
+  conc)     ours conc 200 --max-streams 64 --sections env concurrency ;;
   engine)   ours fused 270 --max-streams 64 --sections env single ttfa profile concurrency
             ours parity 230 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \
               --parity-bf16-batches 1 --long-frames 3000 ;;
