@@ -80,3 +80,41 @@ def test_module_factors_follow_a_weight_load():
     x = torch.randn(1, 3, 40)
     with torch.no_grad():
         close(snake(x, a1, inv_b1), m(x), torch.float32)  # module on CPU: the eager op
+
+
+def test_snake_writes_into_a_strided_out():
+    """Into the tail of a causal convolution's input buffer: only those columns change."""
+    la, lb = params(5, 3)
+    x = torch.randn(2, 5, 37, generator=torch.Generator().manual_seed(4))
+    buf = torch.full((2, 5, 6 + 37), 7.0)
+    got = snake(x, *snake_factors(la, lb), out=buf[..., 6:])
+    assert got.data_ptr() == buf[..., 6:].data_ptr()
+    close(buf[..., 6:], snake_ref(x, la, lb), torch.float32)
+    assert torch.equal(buf[..., :6], torch.full((2, 5, 6), 7.0))  # the context columns untouched
+
+
+def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypatch):
+    """The codec with the kernel (written straight into its convolutions' input buffers) decodes what
+    the eager codec decodes, whole and streamed."""
+    import utter_tts.codec.decoder as decoder
+    from utter_tts.codec.speech_tokenizer import SpeechTokenizer
+
+    codec = SpeechTokenizer.from_dir(checkpoints("base", "tiny-1.7b") / "speech_tokenizer")
+    codes = torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(9))
+    want = codec.decode(codes)
+    calls = []
+
+    def kernel(x, a, inv_b, out=None):
+        calls.append(out is not None)
+        return snake(x, a, inv_b, out=out)
+
+    monkeypatch.setattr(decoder, "fused_snake", lambda device: kernel)
+    whole = codec.decode(codes)
+    stream = codec.stream_decoder()
+    streamed = torch.cat([stream.push(codes[:1]), stream.push(codes[1:])])
+    # per pass, 17 of the 29 Snakes write into a convolution's input buffer (each block's, each unit's
+    # first, the last); the 12 before 1x1 convolutions (no context to keep) make a new tensor
+    assert calls and calls.count(True) * 12 == calls.count(False) * 17
+    scale = want.abs().max()
+    torch.testing.assert_close(whole, want, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(streamed, want, rtol=0, atol=3e-5 * scale)

@@ -145,6 +145,20 @@ def split_state(state: DecoderState) -> list[DecoderState]:
 # --- causal building blocks ---------------------------------------------------------------------------------
 
 
+def with_context(x: torch.Tensor, state: ConvState, pad: int, act: SnakeBeta | None) -> torch.Tensor:
+    """[state.inputs, act(x)] along time ([B, C, pad + n]), one buffer; the state keeps its last `pad`
+    columns (a view)."""
+    B, C, n = x.shape
+    buf = x.new_empty(B, C, pad + n)
+    buf[..., :pad] = state.inputs
+    if act is None:
+        buf[..., pad:] = x
+    else:
+        act(x, out=buf[..., pad:])
+    state.inputs = buf[..., n:]
+    return buf
+
+
 class CausalConv1d(nn.Module):
     """Stride-1 causal conv whose left context is the previous inputs (zeros at the start)."""
 
@@ -156,10 +170,12 @@ class CausalConv1d(nn.Module):
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
-        x = torch.cat([state.inputs, x], dim=-1)
-        state.inputs = x[..., x.shape[-1] - self.pad :]
-        return self.conv(x)
+    def forward(self, x: torch.Tensor, state: ConvState, act: SnakeBeta | None = None) -> torch.Tensor:
+        """conv(act(x)) after the left context (`act`, when given, writes straight into the input
+        buffer: one pass over the waveform-rate tensor fewer than a concatenation after it)."""
+        if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
+            return self.conv(x if act is None else act(x))
+        return self.conv(with_context(x, state, self.pad, act))
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -176,10 +192,9 @@ class CausalConvTranspose1d(nn.Module):
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: ConvState, act: SnakeBeta | None = None) -> torch.Tensor:
         n = x.shape[-1]
-        x = torch.cat([state.inputs, x], dim=-1)
-        state.inputs = x[..., x.shape[-1] - self.history :]
+        x = with_context(x, state, self.history, act)
         start = self.history * self.stride
         return self.conv(x)[..., start : start + n * self.stride]
 
@@ -205,13 +220,15 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = fused_snake(x.device) if x.is_cuda else None
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """SnakeBeta of x, into `out` when given (e.g. a causal convolution's input buffer)."""
+        fused = fused_snake(x.device)
         if fused is not None:  # one pass over x instead of five (the codec's batched streaming decode)
-            return fused(x, *self._factors())
+            return fused(x, *self._factors(), out=out)
         alpha = torch.exp(self.alpha)[None, :, None]
         beta = torch.exp(self.beta)[None, :, None]
-        return x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)
+        y = x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)
+        return y if out is None else out.copy_(y)
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(e^alpha, 1 / (e^beta + 1e-9)), computed again only when the parameters change (a load, a move)."""
@@ -254,8 +271,8 @@ class ResidualUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: ResidualUnitState) -> torch.Tensor:
-        h = self.conv1(self.act1(x), state.conv1)
-        return x + self.conv2(self.act2(h), state.conv2)
+        h = self.conv1(x, state.conv1, act=self.act1)
+        return x + self.conv2(h, state.conv2, act=self.act2)
 
 
 class DecoderBlock(nn.Module):
@@ -275,7 +292,7 @@ class DecoderBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: DecoderBlockState) -> torch.Tensor:
-        x = self.block[1](self.block[0](x), state.upsample)
+        x = self.block[1](x, state.upsample, act=self.block[0])
         for unit, unit_state in zip(self.block[2:], state.units):
             x = unit(x, unit_state)
         return x
@@ -488,5 +505,5 @@ class CodecDecoder(nn.Module):
         x = self.decoder[0](x, state.first_conv)
         for block, block_state in zip(self.decoder[1:-2], state.blocks):
             x = block(x, block_state)
-        x = self.decoder[-1](self.decoder[-2](x), state.last_conv)
+        x = self.decoder[-1](x, state.last_conv, act=self.decoder[-2])
         return x.clamp(-1.0, 1.0)

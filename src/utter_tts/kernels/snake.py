@@ -28,6 +28,9 @@ def _snake_kernel(
     stride_xb,
     stride_xc,
     stride_xt,
+    stride_ob,
+    stride_oc,
+    stride_ot,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
@@ -43,7 +46,8 @@ def _snake_kernel(
     inv_b = tl.load(inv_b_ptr + c).to(tl.float32)
     s = tl.sin(x * a)
     y = x + inv_b * (s * s)
-    tl.store(out_ptr + row.to(tl.int64) * T + ts, y.to(out_ptr.dtype.element_ty), mask=ok)
+    out = out_ptr + b.to(tl.int64) * stride_ob + c.to(tl.int64) * stride_oc
+    tl.store(out + ts * stride_ot, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def snake_factors(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +56,20 @@ def snake_factors(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> tuple[torc
     return torch.exp(log_alpha).contiguous(), (1.0 / (torch.exp(log_beta) + 1e-9)).contiguous()
 
 
-def snake(x: torch.Tensor, a: torch.Tensor, inv_b: torch.Tensor) -> torch.Tensor:
-    """SnakeBeta of x [B, C, T] (any strides) with the per-channel factors of `snake_factors` [C]: a new
-    contiguous tensor of x's dtype. No host syncs (CUDA-graph safe)."""
+def snake(
+    x: torch.Tensor, a: torch.Tensor, inv_b: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SnakeBeta of x [B, C, T] (any strides) with the per-channel factors of `snake_factors` [C]: into
+    `out` (any strides: e.g. the tail of a causal convolution's input buffer) or a new contiguous tensor
+    of x's dtype. No host syncs (CUDA-graph safe)."""
     B, C, T = x.shape
     assert a.shape == (C,) and inv_b.shape == (C,) and a.is_contiguous() and inv_b.is_contiguous()
-    out = torch.empty(B, C, T, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(B, C, T, dtype=x.dtype, device=x.device)
+    assert out.shape == x.shape, f"out {tuple(out.shape)} for x {tuple(x.shape)}"
     if out.numel():
         grid = (B * C, triton.cdiv(T, BLOCK_T))
-        _snake_kernel[grid](
-            x, a, inv_b, out, C, T, x.stride(0), x.stride(1), x.stride(2), BLOCK=BLOCK_T, num_warps=4
-        )
+        _snake_kernel[grid](x, a, inv_b, out, C, T, *x.stride(), *out.stride(), BLOCK=BLOCK_T, num_warps=4)
     return out
 
 
