@@ -94,19 +94,20 @@ def test_snake_writes_into_a_strided_out():
 
 
 def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypatch):
-    """The codec with the kernel (written straight into its convolutions' input buffers) decodes what
-    the eager codec decodes, whole and streamed."""
+    """The codec with the kernel (written straight into its convolutions' input buffers, adding the bias
+    of the convolution before it) decodes what the eager codec decodes, whole and streamed."""
     import utter_tts.codec.decoder as decoder
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer
 
     codec = SpeechTokenizer.from_dir(checkpoints("base", "tiny-1.7b") / "speech_tokenizer")
     codes = torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(9))
     want = codec.decode(codes)
-    calls = []
+    calls, biased = [], []
 
-    def kernel(x, a, inv_b, out=None):
+    def kernel(x, a, inv_b, out=None, bias=None):
         calls.append(out is not None)
-        return snake(x, a, inv_b, out=out)
+        biased.append(bias is not None)
+        return snake(x, a, inv_b, out=out, bias=bias)
 
     monkeypatch.setattr(decoder, "fused_snake", lambda device: kernel)
     whole = codec.decode(codes)
@@ -115,6 +116,17 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     # per pass, 17 of the 29 Snakes write into a convolution's input buffer (each block's, each unit's
     # first, the last); the 12 before 1x1 convolutions (no context to keep) make a new tensor
     assert calls and calls.count(True) * 12 == calls.count(False) * 17
+    assert biased.count(True) == calls.count(False)  # those 12 also add the convolution's bias before
     scale = want.abs().max()
     torch.testing.assert_close(whole, want, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(streamed, want, rtol=0, atol=3e-5 * scale)
+
+
+def test_snake_adds_the_bias_first():
+    la, lb = params(6, 5)
+    g = torch.Generator().manual_seed(6)
+    x, bias = torch.randn(3, 6, 70, generator=g), torch.randn(6, generator=g)
+    y = snake(x, *snake_factors(la, lb), bias=bias)
+    close(y, snake_ref(x + bias[None, :, None], la, lb), torch.float32)
+    must_fail(close, y, snake_ref(x, la, lb), torch.float32)  # a bias ignored
+    must_fail(close, y, snake_ref(x + bias.flip(0)[None, :, None], la, lb), torch.float32)  # channels mixed

@@ -145,7 +145,7 @@ def split_state(state: DecoderState) -> list[DecoderState]:
 # --- causal building blocks ---------------------------------------------------------------------------------
 
 
-def with_context(x: torch.Tensor, state: ConvState, pad: int, act: SnakeBeta | None) -> torch.Tensor:
+def with_context(x: torch.Tensor, state: ConvState, pad: int, act: Callable | None) -> torch.Tensor:
     """[state.inputs, act(x)] along time ([B, C, pad + n]), one buffer; the state keeps its last `pad`
     columns (a view)."""
     B, C, n = x.shape
@@ -170,12 +170,20 @@ class CausalConv1d(nn.Module):
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, state: ConvState, act: SnakeBeta | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, state: ConvState, act: Callable | None = None, bias: bool = True
+    ) -> torch.Tensor:
         """conv(act(x)) after the left context (`act`, when given, writes straight into the input
-        buffer: one pass over the waveform-rate tensor fewer than a concatenation after it)."""
+        buffer: one pass over the waveform-rate tensor fewer than a concatenation after it); without
+        its bias when `bias` is False (the caller adds it later, in a pass it makes anyway)."""
         if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
-            return self.conv(x if act is None else act(x))
-        return self.conv(with_context(x, state, self.pad, act))
+            x = x if act is None else act(x)
+        else:
+            x = with_context(x, state, self.pad, act)
+        if bias:
+            return self.conv(x)
+        c = self.conv
+        return F.conv1d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -192,7 +200,7 @@ class CausalConvTranspose1d(nn.Module):
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, state: ConvState, act: SnakeBeta | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: ConvState, act: Callable | None = None) -> torch.Tensor:
         n = x.shape[-1]
         x = with_context(x, state, self.history, act)
         start = self.history * self.stride
@@ -220,11 +228,15 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """SnakeBeta of x, into `out` when given (e.g. a causal convolution's input buffer)."""
+    def forward(
+        self, x: torch.Tensor, out: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """SnakeBeta of x (plus a per-channel `bias` first, which only the fused kernel takes), into
+        `out` when given (e.g. a causal convolution's input buffer)."""
         fused = fused_snake(x.device)
         if fused is not None:  # one pass over x instead of five (the codec's batched streaming decode)
-            return fused(x, *self._factors(), out=out)
+            return fused(x, *self._factors(), out=out, bias=bias)
+        assert bias is None, "the eager op takes no bias: its convolution adds it"
         alpha = torch.exp(self.alpha)[None, :, None]
         beta = torch.exp(self.beta)[None, :, None]
         y = x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)
@@ -271,8 +283,13 @@ class ResidualUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: ResidualUnitState) -> torch.Tensor:
-        h = self.conv1(x, state.conv1, act=self.act1)
-        return x + self.conv2(h, state.conv2, act=self.act2)
+        if fused_snake(x.device) is None:  # the eager ops, as the official module runs them
+            h = self.conv1(x, state.conv1, act=self.act1)
+            return x + self.conv2(h, state.conv2, act=self.act2)
+        # conv1's bias is added by the Snake kernel after it (the same fp32 add that a pass of its own
+        # over the whole output made)
+        h = self.conv1(x, state.conv1, act=self.act1, bias=False)
+        return x + self.conv2(h, state.conv2, act=lambda t: self.act2(t, bias=self.conv1.conv.bias))
 
 
 class DecoderBlock(nn.Module):

@@ -22,6 +22,7 @@ def _snake_kernel(
     x_ptr,
     a_ptr,
     inv_b_ptr,
+    bias_ptr,
     out_ptr,
     C,
     T,
@@ -32,6 +33,7 @@ def _snake_kernel(
     stride_oc,
     stride_ot,
     BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
@@ -42,6 +44,8 @@ def _snake_kernel(
     c = row % C
     base = x_ptr + b.to(tl.int64) * stride_xb + c.to(tl.int64) * stride_xc
     x = tl.load(base + ts * stride_xt, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:  # the previous convolution's bias, added here instead of in a pass of its own
+        x = x + tl.load(bias_ptr + c).to(tl.float32)
     a = tl.load(a_ptr + c).to(tl.float32)
     inv_b = tl.load(inv_b_ptr + c).to(tl.float32)
     s = tl.sin(x * a)
@@ -57,19 +61,37 @@ def snake_factors(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> tuple[torc
 
 
 def snake(
-    x: torch.Tensor, a: torch.Tensor, inv_b: torch.Tensor, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    a: torch.Tensor,
+    inv_b: torch.Tensor,
+    out: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SnakeBeta of x [B, C, T] (any strides) with the per-channel factors of `snake_factors` [C]: into
-    `out` (any strides: e.g. the tail of a causal convolution's input buffer) or a new contiguous tensor
-    of x's dtype. No host syncs (CUDA-graph safe)."""
+    """SnakeBeta of x [B, C, T] (any strides), plus a per-channel `bias` first when given, with the
+    per-channel factors of `snake_factors` [C]: into `out` (any strides: e.g. the tail of a causal
+    convolution's input buffer) or a new contiguous tensor of x's dtype. No host syncs (graph safe)."""
     B, C, T = x.shape
     assert a.shape == (C,) and inv_b.shape == (C,) and a.is_contiguous() and inv_b.is_contiguous()
+    assert bias is None or (bias.shape == (C,) and bias.is_contiguous())
     if out is None:
         out = torch.empty(B, C, T, dtype=x.dtype, device=x.device)
     assert out.shape == x.shape, f"out {tuple(out.shape)} for x {tuple(x.shape)}"
     if out.numel():
         grid = (B * C, triton.cdiv(T, BLOCK_T))
-        _snake_kernel[grid](x, a, inv_b, out, C, T, *x.stride(), *out.stride(), BLOCK=BLOCK_T, num_warps=4)
+        _snake_kernel[grid](
+            x,
+            a,
+            inv_b,
+            a if bias is None else bias,  # never read without HAS_BIAS
+            out,
+            C,
+            T,
+            *x.stride(),
+            *out.stride(),
+            BLOCK=BLOCK_T,
+            HAS_BIAS=bias is not None,
+            num_warps=4,
+        )
     return out
 
 
