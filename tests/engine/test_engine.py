@@ -137,6 +137,9 @@ def test_the_decoder_takes_chunks_without_the_consumer(tts, voices, engine):
         assert time.monotonic() < deadline, "the decoder did not finish the stream on its own"
         time.sleep(0.01)
     assert [len(c) for c in stream.chunks] == [5 * 1920] * 4 + [1920]
+    while stream.decoder.slot is not None:  # decoded: its codec slot is free before the consumer is done
+        assert time.monotonic() < deadline, "the ended stream kept its codec slot"
+        time.sleep(0.01)
     got += list(chunks)
     assert engine.decoding.streams == []  # detached when the consumer finished
     streamed = np.concatenate(got)

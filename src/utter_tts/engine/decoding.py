@@ -360,8 +360,8 @@ class DecodeBatcher:
         self.max_batch = max_batch
         self.cuda = codec.device.type == "cuda"
         self.cuda_stream = torch.cuda.Stream(device=codec.device, priority=-1) if self.cuda else None
-        # slots: a stream holds one from its first push until its player closes it, a little after the
-        # engine retired it, so twice the streams the engine runs
+        # slots: a stream holds one from its first frame until its audio is decoded (an attached stream)
+        # or its caller closes its decoder, a little after the engine retired it: twice the streams
         self.slots = CodecSlots(
             codec, 2 * max_batch, self.cuda if use_graphs is None else use_graphs, max_batch
         )
@@ -499,7 +499,8 @@ class DecodeBatcher:
         for stream in streams:
             if len(jobs) >= room:
                 break
-            if stream.ended:
+            if stream.ended:  # all its audio is decoded: its slot serves the next stream already
+                stream.decoder.close()  # (its consumer may still be reading chunks; a no-op after)
                 continue
             decoder = stream.decoder
             if decoder.slot is None:
