@@ -2,19 +2,20 @@
 
 Every stream's streaming codec state is a row of one slot-indexed state on the device (`CodecSlots`, as
 the talker's KV cache holds its streams), so decoding several streams' next frames is one batched pass:
-gather their rows, run the decoder, scatter the rows back. On CUDA each pass of a common shape (a batch
-bucket of 1-frame or 4-frame pushes) is a captured CUDA graph: a streaming push costs one launch instead
-of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an H200).
+gather their rows, run the decoder, scatter the rows back. On CUDA each pass (a batch bucket of 1- to
+4-frame pushes; longer ones in such pieces) is a captured CUDA graph: a streaming push costs one launch
+instead of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an H200).
 
 One thread (`DecodeBatcher`) decodes, on its own high-priority CUDA stream so audio is not queued behind
 the talker's frames. The engine's streams are attached to it (`attach`, an `AudioStream` per generation):
-after each frame the scheduler wakes it, it takes every stream's chunk that is complete at that moment
-and decodes them in as few passes as their lengths allow, then hands each chunk to its stream's
-consumer. No player round trip: 64 streams' chunks of one frame are one pass, whatever the consumers'
-threads are doing (players pushing their own chunks arrived spread over milliseconds and split into
-passes of ~25 streams on an H200). A caller may still push its own decoder's frames (`SlotDecoder.push`).
-Each stream keeps the official 300-frame chunk restarts of `StreamingDecoder` (its history and counters
-stay per stream; only the state lives in the slot).
+after each frame the scheduler wakes it, it takes the frames due at that moment (a stream's first chunk
+at once, then all streams' frames every 4 frames: `AudioStream`) and decodes them in as few passes as
+their lengths allow, then cuts each stream's audio into its consumer's chunks. No player round trip: 64
+streams' frames are one pass, whatever the consumers' threads are doing (players pushing their own
+chunks arrived spread over milliseconds and split into passes of ~25 streams on an H200). A caller may
+still push its own decoder's frames (`SlotDecoder.push`). Each stream keeps the official 300-frame chunk
+restarts of `StreamingDecoder` (its history and counters stay per stream; only the state lives in the
+slot).
 """
 
 from __future__ import annotations
