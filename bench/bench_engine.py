@@ -8,6 +8,8 @@ Sections: env parity single ttfa concurrency memory capped floor. Each writes in
 from __future__ import annotations
 
 import argparse
+import gc
+import gzip
 import json
 import logging
 import os
@@ -607,31 +609,35 @@ def _kernel_profile(prof, path: str, runs: int = 1, rows: int = 30) -> tuple[flo
 
 
 def _codec_passes(eng, out_dir) -> dict:
-    """The streaming decoder's capacity: one pass of `size` streams x `n` frames (codec slots, CUDA graph
-    when n is 1 or 4), median of 20, and the audio seconds per second that rate could decode."""
+    """The streaming decoder's capacity: one pass of `size` streams x `n` frames (codec slots, a CUDA
+    graph), median of 20, and the audio seconds per second that rate could decode."""
     slots = eng.decoding.slots
     res = {}
     with torch.cuda.stream(eng.decoding.cuda_stream):
         for size, n in ((1, 1), (1, 4), (8, 4), (32, 4), (64, 4)):
             if size > len(slots.free):
                 continue
-            rows = list(range(size))
-            codes = torch.randint(0, 2048, (size, n, 16), device="cuda")
-            for _ in range(3):
-                slots.run(rows, codes)
-            times = []
-            for _ in range(20):
-                sync()
-                t = time.perf_counter()
-                slots.run(rows, codes)
-                sync()
-                times.append(time.perf_counter() - t)
-            ms = statistics.median(times) * 1e3
+            ms = _codec_pass_ms(slots, torch.randint(0, 2048, (size, n, 16), device="cuda"), runs=20)
             res[f"{size}x{n}"] = dict(
                 ms=round(ms, 2), audio_s_per_s=round(size * n * FRAME_SECONDS / (ms / 1e3), 1)
             )
         res["eager_64x4"] = _codec_eager(slots, out_dir)
     return res
+
+
+def _codec_pass_ms(slots, codes: torch.Tensor, runs: int) -> float:
+    """Median ms of one codec pass of codes [B, n, 16] over slots 0..B-1 (on the current stream), warm."""
+    rows = list(range(codes.shape[0]))
+    for _ in range(3):
+        slots.run(rows, codes)
+    times = []
+    for _ in range(runs):
+        sync()
+        t = time.perf_counter()
+        slots.run(rows, codes)
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
 
 
 def _codec_eager(slots, out_dir) -> dict:
@@ -809,8 +815,6 @@ def section_timeline(args, ctx):
         (dec, "_serve", _timed(dec, "_serve", logs["decode"])),
     ]
     trace_path = os.path.join("/tmp", "timeline_trace.json")
-    import gc
-
     collections_seen: list = []  # (generation, ms) of the garbage collector's passes during the run
     started: dict = {}
 
@@ -885,8 +889,6 @@ def section_timeline(args, ctx):
             str(k): dict(sorted(v.items(), key=lambda kv: -kv[1])[:4]) for k, v in names.items()
         }
     try:
-        import gzip
-
         gz = os.path.join(args.out, "timeline_trace.json.gz")
         with open(trace_path, "rb") as f, gzip.open(gz, "wb") as g:
             g.write(f.read())
@@ -898,17 +900,7 @@ def section_timeline(args, ctx):
     slots = dec.slots
     codes = torch.randint(0, 2048, (n, 4, 16), device="cuda")
     with torch.cuda.stream(dec.cuda_stream):
-        rows = list(range(n))
-        for _ in range(3):
-            slots.run(rows, codes)
-        sync()
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            slots.run(rows, codes)
-            sync()
-            times.append(time.perf_counter() - t)
-    out["codec_pass_ms"] = round(statistics.median(times) * 1e3, 2)
+        out["codec_pass_ms"] = round(_codec_pass_ms(slots, codes, runs=10), 2)
     # which operations of the codec pass launch its kernels (an eager pass, CPU ops with their kernels)
     with torch.cuda.stream(dec.cuda_stream):
         index = torch.arange(n, device="cuda")
