@@ -205,6 +205,13 @@ def _long_stream(tts, voice, frames: int) -> dict:
 
 
 def _engine(ctx, args, slots=64):
+    clock = int(os.environ.get("UTTER_BENCH_CLOCK_FRAMES", "0"))
+    if clock:  # an experiment: all streams' frames decoded together every `clock` frames
+        from utter_tts.engine import decoding
+
+        decoding.CLOCK_FRAMES = clock
+        decoding.GRAPH_FRAMES = tuple(sorted({*decoding.GRAPH_FRAMES, clock}))
+        RESULTS["clock_frames"] = clock
     if ctx.get("engine") is None or ctx["engine"].runner.max_slots < slots:
         if ctx.get("engine") is not None:
             ctx["engine"].close()

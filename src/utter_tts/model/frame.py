@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from utter_tts.device import to_device
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.layers import KVCache
 from utter_tts.model.prompt import Prompt
@@ -52,8 +53,8 @@ class SamplingParams:
 
     @classmethod
     def stack(cls, settings: list[SamplingConfig], seeds: list[int], device) -> SamplingParams:
-        def t(name, dtype):
-            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
+        def t(name, dtype):  # no wait on the stream (pinned, non-blocking: `to_device`)
+            return to_device([getattr(s, name) for s in settings], dtype, torch.device(device))
 
         return cls(
             do_sample=t("do_sample", torch.bool),
@@ -66,7 +67,7 @@ class SamplingParams:
             sub_top_k=t("subtalker_top_k", torch.long),
             sub_top_p=t("subtalker_top_p", torch.float32),
             min_new_tokens=t("min_new_tokens", torch.long),
-            seeds=torch.tensor(seeds, dtype=torch.long, device=device),
+            seeds=to_device(seeds, torch.long, torch.device(device)),
         )
 
     def rows(self, rows: slice) -> SamplingParams:

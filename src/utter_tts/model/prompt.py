@@ -74,25 +74,28 @@ def build_prompt(
     def ids(x):
         return torch.tensor(x, dtype=torch.long, device=dev)
 
-    text = ids(text_ids)
-    body = text[3:-5]
-    if body.numel() == 0:
+    def text_const(x):  # template ids every prompt shares: embedded once per talker
+        return talker.constant_embed("text", tuple(x))
+
+    def codec_const(x):
+        return talker.constant_embed("codec", tuple(x))
+
+    if len(text_ids) <= 8:
         raise InvalidInput("text is empty", param="text", code="invalid_text")
-    bos_e, eos_e, pad_e = talker.text_embed(
-        ids([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
-    )
+    body = ids(text_ids[3:-5])
+    bos_e, eos_e, pad_e = text_const([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
 
     lid = language_id(cfg, language, voice.speaker)
     if lid is None:
         prefix = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
     else:
         prefix = [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
-    codec = [talker.codec_embed(ids(prefix))]
+    codec = [codec_const(prefix)]
     if voice.speaker_embedding is not None:
         codec.append(voice.speaker_embedding.to(dev, pad_e.dtype).view(1, -1))
     elif voice.speaker:
-        codec.append(talker.codec_embed(ids([t.spk_id[voice.speaker.lower()]])))
-    codec.append(talker.codec_embed(ids([t.codec_pad_id, t.codec_bos_id])))
+        codec.append(codec_const([t.spk_id[voice.speaker.lower()]]))
+    codec.append(codec_const([t.codec_pad_id, t.codec_bos_id]))
     codec = torch.cat(codec)
     n = codec.shape[0]
 
@@ -101,14 +104,14 @@ def build_prompt(
     parts = []
     if voice.instruct_ids:
         parts.append(talker.text_embed(ids(voice.instruct_ids)))
-    parts += [talker.text_embed(text[:3]), overlay]
+    parts += [text_const(text_ids[:3]), overlay]
 
     if voice.ref_codes is not None and voice.ref_text_ids:
         ref_codes = voice.ref_codes.to(dev)
         text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
-        codes_e = torch.cat([talker.codec_embed(ids([t.codec_bos_id])), talker.frame_embed(ref_codes)])
+        codes_e = torch.cat([codec_const([t.codec_bos_id]), talker.frame_embed(ref_codes)])
         if non_streaming_mode:
-            icl = text_e + talker.codec_embed(ids([t.codec_pad_id])).expand(text_e.shape[0], -1)
+            icl = text_e + codec_const([t.codec_pad_id]).expand(text_e.shape[0], -1)
             parts += [icl, codes_e + pad_e]
             trailing = pad_e[None]
         elif text_e.shape[0] > codes_e.shape[0]:
@@ -122,8 +125,8 @@ def build_prompt(
 
     if non_streaming_mode:
         all_text = torch.cat([talker.text_embed(body), eos_e[None]])
-        parts.append(all_text + talker.codec_embed(ids([t.codec_pad_id])).expand(all_text.shape[0], -1))
-        parts.append(pad_e[None] + talker.codec_embed(ids([t.codec_bos_id])))
+        parts.append(all_text + codec_const([t.codec_pad_id]).expand(all_text.shape[0], -1))
+        parts.append(pad_e[None] + codec_const([t.codec_bos_id]))
         trailing = pad_e[None]
     else:
         parts.append(talker.text_embed(body[:1]) + codec[-1:])

@@ -1,0 +1,156 @@
+"""GPU micro-benchmarks of two parts of a 64-stream start and cycle: the codec pass per precision, and
+building one request's prompt.
+
+Usage (on the GPU machine, after bench/run_gpu.sh built the base checkpoint):
+  python bench/bench_parts.py --base CKPT_BASE --out OUT_DIR
+Writes OUT/parts.json and OUT/profile_codec_<variant>.txt / profile_prepare.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from bench_engine import TEXT, _codec_pass_ms, forced, log, reference, sync  # noqa: E402
+
+from utter_tts.codec.speech_tokenizer import SpeechTokenizer  # noqa: E402
+from utter_tts.engine.decoding import CodecSlots  # noqa: E402
+from utter_tts.request import Request  # noqa: E402
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+def _streamed(slots: CodecSlots, codes: torch.Tensor, step: int) -> torch.Tensor:
+    rows = list(range(codes.shape[0]))
+    slots.reset_many(rows)
+    return torch.cat([slots.run(rows, codes[:, i : i + step]) for i in range(0, codes.shape[1], step)], 1)
+
+
+def codec_variants(base: str, out_dir: str) -> dict:
+    """Each precision's 64 x 4-frame and 1 x 1-frame graph pass, its error against an fp32 reference
+    without TF32 (one-shot 2 x 200 frames), and its streamed (4-frame pushes) vs one-shot error."""
+    from torch.profiler import ProfilerActivity, profile
+
+    folder = os.path.join(base, "speech_tokenizer")
+    torch.manual_seed(0)
+    codes = torch.randint(0, 2048, (2, 200, 16), device="cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    ref_codec = SpeechTokenizer.from_dir(folder, device="cuda", dtype=torch.float32)
+    ref_codec.chunk_frames = None
+    reference_audio = ref_codec.decode(codes)
+    del ref_codec
+    torch.backends.cudnn.allow_tf32 = True
+    res = {"reference_rms": float(reference_audio.pow(2).mean().sqrt())}
+    for name, dtype, tf32_mm in (
+        ("fp32", torch.float32, False),
+        ("fp32_tf32mm", torch.float32, True),
+        ("bf16", torch.bfloat16, False),
+    ):
+        torch.backends.cuda.matmul.allow_tf32 = tf32_mm
+        codec = SpeechTokenizer.from_dir(folder, device="cuda", dtype=dtype)
+        codec.chunk_frames = None
+        one_shot = codec.decode(codes)
+        slots = CodecSlots(codec, 64, use_graphs=True)
+        t = time.perf_counter()
+        slots.warmup()
+        capture_s = time.perf_counter() - t
+        streamed = _streamed(slots, codes, 4)
+        big = torch.randint(0, 2048, (64, 4, 16), device="cuda")
+        one = torch.randint(0, 2048, (1, 1, 16), device="cuda")
+        r = dict(
+            pass_64x4_ms=round(_codec_pass_ms(slots, big, runs=20), 3),
+            pass_64x1_ms=round(_codec_pass_ms(slots, big[:, :1], runs=20), 3),
+            pass_1x1_ms=round(_codec_pass_ms(slots, one, runs=20), 3),
+            capture_s=round(capture_s, 1),
+            rel_err_vs_fp32=_rel(one_shot, reference_audio),
+            max_abs_err_vs_fp32=float((one_shot.float() - reference_audio).abs().max()),
+            streamed_vs_one_shot=_rel(streamed, one_shot),
+        )
+        index = torch.arange(64, device="cuda")
+        slots._pass(index, big)
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            slots._pass(index, big)
+            sync()
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+        with open(os.path.join(out_dir, f"profile_codec_{name}.txt"), "w") as f:
+            f.write(table)
+        res[name] = r
+        log("codec", name, r)
+        del slots, codec
+        torch.cuda.empty_cache()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return res
+
+
+def prepare_cost(base: str, out_dir: str) -> dict:
+    """Building one clone request's prompt (`Pipeline.prepare`) on an idle GPU: ms each, and where the
+    time goes (cProfile)."""
+    from utter_tts.api import TTS
+
+    tts = TTS.from_pretrained(base, device="cuda", dtype="bfloat16")
+    voice = tts.create_voice((reference(), 24000))
+    pipe = tts.pipeline
+    reqs = [Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(128)) for i in range(64)]
+    for r in reqs[:4]:
+        pipe.prepare(r)
+    sync()
+    times = []
+    for r in reqs:
+        t = time.perf_counter()
+        pipe.prepare(r)
+        times.append(time.perf_counter() - t)
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for r in reqs[:16]:
+        pipe.prepare(r)
+    sync()
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    with open(os.path.join(out_dir, "profile_prepare.txt"), "w") as f:
+        f.write(s.getvalue())
+    print(s.getvalue()[:5000])
+    return dict(
+        prepare_p50_ms=round(statistics.median(times) * 1e3, 3), prepare_max_ms=round(max(times) * 1e3, 3)
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parts", nargs="*", default=["prepare", "codec"])
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    res = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
+    for part in args.parts:
+        try:
+            res[part] = {"prepare": prepare_cost, "codec": codec_variants}[part](args.base, args.out)
+        except Exception as e:  # keep the other part
+            import traceback
+
+            traceback.print_exc()
+            res[part] = {"error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(args.out, "parts.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    log("parts", json.dumps(res)[:3000])
+
+
+if __name__ == "__main__":
+    main()
