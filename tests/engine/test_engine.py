@@ -385,3 +385,42 @@ def test_warmup_freezes_the_long_lived_objects(tts):
     finally:
         gc.unfreeze()
         eng.close()
+
+
+def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch):
+    """While another caller is still building its prompt, admission waits for it (at most GATHER_S after
+    the first arrival): the burst is prefilled in one pass, not racing the callers."""
+    from utter_tts.engine import scheduler as sched
+
+    eng = Engine(tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128)
+    try:
+        calls = []
+        prefill = eng.runner.prefill
+        monkeypatch.setattr(
+            eng.runner, "prefill", lambda first, jobs: calls.append(len(jobs)) or prefill(first, jobs)
+        )
+        monkeypatch.setattr(sched, "GATHER_S", 30.0)  # only the last caller's end may release the burst
+        reqs = _requests(voices)
+        with eng.scheduler.preparing_one():  # a caller still building its prompt
+            gens = [eng.submit(r) for r in reqs[:2]]
+            time.sleep(0.3)
+            assert calls == [] and all(g.admitted_at is None for g in gens)
+        for g in gens:
+            g.result(timeout=60)
+        assert calls == [2]  # both in one packed prefill, once the last prompt was built
+
+        # the wait is bounded: a caller that never finishes delays admission by GATHER_S only
+        monkeypatch.setattr(sched, "GATHER_S", 0.2)
+        with eng.scheduler.preparing_one():
+            t = time.perf_counter()
+            g = eng.submit(reqs[0])
+            g.result(timeout=60)
+            assert g.admitted_at - g.submitted >= 0.2
+            assert time.perf_counter() - t < 30
+        # alone, a request is admitted at once (its own prompt building does not hold it)
+        monkeypatch.setattr(sched, "GATHER_S", 5.0)
+        g = eng.submit(reqs[0])
+        g.result(timeout=60)
+        assert g.admitted_at - g.submitted < 2.5
+    finally:
+        eng.close()

@@ -95,11 +95,12 @@ class Engine:
     # ---- requests ----------------------------------------------------------------------------------
     def submit(self, request: Request) -> Generation:
         """Check and start one request; returns its running generation."""
-        job = self.pipeline.prepare(request, limit=self.runner.max_frames)
-        try:
-            return self.scheduler.submit(job)
-        except ValueError as e:  # the prompt does not fit the engine's static shapes
-            raise InvalidInput(str(e), param="input", code="too_long") from None
+        with self.scheduler.preparing_one():  # a burst of requests is admitted together
+            job = self.pipeline.prepare(request, limit=self.runner.max_frames)
+            try:
+                return self.scheduler.submit(job)
+            except ValueError as e:  # the prompt does not fit the engine's static shapes
+                raise InvalidInput(str(e), param="input", code="too_long") from None
 
     def generate_codes(self, requests: Sequence[Request]) -> list[torch.Tensor]:
         generations = [self.submit(r) for r in requests]
