@@ -424,34 +424,3 @@ def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch
         assert g.admitted_at - g.submitted < 2.5
     finally:
         eng.close()
-
-
-def test_callers_build_their_prompts_one_at_a_time(tts, voices, monkeypatch):
-    """Concurrent submits never build prompts at once (a burst's builders would share the GIL with the
-    scheduler's thread); every request still runs."""
-    eng = Engine(tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128)
-    try:
-        inside, most = [0], [0]
-        prepare = eng.pipeline.prepare
-
-        def counted(*a, **k):
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-            time.sleep(0.01)  # a slow prompt: without the lock the threads would overlap here
-            try:
-                return prepare(*a, **k)
-            finally:
-                inside[0] -= 1
-
-        monkeypatch.setattr(eng.pipeline, "prepare", counted)
-        req = _requests(voices)[0]
-        gens = []
-        threads = [threading.Thread(target=lambda: gens.append(eng.submit(req))) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert most[0] == 1 and len(gens) == 6
-        assert all(g.result(timeout=120).shape[0] > 0 for g in gens)
-    finally:
-        eng.close()

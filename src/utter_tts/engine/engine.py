@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 
@@ -56,11 +55,6 @@ class Engine:
             kernels=kernels,
         )
         self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
-        # one caller builds its prompt at a time: the others sleep on this lock instead of contending for
-        # the GIL, which the scheduler's thread then shares with one builder, not with a whole burst (64
-        # requests at once on an H200: an admission of 20 prompts, ~10 ms alone, took 98 ms among 44
-        # builders)
-        self._building = threading.Lock()
         # after each frame the decoder takes the chunks it completed, all streams' in one pass
         self.scheduler = Scheduler(self.runner, max_queue=max_queue, on_step=self.decoding.frames_ready)
         log.info(
@@ -102,8 +96,7 @@ class Engine:
     def submit(self, request: Request) -> Generation:
         """Check and start one request; returns its running generation."""
         with self.scheduler.preparing_one():  # a burst of requests is admitted together
-            with self._building:
-                job = self.pipeline.prepare(request, limit=self.runner.max_frames)
+            job = self.pipeline.prepare(request, limit=self.runner.max_frames)
             try:
                 return self.scheduler.submit(job)
             except ValueError as e:  # the prompt does not fit the engine's static shapes
