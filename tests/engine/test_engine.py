@@ -388,8 +388,8 @@ def test_warmup_freezes_the_long_lived_objects(tts):
 
 
 def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch):
-    """While another caller is still building its prompt, admission waits for it (at most GATHER_S after
-    the first arrival): the burst is prefilled in one pass, not racing the callers."""
+    """While another caller is still building its prompt, an idle engine's admission waits for it (at most
+    GATHER_IDLE_S after the first arrival): the burst is prefilled in one pass, not racing the callers."""
     from utter_tts.engine import scheduler as sched
 
     eng = Engine(tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128)
@@ -399,7 +399,7 @@ def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch
         monkeypatch.setattr(
             eng.runner, "prefill", lambda first, jobs: calls.append(len(jobs)) or prefill(first, jobs)
         )
-        monkeypatch.setattr(sched, "GATHER_S", 30.0)  # only the last caller's end may release the burst
+        monkeypatch.setattr(sched, "GATHER_IDLE_S", 30.0)  # only the last caller's end may release the burst
         reqs = _requests(voices)
         with eng.scheduler.preparing_one():  # a caller still building its prompt
             gens = [eng.submit(r) for r in reqs[:2]]
@@ -410,7 +410,7 @@ def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch
         assert calls == [2]  # both in one packed prefill, once the last prompt was built
 
         # the wait is bounded: a caller that never finishes delays admission by GATHER_S only
-        monkeypatch.setattr(sched, "GATHER_S", 0.2)
+        monkeypatch.setattr(sched, "GATHER_IDLE_S", 0.2)
         with eng.scheduler.preparing_one():
             t = time.perf_counter()
             g = eng.submit(reqs[0])
@@ -418,9 +418,38 @@ def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch
             assert g.admitted_at - g.submitted >= 0.2
             assert time.perf_counter() - t < 30
         # alone, a request is admitted at once (its own prompt building does not hold it)
-        monkeypatch.setattr(sched, "GATHER_S", 5.0)
+        monkeypatch.setattr(sched, "GATHER_IDLE_S", 5.0)
         g = eng.submit(reqs[0])
         g.result(timeout=60)
         assert g.admitted_at - g.submitted < 2.5
+    finally:
+        eng.close()
+
+
+def test_admission_waits_less_for_a_burst_while_streams_run(tts):
+    """With streams running, a burst delays admission by at most GATHER_S (their frames go on meanwhile);
+    an idle engine waits up to GATHER_IDLE_S; nobody building a prompt means no wait at all."""
+    from utter_tts.engine import scheduler as sched
+    from utter_tts.engine.scheduler import Generation
+
+    eng = Engine(tts.pipeline, max_streams=2, max_frames=16, max_prompt=128, max_text_tokens=128)
+    s = eng.scheduler
+    try:
+        with s.lock:  # the scheduler's thread sleeps on this lock: the books below are ours for a moment
+            waiting, running = Generation(job=None, submitted=100.0), Generation(job=None)
+            s.pending.append(waiting)
+            try:
+                assert s._gathering(100.0) == 0.0  # nobody is building a prompt
+                s.preparing += 1
+                assert s._gathering(100.0) == pytest.approx(sched.GATHER_IDLE_S)
+                s.live.append(running)
+                assert s._gathering(100.0) == pytest.approx(sched.GATHER_S)
+                assert sched.GATHER_S < sched.GATHER_IDLE_S
+                assert s._gathering(100.0 + sched.GATHER_S) == 0.0
+            finally:
+                s.pending.remove(waiting)
+                if running in s.live:
+                    s.live.remove(running)
+                s.preparing -= 1
     finally:
         eng.close()

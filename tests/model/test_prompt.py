@@ -68,3 +68,18 @@ def test_to_device_keeps_values_and_dtype():
     moved = to_device(host, torch.float32, torch.device("cpu"))
     moved.add_(1)
     assert host.tolist() == [0.5, 1.5]  # a copy, never the caller's tensor
+
+
+def test_template_pieces_are_encoded_once_and_the_same(tts):
+    tok = tts.pipeline.tokenizer
+    for text in ("Hello there.", "Zweite Zeile, etwas länger.", "\n"):
+        expected = [
+            tok.im_start_id,
+            *tok.encode_plain(f"assistant\n{text}"),
+            tok.im_end_id,
+            *tok.encode_plain("\n"),
+            tok.im_start_id,
+            *tok.encode_plain("assistant\n"),
+        ]
+        assert tok.assistant_text(text) == expected
+    assert set(tok._pieces) == {"\n", "assistant\n"}

@@ -22,10 +22,11 @@ from utter_tts.pipeline import Prepared
 log = logging.getLogger(__name__)
 
 # While other requests' prompts are still being built, admission waits for them (at most this long after
-# the oldest waiting request came): a burst is then prefilled in one pass. Admitting the first arrivals
-# at once made their prefill race the other callers' prompt building for the GIL (64 requests at once
-# on an H200: one admission took ~145 ms for ~7 ms of kernels, and the rest waited behind it).
-GATHER_S = 0.05
+# the oldest waiting request came; longer when no stream is running, so nothing else waits): a burst is
+# then prefilled in one pass. Admitting the first arrivals at once made their prefill race the other
+# callers' prompt building for the GIL (64 requests at once on an H200: an admission of 20 prompts took
+# 98 ms, ~10 ms alone, and the other 44 waited behind it).
+GATHER_S, GATHER_IDLE_S = 0.05, 0.15
 
 
 class Busy(UtterTTSError):
@@ -172,7 +173,8 @@ class Scheduler:
         """Seconds admission should still wait for prompts being built (0: admit now)."""
         if not self.pending or not self.preparing:
             return 0.0
-        return max(0.0, self.pending[0].submitted + GATHER_S - now)
+        bound = GATHER_S if self.live else GATHER_IDLE_S
+        return max(0.0, self.pending[0].submitted + bound - now)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop: cancel what waits and what runs."""

@@ -38,6 +38,14 @@ class TextTokenizer:
         self.im_end_id = im_end_id
         with open(vocab, encoding="utf-8") as f:
             self.vocab_size = len(json.load(f))
+        self._pieces: dict[str, tuple[int, ...]] = {}
+
+    def _piece(self, text: str) -> tuple[int, ...]:
+        """Ids of a template piece every prompt has (encoded once: half a prompt's encodes were these)."""
+        ids = self._pieces.get(text)
+        if ids is None:
+            ids = self._pieces[text] = tuple(self.encode_plain(text))
+        return ids
 
     def encode_plain(self, text: str) -> list[int]:
         return self.bpe.encode(text, add_special_tokens=False).ids
@@ -49,12 +57,12 @@ class TextTokenizer:
             self.im_start_id,
             *self.encode_plain(f"{role}\n{text}"),
             self.im_end_id,
-            *self.encode_plain("\n"),
+            *self._piece("\n"),
         ]
 
     def assistant_text(self, text: str) -> list[int]:
         """Ids of the text to speak: its turn, then the opening of the next assistant turn."""
-        return self._turn("assistant", text) + [self.im_start_id, *self.encode_plain("assistant\n")]
+        return self._turn("assistant", text) + [self.im_start_id, *self._piece("assistant\n")]
 
     def ref_text(self, text: str) -> list[int]:
         """Ids of a reference transcript (ICL clone prompt)."""
