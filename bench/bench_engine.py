@@ -650,6 +650,23 @@ def _codec_pass_ms(slots, codes: torch.Tensor, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def codec_op_table(slots, codes: torch.Tensor, path: str, rows: int) -> str:
+    """Which operations of one eager codec pass over slots 0..B-1 launch its kernels (CPU ops with their
+    kernels, by device time), written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    index = torch.arange(codes.shape[0], device="cuda")
+    slots._pass(index, codes)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        slots._pass(index, codes)
+        sync()
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows)
+    with open(path, "w") as f:
+        f.write(table)
+    return table
+
+
 def _codec_eager(slots, out_dir) -> dict:
     """One 64-stream x 4-frame pass run eagerly, with the fused Snake and without (ms, kernels), and the
     profile of the fused one's kernels (profile_codec.txt)."""
@@ -936,17 +953,8 @@ def section_timeline(args, ctx):
     codes = torch.randint(0, 2048, (n, 4, 16), device="cuda")
     with torch.cuda.stream(dec.cuda_stream):
         out["codec_pass_ms"] = round(_codec_pass_ms(slots, codes, runs=10), 2)
-    # which operations of the codec pass launch its kernels (an eager pass, CPU ops with their kernels)
     with torch.cuda.stream(dec.cuda_stream):
-        index = torch.arange(n, device="cuda")
-        slots._pass(index, codes)
-        sync()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            slots._pass(index, codes)
-            sync()
-    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=45)
-    with open(os.path.join(args.out, "profile_codec_ops.txt"), "w") as f:
-        f.write(table)
+        table = codec_op_table(slots, codes, os.path.join(args.out, "profile_codec_ops.txt"), rows=45)
     print(table[:9000])
     RESULTS["timeline"] = out
     log("timeline", json.dumps(out)[:6000])

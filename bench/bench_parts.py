@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_engine import TEXT, _codec_pass_ms, forced, log, reference, sync  # noqa: E402
+from bench_engine import TEXT, _codec_pass_ms, codec_op_table, forced, log, reference, sync  # noqa: E402
 
 from utter_tts.codec.speech_tokenizer import SpeechTokenizer  # noqa: E402
 from utter_tts.engine.decoding import CodecSlots  # noqa: E402
@@ -43,8 +43,6 @@ def _streamed(slots: CodecSlots, codes: torch.Tensor, step: int) -> torch.Tensor
 def codec_variants(base: str, out_dir: str) -> dict:
     """Each precision's 64 x 4-frame and 1 x 1-frame graph pass, its error against an fp32 reference
     without TF32 (one-shot 2 x 200 frames), and its streamed (4-frame pushes) vs one-shot error."""
-    from torch.profiler import ProfilerActivity, profile
-
     folder = os.path.join(base, "speech_tokenizer")
     torch.manual_seed(0)
     codes = torch.randint(0, 2048, (2, 200, 16), device="cuda")
@@ -80,15 +78,7 @@ def codec_variants(base: str, out_dir: str) -> dict:
             max_abs_err_vs_fp32=float((one_shot.float() - reference_audio).abs().max()),
             streamed_vs_one_shot=_rel(streamed, one_shot),
         )
-        index = torch.arange(64, device="cuda")
-        slots._pass(index, big)
-        sync()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            slots._pass(index, big)
-            sync()
-        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
-        with open(os.path.join(out_dir, f"profile_codec_{name}.txt"), "w") as f:
-            f.write(table)
+        codec_op_table(slots, big, os.path.join(out_dir, f"profile_codec_{name}.txt"), rows=30)
         res[name] = r
         log("codec", name, r)
         del slots, codec
