@@ -41,11 +41,11 @@ def start_copy(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.c
 
 
 def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list (or CPU tensor) as a tensor on `device`, without waiting: on CUDA through pinned memory
-    and a non-blocking copy. `torch.tensor(values, device=cuda)` copies from pageable memory, which first
-    waits for everything queued on the stream (a 64-prompt admission made dozens of such waits)."""
+    """A host list (or a tensor) as a new tensor on `device`, without waiting: host to CUDA through pinned
+    memory and a non-blocking copy. `torch.tensor(values, device=cuda)` copies from pageable memory, which
+    first waits for everything queued on the stream (a 64-prompt admission made dozens of such waits)."""
     host = torch.as_tensor(values, dtype=dtype)
-    if device.type != "cuda":
+    if host.device.type != "cpu" or device.type != "cuda":
         return host.to(device, copy=True)  # a copy, as from the GPU path: the caller may keep its own
     return host.pin_memory().to(device, non_blocking=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from utter_tts.codec.speech_tokenizer import SpeechTokenizer
-from utter_tts.device import to_host
+from utter_tts.device import to_device, to_host
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, read_safetensors
 from utter_tts.model.config import SamplingConfig, TTSConfig
@@ -174,7 +174,7 @@ class Pipeline:
         spec = VoiceSpec()
         if req.mode == "clone":
             voice = req.voice
-            spec.speaker_embedding = voice.speaker_embedding.to(self.device, self.dtype)
+            spec.speaker_embedding = to_device(voice.speaker_embedding, self.dtype, self.device)
             if voice.mode == "icl":
                 spec.ref_codes = voice.ref_codes
                 spec.ref_text_ids = tok.ref_text(voice.ref_text)[3:-2]

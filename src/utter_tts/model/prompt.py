@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utter_tts.device import to_device
 from utter_tts.errors import InvalidInput
 from utter_tts.model.config import TTSConfig
 from utter_tts.model.talker import Talker
@@ -71,8 +72,8 @@ def build_prompt(
     t = cfg.talker
     dev = talker.codec_head.weight.device
 
-    def ids(x):
-        return torch.tensor(x, dtype=torch.long, device=dev)
+    def ids(x):  # no wait on the stream (`to_device`): a burst's prompts are built on many threads
+        return to_device(x, torch.long, dev)
 
     def text_const(x):  # template ids every prompt shares: embedded once per talker
         return talker.constant_embed("text", tuple(x))
@@ -107,7 +108,7 @@ def build_prompt(
     parts += [text_const(text_ids[:3]), overlay]
 
     if voice.ref_codes is not None and voice.ref_text_ids:
-        ref_codes = voice.ref_codes.to(dev)
+        ref_codes = to_device(voice.ref_codes, torch.long, dev)
         text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
         codes_e = torch.cat([codec_const([t.codec_bos_id]), talker.frame_embed(ref_codes)])
         if non_streaming_mode:
