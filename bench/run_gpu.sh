@@ -79,7 +79,8 @@ case "$STAGE" in
             timeout 200 python3 bench/bench_kernels.py --budget 170 2>&1 | tail -80
             cp "$OUT"/bench_kernels.json "$OUT"/kernels.json 2>/dev/null ;;
 esac
-# at most 8 files come back from the GPU machine: logs and profiles travel as one archive
-( cd "$OUT" && tar czf extras.tgz --ignore-failed-read build_*.log profile_*.txt env.txt *.log 2>/dev/null; \
+# at most 8 files come back from the GPU machine: logs and profiles travel as one archive per stage (two
+# stages in one call keep both)
+( cd "$OUT" && tar czf "extras_$STAGE.tgz" --ignore-failed-read build_*.log profile_*.txt env.txt *.log 2>/dev/null; \
   rm -f build_*.log profile_*.txt env.txt )
 echo "== done in $(( $(date +%s) - T0 ))s"
