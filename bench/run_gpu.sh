@@ -66,7 +66,9 @@ case "$STAGE" in
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
   load)     ours load 250 --max-streams 64 --sections env single ttfa concurrency ;;
-  timeline) ours timeline 300 --max-streams 64 --sections env timeline ;;
+  timeline) ours timeline 300 --max-streams 64 --sections env timeline
+            timeout 100 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" --parts prepare 2>&1 \
+              | quiet | tail -40 ;;
   parts)    timeout 240 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" 2>&1 | quiet | tail -60 ;;
   conc)     ours conc 200 --max-streams 64 --sections env concurrency ;;
   engine)   ours fused 270 --max-streams 64 --sections env single ttfa profile concurrency
