@@ -33,12 +33,22 @@ def test_constant_embeds_follow_new_weights(tts, checkpoints):
     ids = (2, 9)
     before_text = talker.constant_embed("text", ids).clone()
     before_codec = talker.constant_embed("codec", ids).clone()
+    changes = [  # each weight the embeddings read, changed alone
+        talker.model.text_embedding.weight,
+        talker.text_projection.linear_fc1.weight,
+        talker.text_projection.linear_fc1.bias,
+        talker.text_projection.linear_fc2.weight,
+        talker.text_projection.linear_fc2.bias,
+    ]
+    for weight in changes:
+        with torch.no_grad():
+            weight.add_(0.5)
+        now = talker.constant_embed("text", ids)
+        assert torch.equal(now, talker.text_embed(torch.tensor(ids)))
+        assert not torch.equal(now, before_text)
+        before_text = now.clone()
     with torch.no_grad():
-        talker.text_projection.linear_fc2.bias.add_(1.0)
-        talker.text_projection.linear_fc2.weight.mul_(2.0)
         talker.model.codec_embedding.weight.mul_(3.0)
-    assert torch.equal(talker.constant_embed("text", ids), talker.text_embed(torch.tensor(ids)))
-    assert not torch.equal(talker.constant_embed("text", ids), before_text)
     assert torch.equal(talker.constant_embed("codec", ids), 3.0 * before_codec)
 
 

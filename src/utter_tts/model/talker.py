@@ -62,7 +62,11 @@ class Talker(nn.Module):
         built from scratch spent most of its ~2 ms (H200) on these small launches and their host-to-device
         copies, each of which waits for its stream; 64 prompts arriving together queued on them. Computed
         again when the weights change (a load, a move). Never modify the returned tensor."""
-        weights = self.text_projection.linear_fc2.weight, self.model.codec_embedding.weight
+        weights = (
+            self.model.text_embedding.weight,
+            *self.text_projection.parameters(),
+            self.model.codec_embedding.weight,
+        )
         version = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
         if getattr(self, "_constants_version", None) != version:
             self._constants: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
@@ -72,7 +76,7 @@ class Talker(nn.Module):
         if found is None:
             embed = {"text": self.text_embed, "codec": self.codec_embed}[kind]
             with torch.no_grad():
-                found = embed(torch.tensor(ids, dtype=torch.long, device=weights[1].device))
+                found = embed(torch.tensor(ids, dtype=torch.long, device=weights[0].device))
             self._constants[key] = found
         return found
 
