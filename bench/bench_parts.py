@@ -1,5 +1,5 @@
-"""GPU micro-benchmarks of two parts of a 64-stream start and cycle: the codec pass per precision, and
-building one request's prompt.
+"""GPU micro-benchmarks of parts of a 64-stream start and cycle: the codec pass per precision, the residual
+units' convolutions done other ways, and building one request's prompt.
 
 Usage (on the GPU machine, after bench/run_gpu.sh built the base checkpoint):
   python bench/bench_parts.py --base CKPT_BASE --out OUT_DIR
@@ -87,6 +87,76 @@ def codec_variants(base: str, out_dir: str) -> dict:
     return res
 
 
+def _ms(fn, runs: int = 30) -> float:
+    """Median ms of fn() on the GPU (CUDA events), warm."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def codec_ops(base: str, out_dir: str) -> dict:
+    """The residual units' operations at a 64-stream x 4-frame pass's shapes, done as now and done other
+    ways, each timed and compared with an fp64 result: the dilated convolution (cuDNN on [B, C, T] as now,
+    or channels-last [B, C, 1, T] with no layout transposes), and the 1x1 convolution + bias + residual
+    (cuDNN, its bias pass and the residual add as now; or one batched GEMM that adds the residual)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    g = torch.Generator(device="cuda").manual_seed(0)
+    res = {}
+    for C, T in ((768, 128), (384, 640), (192, 2560), (96, 7680)):
+        res[f"C{C}_T{T}"] = r = _unit_ops(64, C, T, 3, g)
+        log("codec op", C, T, r)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return res
+
+
+def _unit_ops(B: int, C: int, T: int, d: int, g: torch.Generator) -> dict:
+    import torch.nn.functional as F
+
+    x = torch.randn(B, C, T, device="cuda", generator=g)
+    h = torch.randn(B, C, T + 6 * d, device="cuda", generator=g)
+    w7 = torch.randn(C, C, 7, device="cuda", generator=g) / (7 * C) ** 0.5
+    w1 = torch.randn(C, C, 1, device="cuda", generator=g) / C**0.5
+    b = torch.randn(C, device="cuda", generator=g)
+    ref7 = F.conv1d(h.double(), w7.double(), dilation=d).float()
+    h4 = h[:, :, None].contiguous(memory_format=torch.channels_last)
+    w74 = w7[:, :, None].contiguous(memory_format=torch.channels_last)
+    s = h[..., :T].contiguous()
+    ref1 = (x.double() + F.conv1d(s.double(), w1.double(), b.double())).float()
+    w1b = w1[:, :, 0].expand(B, C, C)
+
+    def dilated_ncl():
+        return F.conv1d(h, w7, dilation=d)
+
+    def dilated_channels_last():
+        return F.conv2d(h4, w74, dilation=(1, d))[:, :, 0]
+
+    def pointwise_now():
+        return x + F.conv1d(s, w1, b)
+
+    def pointwise_gemm():
+        return torch.baddbmm(x, w1b, s).add_(b[:, None])
+
+    r = {}
+    for name, fn, ref in (
+        ("dilated_ncl", dilated_ncl, ref7),
+        ("dilated_channels_last", dilated_channels_last, ref7),
+        ("pointwise_now", pointwise_now, ref1),
+        ("pointwise_gemm", pointwise_gemm, ref1),
+    ):
+        r[f"{name}_ms"] = round(_ms(fn), 4)
+        r[f"{name}_err"] = _rel(fn(), ref)
+    return r
+
+
 def prepare_cost(base: str, out_dir: str) -> dict:
     """Building one clone request's prompt (`Pipeline.prepare`) on an idle GPU: ms each, and where the
     time goes (cProfile)."""
@@ -125,13 +195,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", nargs="*", default=["prepare", "codec"])
+    ap.add_argument("--parts", nargs="*", default=["prepare", "codec", "codec_ops"])
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     for part in args.parts:
         try:
-            res[part] = {"prepare": prepare_cost, "codec": codec_variants}[part](args.base, args.out)
+            parts = {"prepare": prepare_cost, "codec": codec_variants, "codec_ops": codec_ops}
+            res[part] = parts[part](args.base, args.out)
         except Exception as e:  # keep the other part
             import traceback
 
