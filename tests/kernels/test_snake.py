@@ -11,9 +11,10 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from utter_tts.codec.decoder import SnakeBeta, fused_snake  # noqa: E402
+from utter_tts.kernels.residual import bias_residual  # noqa: E402
 from utter_tts.kernels.snake import BLOCK_T, snake, snake_factors, snake_ref  # noqa: E402
 
-from .util import close, must_fail  # noqa: E402
+from .util import close, codec_row_shapes, must_fail  # noqa: E402
 
 
 def params(C, seed):
@@ -23,9 +24,7 @@ def params(C, seed):
 
 @settings(max_examples=10, deadline=None)
 @given(
-    B=st.integers(1, 3),
-    C=st.integers(1, 7),
-    T=st.integers(1, 2 * BLOCK_T + 5),  # across T blocks, with a ragged tail
+    **codec_row_shapes(BLOCK_T),
     seed=st.integers(0, 2**16),
     scale=st.sampled_from([0.01, 1.0, 30.0]),  # sin wraps many periods at 30
 )
@@ -94,8 +93,9 @@ def test_snake_writes_into_a_strided_out():
 
 
 def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypatch):
-    """The codec with the kernel (written straight into its convolutions' input buffers, adding the bias
-    of the convolution before it) decodes what the eager codec decodes, whole and streamed."""
+    """The codec with the kernels (Snake written straight into its convolutions' input buffers, adding the
+    bias of the convolution before it; each residual unit's end as one bias + residual pass) decodes what
+    the eager codec decodes, whole and streamed."""
     import utter_tts.codec.decoder as decoder
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer
 
@@ -109,7 +109,14 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
         biased.append(bias is not None)
         return snake(x, a, inv_b, out=out, bias=bias)
 
+    residuals = []
+
+    def residual(x, y, bias, out=None):
+        residuals.append(out is y)
+        return bias_residual(x, y, bias, out=out)
+
     monkeypatch.setattr(decoder, "fused_snake", lambda device: kernel)
+    monkeypatch.setattr(decoder, "fused_residual", lambda device: residual)
     whole = codec.decode(codes)
     stream = codec.stream_decoder()
     streamed = torch.cat([stream.push(codes[:1]), stream.push(codes[1:])])
@@ -117,6 +124,7 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     # first, the last); the 12 before 1x1 convolutions (no context to keep) make a new tensor
     assert calls and calls.count(True) * 12 == calls.count(False) * 17
     assert biased.count(True) == calls.count(False)  # those 12 also add the convolution's bias before
+    assert residuals and all(residuals) and len(residuals) == calls.count(False)  # each unit's end, in place
     scale = want.abs().max()
     torch.testing.assert_close(whole, want, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(streamed, want, rtol=0, atol=3e-5 * scale)

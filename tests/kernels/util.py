@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 DTYPES = [torch.float32, torch.bfloat16]
 # Kernel vs its reference (same numerics contract, only the fp32 summation order differs): fp32 ~1e-5
@@ -31,3 +32,9 @@ def must_fail(check, *args, **kwargs):
     """A planted fault must make the same comparison fail (otherwise the test cannot catch it)."""
     with pytest.raises(AssertionError):
         check(*args, **kwargs)
+
+
+def codec_row_shapes(block_t: int) -> dict:
+    """Hypothesis strategies for [B, C, T] tensors of the codec's per-(stream, channel) row kernels: T
+    across blocks of `block_t`, with a ragged tail."""
+    return dict(B=st.integers(1, 3), C=st.integers(1, 7), T=st.integers(1, 2 * block_t + 5))

@@ -220,6 +220,15 @@ def fused_snake(device: torch.device) -> Callable | None:
     return snake
 
 
+def fused_residual(device: torch.device) -> Callable | None:
+    """The one-pass bias + residual add (kernels/residual.py) wherever `fused_snake` runs, else None."""
+    if fused_snake(device) is None:
+        return None
+    from utter_tts.kernels.residual import bias_residual
+
+    return bias_residual
+
+
 class SnakeBeta(nn.Module):
     """x + sin^2(x * e^alpha) / e^beta, per channel (alpha, beta stored in log scale)."""
 
@@ -286,10 +295,14 @@ class ResidualUnit(nn.Module):
         if fused_snake(x.device) is None:  # the eager ops, as the official module runs them
             h = self.conv1(x, state.conv1, act=self.act1)
             return x + self.conv2(h, state.conv2, act=self.act2)
-        # conv1's bias is added by the Snake kernel after it (the same fp32 add that a pass of its own
-        # over the whole output made)
+        # conv1's bias is added by the Snake kernel after it, conv2's with the residual in one pass (the
+        # same fp32 adds that passes of their own over the whole output made)
         h = self.conv1(x, state.conv1, act=self.act1, bias=False)
-        return x + self.conv2(h, state.conv2, act=lambda t: self.act2(t, bias=self.conv1.conv.bias))
+        y = self.conv2(h, state.conv2, act=lambda t: self.act2(t, bias=self.conv1.conv.bias), bias=False)
+        residual = fused_residual(x.device)
+        if residual is None:
+            return x + (y + self.conv2.conv.bias[None, :, None])
+        return residual(x, y, self.conv2.conv.bias, out=y)
 
 
 class DecoderBlock(nn.Module):
