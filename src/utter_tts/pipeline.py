@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from utter_tts.codec.speech_tokenizer import SpeechTokenizer
-from utter_tts.device import to_device, to_host
+from utter_tts.device import to_host
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, read_safetensors
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.model.denormals import flush_denormals, flush_each
 from utter_tts.model.frame import FrameBatch, Trace
-from utter_tts.model.prompt import Prompt, VoiceSpec, build_prompt
+from utter_tts.model.prompt import Prompt, PromptPlan, VoiceSpec, make_prompt, plan_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
 from utter_tts.textcheck import check_text
@@ -60,17 +60,29 @@ def frame_budget(sampling: SamplingConfig, n_text_tokens: int, limit: int | None
 
 @dataclass
 class Prepared:
-    """A request checked and ready to run: its prompt, sampling settings and frame budget."""
+    """A request checked and ready to run: its prompt (planned: checked and counted; its embeddings made
+    at first use), sampling settings and frame budget."""
 
     request: Request  # validated, seed drawn
-    prompt: Prompt
+    plan: PromptPlan
     sampling: SamplingConfig
     frames: int  # the most frames it may make (`frame_budget`)
+    make: Callable[[PromptPlan], Prompt] = field(repr=False, compare=False)
+    _prompt: Prompt | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt's embeddings, made at the first call on the calling thread's current stream: the
+        engine's admission makes a burst's prompts on its own thread, not on 64 callers' threads
+        contending for the GIL. Not thread-safe: one thread uses a job."""
+        if self._prompt is None:
+            self._prompt = self.make(self.plan)
+        return self._prompt
 
     @property
     def ref_codes(self) -> torch.Tensor | None:
         """Codes of an ICL voice's reference: the left context its audio is decoded with."""
-        return self.prompt.ref_codes
+        return self.plan.ref_codes
 
 
 def _flushing_denormals(method):
@@ -162,19 +174,23 @@ class Pipeline:
 
     # ---- requests ----------------------------------------------------------------------------------
     def prepare(self, request: Request, limit: int | None = None) -> Prepared:
-        """Check a request against this checkpoint (seed drawn when unset), build its prompt and give it
-        its frame budget (at most `limit` frames, when the caller has a limit)."""
+        """Check a request against this checkpoint (seed drawn when unset), plan its prompt (its
+        embeddings are made at first use: `Prepared.prompt`) and give it its frame budget (at most
+        `limit` frames, when the caller has a limit)."""
         req, sampling = validate(request, self.config, self.defaults)
-        prompt = self.build_prompt(req)
+        plan = self.plan_prompt(req)
         frames = frame_budget(sampling, len(self.tokenizer.encode_plain(req.text)), limit)
-        return Prepared(req, prompt, sampling, frames)
+        return Prepared(req, plan, sampling, frames, self.make_prompt)
 
-    def build_prompt(self, req: Request) -> Prompt:
+    def make_prompt(self, plan: PromptPlan) -> Prompt:
+        return make_prompt(self.talker, self.config, plan)
+
+    def plan_prompt(self, req: Request) -> PromptPlan:
         tok = self.tokenizer
         spec = VoiceSpec()
         if req.mode == "clone":
             voice = req.voice
-            spec.speaker_embedding = to_device(voice.speaker_embedding, self.dtype, self.device)
+            spec.speaker_embedding = voice.speaker_embedding  # to the device when the prompt is made
             if voice.mode == "icl":
                 spec.ref_codes = voice.ref_codes
                 spec.ref_text_ids = tok.ref_text(voice.ref_text)[3:-2]
@@ -186,9 +202,7 @@ class Pipeline:
                 spec.instruct_ids = tok.instruct_text(req.instruct)
         # the official defaults: text fed frame by frame when cloning, all in the prompt otherwise
         text_in_prompt = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
-        return build_prompt(
-            self.talker, self.config, tok.assistant_text(req.text), req.language, spec, text_in_prompt
-        )
+        return plan_prompt(self.config, tok.assistant_text(req.text), req.language, spec, text_in_prompt)
 
     # ---- the plain loop ----------------------------------------------------------------------------
     def frames(

@@ -139,14 +139,14 @@ def test_decode_position_off_by_one_fails(case, monkeypatch):
 
 def test_text_codec_alignment_off_by_one_fails(case, monkeypatch):
     tts, voice, expected, _ = case
-    build = prompt_mod.build_prompt
+    build = prompt_mod.make_prompt
 
     def shifted(*a, **kw):
         p = build(*a, **kw)
         p.trailing = p.trailing[1:]  # each text token arrives one frame early
         return p
 
-    monkeypatch.setattr("utter_tts.pipeline.build_prompt", shifted)
+    monkeypatch.setattr("utter_tts.pipeline.make_prompt", shifted)
     codes, _ = ours(tts, voice)
     assert not torch.equal(codes, expected)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from utter_tts.api import TTS
 from utter_tts.device import to_device
+from utter_tts.model.prompt import VoiceSpec, make_prompt, plan_prompt
 from utter_tts.request import Request
 
 
@@ -93,3 +96,62 @@ def test_template_pieces_are_encoded_once_and_the_same(tts):
         ]
         assert tok.assistant_text(text) == expected
     assert set(tok._pieces) == {"\n", "assistant\n"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    text=st.integers(1, 30),
+    ref_text=st.integers(0, 12),
+    ref_frames=st.integers(0, 40),
+    in_prompt=st.booleans(),
+    language=st.sampled_from(["auto", "english"]),
+    instruct=st.integers(0, 5),
+    xvector=st.booleans(),
+)
+def test_the_plan_counts_the_rows_the_prompt_has(
+    tts, text, ref_text, ref_frames, in_prompt, language, instruct, xvector
+):
+    """`plan_prompt` counts, without a tensor op, the rows `make_prompt` makes, in every layout (the
+    engine checks a request against its static shapes with these counts at submit time)."""
+    cfg, talker = tts.pipeline.config, tts.pipeline.talker
+    H = cfg.talker.hidden_size
+    voice = VoiceSpec(
+        speaker_embedding=torch.randn(H) if xvector else None,
+        ref_codes=torch.randint(0, 100, (ref_frames, 16)) if ref_frames else None,
+        ref_text_ids=list(range(7, 7 + ref_text)) or None,
+        instruct_ids=list(range(20, 20 + instruct)) or None,
+    )
+    text_ids = [1, 2, 3, *range(30, 30 + text), 4, 5, 6, 7, 8]
+    plan = plan_prompt(cfg, text_ids, language, voice, in_prompt)
+    prompt = make_prompt(talker, cfg, plan)
+    assert (plan.rows, plan.text_rows) == (prompt.embeds.shape[0], prompt.trailing.shape[0])
+    assert plan.icl == (ref_frames > 0 and ref_text > 0)
+    assert (plan.ref_codes is None) == (not plan.icl)
+
+
+def test_a_job_makes_its_prompt_once_at_first_use(tts):
+    voice = tts.create_voice((torch.randn(24000).numpy() * 0.1, 24000))
+    made = []
+    job = tts.pipeline.prepare(Request("Hello there.", "clone", "english", voice=voice, seed=1))
+    make = job.make
+    job.make = lambda plan: made.append(plan) or make(plan)
+    assert job._prompt is None  # prepared: checked and counted, no embedding made yet
+    first = job.prompt
+    assert job.prompt is first and made == [job.plan]
+    assert first.embeds.shape[0] == job.plan.rows
+
+
+@pytest.mark.parametrize("extra", [-2, -1, 0, 1, 2])  # text rows around the reference's code rows
+@pytest.mark.parametrize("in_prompt", [False, True])
+def test_the_plan_counts_icl_rows_at_the_text_and_codes_boundary(tts, extra, in_prompt):
+    cfg, talker = tts.pipeline.config, tts.pipeline.talker
+    ref_text, body = 4, 6
+    text_rows = ref_text + body + 1
+    voice = VoiceSpec(
+        speaker_embedding=torch.randn(cfg.talker.hidden_size),
+        ref_codes=torch.randint(0, 100, (text_rows - 1 - extra, 16)),  # 1 + frames code rows
+        ref_text_ids=list(range(7, 7 + ref_text)),
+    )
+    plan = plan_prompt(cfg, [1, 2, 3, *range(30, 30 + body), 4, 5, 6, 7, 8], "english", voice, in_prompt)
+    prompt = make_prompt(talker, cfg, plan)
+    assert (plan.rows, plan.text_rows) == (prompt.embeds.shape[0], prompt.trailing.shape[0])

@@ -108,23 +108,24 @@ class Runner:
         self.cuda_stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         self.host_col = [0] * max_slots  # mirror of the slots' cache columns: a span needs no device sync
 
-    def check_fits(self, prompt: Prompt) -> None:
-        """ValueError when a prompt exceeds the static shapes."""
-        if prompt.embeds.shape[0] > self.max_prompt:
-            raise ValueError(
-                f"prompt of {prompt.embeds.shape[0]} positions exceeds the engine's {self.max_prompt}"
-            )
-        if prompt.trailing.shape[0] > self.batch.max_text:
-            raise ValueError(
-                f"text of {prompt.trailing.shape[0]} tokens exceeds the engine's {self.batch.max_text}"
-            )
+    def check_fits(self, rows: int, text_rows: int) -> None:
+        """ValueError when a prompt of `rows` positions and `text_rows` text rows fed later exceeds the
+        static shapes."""
+        if rows > self.max_prompt:
+            raise ValueError(f"prompt of {rows} positions exceeds the engine's {self.max_prompt}")
+        if text_rows > self.batch.max_text:
+            raise ValueError(f"text of {text_rows} tokens exceeds the engine's {self.batch.max_text}")
+
+    def after_callers(self) -> None:
+        """Order this runner's stream after the callers' (the default stream): what they made (shared
+        prompt embeddings, voice tensors) is complete before the runner's work reads it."""
+        if self.cuda_stream is not None:
+            self.cuda_stream.wait_stream(torch.cuda.default_stream(self.device))
 
     def prefill(self, first: int, jobs: list[tuple[Prompt, SamplingConfig, int]]) -> list[bool]:
         """Put prompts (prompt, sampling, seed) into slots first, first+1, ...; for each, True when its
         first token already ends it. Fused: all prompts in one packed pass; eager: one by one."""
-        if self.cuda_stream is not None:
-            # the prompts were built on the submitting threads' stream: wait for them before reading them
-            self.cuda_stream.wait_stream(torch.cuda.default_stream(self.device))
+        self.after_callers()  # prompts may have been built on the callers' stream
         if self.fused is not None:
             tokens = self.fused.prefill(first, *map(list, zip(*jobs)))
         else:

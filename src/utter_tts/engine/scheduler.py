@@ -145,7 +145,7 @@ class Scheduler:
         return len(self.live)
 
     def submit(self, job: Prepared) -> Generation:
-        self.runner.check_fits(job.prompt)
+        self.runner.check_fits(job.plan.rows, job.plan.text_rows)
         generation = Generation(job)
         with self.lock:
             if self.closed:
@@ -249,9 +249,22 @@ class Scheduler:
         newcomers = [g for g in newcomers if not g.cancelled]
         if not newcomers:
             return
+        # the newcomers' prompt embeddings, made here for all of them (one thread: a burst's callers no
+        # longer make them on as many threads contending for the GIL); a prompt that fails fails alone
+        self.runner.after_callers()
+        prompts = []
+        for g in list(newcomers):
+            try:
+                prompts.append(g.job.prompt)
+            except Exception as e:
+                log.exception("building a prompt failed")
+                newcomers.remove(g)
+                g._finish(EngineFault(f"building the prompt failed: {e}"))
+        if not newcomers:
+            return
         first = len(self.live)
         ended = self.runner.prefill(
-            first, [(g.job.prompt, g.job.sampling, g.job.request.seed) for g in newcomers]
+            first, [(p, g.job.sampling, g.job.request.seed) for p, g in zip(prompts, newcomers)]
         )
         now = time.perf_counter()
         for g in newcomers:

@@ -58,21 +58,65 @@ def language_id(cfg: TTSConfig, language: str, speaker: str | None) -> int | Non
     return lid
 
 
+@dataclass
+class PromptPlan:
+    """A prompt checked and laid out on the host, before any embedding is made: what `make_prompt` needs,
+    and the sizes an engine checks at submit time (`rows` prefill positions, `text_rows` fed later)."""
+
+    text_ids: list[int]  # the templated assistant ids (TextTokenizer.assistant_text)
+    language_id: int | None  # the codec's language id (None: auto)
+    voice: VoiceSpec
+    non_streaming_mode: bool
+    rows: int
+    text_rows: int
+
+    @property
+    def icl(self) -> bool:
+        return self.voice.ref_codes is not None and bool(self.voice.ref_text_ids)
+
+    @property
+    def ref_codes(self) -> torch.Tensor | None:
+        """An ICL voice's reference codes (as the voice holds them), else None."""
+        return self.voice.ref_codes if self.icl else None
+
+
+def plan_prompt(
+    cfg: TTSConfig, text_ids: list[int], language: str, voice: VoiceSpec, non_streaming_mode: bool
+) -> PromptPlan:
+    """Check a prompt (empty text, language) and count its rows, without a tensor op: the layout of
+    `make_prompt`, counted (tests/model/test_prompt.py holds the two together for every mode).
+    text_ids: the templated assistant ids: 3 role ids, the text, then 5 closing ids."""
+    if len(text_ids) <= 8:
+        raise InvalidInput("text is empty", param="text", code="invalid_text")
+    lid = language_id(cfg, language, voice.speaker)
+    body = len(text_ids) - 8
+    prefix = 3 if lid is None else 4
+    codec = prefix + (1 if voice.speaker_embedding is not None or voice.speaker else 0) + 2
+    rows = len(voice.instruct_ids or ()) + 3 + (codec - 1)
+    plan = PromptPlan(text_ids, lid, voice, non_streaming_mode, 0, 0)
+    if plan.icl:
+        text, codes = len(voice.ref_text_ids) + body + 1, 1 + voice.ref_codes.shape[0]
+        if non_streaming_mode:
+            rows, text_rows = rows + text + codes, 1
+        else:
+            rows, text_rows = rows + codes, text - codes if text > codes else 1
+    elif non_streaming_mode:
+        rows, text_rows = rows + body + 1 + 1, 1
+    else:
+        rows, text_rows = rows + 1, body
+    plan.rows, plan.text_rows = rows, text_rows
+    return plan
+
+
 @torch.no_grad()
-def build_prompt(
-    talker: Talker,
-    cfg: TTSConfig,
-    text_ids: list[int],
-    language: str,
-    voice: VoiceSpec,
-    non_streaming_mode: bool,
-) -> Prompt:
-    """text_ids: the templated assistant ids (TextTokenizer.assistant_text): 3 role ids, the text,
-    then 5 closing ids."""
+def make_prompt(talker: Talker, cfg: TTSConfig, plan: PromptPlan) -> Prompt:
+    """A planned prompt's embeddings (on the current stream of the talker's device)."""
     t = cfg.talker
     dev = talker.codec_head.weight.device
+    text_ids, lid, voice = plan.text_ids, plan.language_id, plan.voice
+    non_streaming_mode = plan.non_streaming_mode
 
-    def ids(x):  # no wait on the stream (`to_device`): a burst's prompts are built on many threads
+    def ids(x):  # no wait on the stream (`to_device`)
         return to_device(x, torch.long, dev)
 
     def text_const(x):  # template ids every prompt shares: embedded once per talker
@@ -81,19 +125,16 @@ def build_prompt(
     def codec_const(x):
         return talker.constant_embed("codec", tuple(x))
 
-    if len(text_ids) <= 8:
-        raise InvalidInput("text is empty", param="text", code="invalid_text")
     body = ids(text_ids[3:-5])
     bos_e, eos_e, pad_e = text_const([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
 
-    lid = language_id(cfg, language, voice.speaker)
     if lid is None:
         prefix = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
     else:
         prefix = [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
     codec = [codec_const(prefix)]
     if voice.speaker_embedding is not None:
-        codec.append(voice.speaker_embedding.to(dev, pad_e.dtype).view(1, -1))
+        codec.append(to_device(voice.speaker_embedding, pad_e.dtype, dev).view(1, -1))
     elif voice.speaker:
         codec.append(codec_const([t.spk_id[voice.speaker.lower()]]))
     codec.append(codec_const([t.codec_pad_id, t.codec_bos_id]))
@@ -107,7 +148,7 @@ def build_prompt(
         parts.append(talker.text_embed(ids(voice.instruct_ids)))
     parts += [text_const(text_ids[:3]), overlay]
 
-    if voice.ref_codes is not None and voice.ref_text_ids:
+    if plan.icl:
         ref_codes = to_device(voice.ref_codes, torch.long, dev)
         text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
         codes_e = torch.cat([codec_const([t.codec_bos_id]), talker.frame_embed(ref_codes)])
