@@ -453,3 +453,27 @@ def test_admission_waits_less_for_a_burst_while_streams_run(tts):
                 s.preparing -= 1
     finally:
         eng.close()
+
+
+def test_a_prompt_that_fails_to_build_fails_alone(tts, voices, monkeypatch):
+    """Prompts are made in the admission step: one that fails there fails its own generation only."""
+    from utter_tts.engine import scheduler as sched
+    from utter_tts.engine.scheduler import EngineFault
+
+    eng = Engine(tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128)
+    try:
+        monkeypatch.setattr(sched, "GATHER_IDLE_S", 30.0)
+        reqs = _requests(voices)
+        with eng.scheduler.preparing_one():  # hold admission while one job is broken
+            bad, good = eng.submit(reqs[0]), eng.submit(reqs[1])
+
+            def broken(plan):
+                raise RuntimeError("no embedding today")
+
+            bad.job.make = broken
+        with pytest.raises(EngineFault, match="no embedding today"):
+            bad.result(timeout=60)
+        assert good.result(timeout=120).shape[0] > 0
+        assert eng.scheduler.active == 0 or all(g is not bad for g in eng.scheduler.live)
+    finally:
+        eng.close()
