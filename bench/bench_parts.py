@@ -158,27 +158,29 @@ def _unit_ops(B: int, C: int, T: int, d: int, g: torch.Generator) -> dict:
 
 
 def prepare_cost(base: str, out_dir: str) -> dict:
-    """Building one clone request's prompt (`Pipeline.prepare`) on an idle GPU: ms each, and where the
-    time goes (cProfile)."""
+    """One clone request on an idle GPU: planning its prompt on the caller's thread (`Pipeline.prepare`)
+    and making its embeddings (`Prepared.prompt`, the engine's admission step): ms each, and where the
+    time goes (cProfile of both, profile_prepare.txt)."""
     from utter_tts.api import TTS
 
     tts = TTS.from_pretrained(base, device="cuda", dtype="bfloat16")
     voice = tts.create_voice((reference(), 24000))
     pipe = tts.pipeline
     reqs = [Request(TEXT, "clone", "english", voice=voice, seed=i, sampling=forced(128)) for i in range(64)]
-    for r in reqs[:4]:
-        pipe.prepare(r)
+    made = [pipe.prepare(r).prompt for r in reqs[:4]]  # warm (kernels, shared embeddings)
     sync()
-    times = []
+    plan_s, make_s = [], []
     for r in reqs:
         t = time.perf_counter()
-        pipe.prepare(r)
-        times.append(time.perf_counter() - t)
+        job = pipe.prepare(r)
+        t1 = time.perf_counter()
+        made.append(job.prompt)
+        plan_s.append(t1 - t)
+        make_s.append(time.perf_counter() - t1)
     sync()
     prof = cProfile.Profile()
     prof.enable()
-    for r in reqs[:16]:
-        pipe.prepare(r)
+    made += [pipe.prepare(r).prompt for r in reqs[:16]]
     sync()
     prof.disable()
     s = io.StringIO()
@@ -186,9 +188,12 @@ def prepare_cost(base: str, out_dir: str) -> dict:
     with open(os.path.join(out_dir, "profile_prepare.txt"), "w") as f:
         f.write(s.getvalue())
     print(s.getvalue()[:5000])
-    return dict(
-        prepare_p50_ms=round(statistics.median(times) * 1e3, 3), prepare_max_ms=round(max(times) * 1e3, 3)
-    )
+    ms = {"plan": plan_s, "make": make_s}
+    return {
+        f"{k}_{q}_ms": round(f(v) * 1e3, 3)
+        for k, v in ms.items()
+        for q, f in (("p50", statistics.median), ("max", max))
+    }
 
 
 def main():
