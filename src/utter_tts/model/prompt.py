@@ -90,20 +90,22 @@ def plan_prompt(
         raise InvalidInput("text is empty", param="text", code="invalid_text")
     lid = language_id(cfg, language, voice.speaker)
     body = len(text_ids) - 8
-    prefix = 3 if lid is None else 4
-    codec = prefix + (1 if voice.speaker_embedding is not None or voice.speaker else 0) + 2
+    # the codec prefix: think ids (3, 4 with a language), the speaker (x-vector or preset), pad, bos
+    codec = (3 if lid is None else 4) + (1 if voice.speaker_embedding is not None or voice.speaker else 0) + 2
+    # [the instruction turn], the role (3), the codec prefix but its bos (overlaid on tts_pad ... tts_bos)
     rows = len(voice.instruct_ids or ()) + 3 + (codec - 1)
     plan = PromptPlan(text_ids, lid, voice, non_streaming_mode, 0, 0)
     if plan.icl:
+        # transcript + text + eos, against bos + the reference's frames
         text, codes = len(voice.ref_text_ids) + body + 1, 1 + voice.ref_codes.shape[0]
         if non_streaming_mode:
             rows, text_rows = rows + text + codes, 1
         else:
             rows, text_rows = rows + codes, text - codes if text > codes else 1
     elif non_streaming_mode:
-        rows, text_rows = rows + body + 1 + 1, 1
+        rows, text_rows = rows + body + 1 + 1, 1  # text + eos, then pad + bos; tts_pad fed after
     else:
-        rows, text_rows = rows + 1, body
+        rows, text_rows = rows + 1, body  # the first token with bos; the rest + eos fed one a frame
     plan.rows, plan.text_rows = rows, text_rows
     return plan
 
