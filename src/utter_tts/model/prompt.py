@@ -34,7 +34,6 @@ class Prompt:
     embeds: torch.Tensor  # [L, H] prefill embeddings
     trailing: torch.Tensor  # [Lt, H] text embeddings added one per decode step, then tts_pad
     pad_embed: torch.Tensor  # [H] tts_pad embedding
-    ref_codes: torch.Tensor | None = None  # ICL: codes to prepend when decoding audio
 
 
 def language_id(cfg: TTSConfig, language: str, speaker: str | None) -> int | None:
@@ -165,7 +164,7 @@ def make_prompt(talker: Talker, cfg: TTSConfig, plan: PromptPlan) -> Prompt:
             fill = pad_e.expand(codes_e.shape[0] - text_e.shape[0], -1)
             parts.append(torch.cat([text_e, fill]) + codes_e)
             trailing = pad_e[None]
-        return Prompt(torch.cat(parts), trailing, pad_e, ref_codes)
+        return Prompt(torch.cat(parts), trailing, pad_e)
 
     if non_streaming_mode:
         all_text = torch.cat([talker.text_embed(body), eos_e[None]])
