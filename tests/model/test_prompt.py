@@ -125,8 +125,8 @@ def test_the_plan_counts_the_rows_the_prompt_has(
     plan = plan_prompt(cfg, text_ids, language, voice, in_prompt)
     prompt = make_prompt(talker, cfg, plan)
     assert (plan.rows, plan.text_rows) == (prompt.embeds.shape[0], prompt.trailing.shape[0])
-    assert plan.icl == (ref_frames > 0 and ref_text > 0)
-    assert (plan.ref_codes is None) == (not plan.icl)
+    assert plan.voice.icl == (ref_frames > 0 and ref_text > 0)
+    assert (plan.ref_codes is None) == (not plan.voice.icl)
 
 
 def test_a_job_makes_its_prompt_once_at_first_use(tts):

@@ -299,10 +299,7 @@ class ResidualUnit(nn.Module):
         # same fp32 adds that passes of their own over the whole output made)
         h = self.conv1(x, state.conv1, act=self.act1, bias=False)
         y = self.conv2(h, state.conv2, act=lambda t: self.act2(t, bias=self.conv1.conv.bias), bias=False)
-        residual = fused_residual(x.device)
-        if residual is None:
-            return x + (y + self.conv2.conv.bias[None, :, None])
-        return residual(x, y, self.conv2.conv.bias, out=y)
+        return fused_residual(x.device)(x, y, self.conv2.conv.bias, out=y)
 
 
 class DecoderBlock(nn.Module):

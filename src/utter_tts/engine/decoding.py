@@ -32,7 +32,7 @@ import torch
 
 from utter_tts.codec.decoder import map_states
 from utter_tts.codec.speech_tokenizer import SpeechTokenizer, StreamingDecoder
-from utter_tts.device import to_host_all
+from utter_tts.device import to_device, to_host_all
 from utter_tts.engine.runner import BATCH_BUCKETS, bucket
 from utter_tts.model.denormals import flush_denormals
 
@@ -113,7 +113,7 @@ class CodecSlots:
         """`reset` of several slots, one copy per state tensor."""
         if len(slots) == 1:
             return self.reset(slots[0])
-        index = torch.tensor(slots, device=self.codec.device)
+        index = to_device(slots, torch.long, self.codec.device)  # no wait on the decoder's stream
         map_states(
             lambda dst, src: dst.index_copy_(0, index, src.expand(len(slots), *src.shape[1:])),
             self.state,

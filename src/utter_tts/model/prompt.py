@@ -28,6 +28,11 @@ class VoiceSpec:
     speaker: str | None = None  # preset speaker (custom_voice)
     instruct_ids: list[int] | None = None  # templated ids of a description / style instruction
 
+    @property
+    def icl(self) -> bool:
+        """A clone from a reference clip with its transcript (its codes go into the prompt)."""
+        return self.ref_codes is not None and bool(self.ref_text_ids)
+
 
 @dataclass
 class Prompt:
@@ -70,13 +75,9 @@ class PromptPlan:
     text_rows: int
 
     @property
-    def icl(self) -> bool:
-        return self.voice.ref_codes is not None and bool(self.voice.ref_text_ids)
-
-    @property
     def ref_codes(self) -> torch.Tensor | None:
         """An ICL voice's reference codes (as the voice holds them), else None."""
-        return self.voice.ref_codes if self.icl else None
+        return self.voice.ref_codes if self.voice.icl else None
 
 
 def plan_prompt(
@@ -93,8 +94,7 @@ def plan_prompt(
     codec = (3 if lid is None else 4) + (1 if voice.speaker_embedding is not None or voice.speaker else 0) + 2
     # [the instruction turn], the role (3), the codec prefix but its bos (overlaid on tts_pad ... tts_bos)
     rows = len(voice.instruct_ids or ()) + 3 + (codec - 1)
-    plan = PromptPlan(text_ids, lid, voice, non_streaming_mode, 0, 0)
-    if plan.icl:
+    if voice.icl:
         # transcript + text + eos, against bos + the reference's frames
         text, codes = len(voice.ref_text_ids) + body + 1, 1 + voice.ref_codes.shape[0]
         if non_streaming_mode:
@@ -105,8 +105,7 @@ def plan_prompt(
         rows, text_rows = rows + body + 1 + 1, 1  # text + eos, then pad + bos; tts_pad fed after
     else:
         rows, text_rows = rows + 1, body  # the first token with bos; the rest + eos fed one a frame
-    plan.rows, plan.text_rows = rows, text_rows
-    return plan
+    return PromptPlan(text_ids, lid, voice, non_streaming_mode, rows, text_rows)
 
 
 @torch.no_grad()
@@ -149,7 +148,7 @@ def make_prompt(talker: Talker, cfg: TTSConfig, plan: PromptPlan) -> Prompt:
         parts.append(talker.text_embed(ids(voice.instruct_ids)))
     parts += [text_const(text_ids[:3]), overlay]
 
-    if plan.icl:
+    if voice.icl:
         ref_codes = to_device(voice.ref_codes, torch.long, dev)
         text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
         codes_e = torch.cat([codec_const([t.codec_bos_id]), talker.frame_embed(ref_codes)])
