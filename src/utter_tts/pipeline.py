@@ -25,7 +25,7 @@ from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, rea
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.model.denormals import flush_denormals, flush_each
 from utter_tts.model.frame import FrameBatch, Trace
-from utter_tts.model.prompt import Prompt, PromptPlan, VoiceSpec, make_prompt, plan_prompt
+from utter_tts.model.prompt import Prompt, PromptPlan, VoiceSpec, make_prompts, plan_prompt
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
 from utter_tts.textcheck import check_text
@@ -67,22 +67,44 @@ class Prepared:
     plan: PromptPlan
     sampling: SamplingConfig
     frames: int  # the most frames it may make (`frame_budget`)
-    make: Callable[[PromptPlan], Prompt] = field(repr=False, compare=False)
+    make: Callable[[list[PromptPlan]], list[Prompt]] = field(repr=False, compare=False)  # plans' prompts
     _prompt: Prompt | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> Prompt:
-        """The prompt's embeddings, made at the first call on the calling thread's current stream: the
-        engine's admission makes a burst's prompts on its own thread, not on 64 callers' threads
-        contending for the GIL. Not thread-safe: one thread uses a job."""
+        """The prompt's embeddings, made at the first call on the calling thread's current stream (or
+        by `make_prompts` with other jobs'). Not thread-safe: one thread uses a job."""
         if self._prompt is None:
-            self._prompt = self.make(self.plan)
+            self._prompt = self.make([self.plan])[0]
         return self._prompt
 
     @property
     def ref_codes(self) -> torch.Tensor | None:
         """Codes of an ICL voice's reference: the left context its audio is decoded with."""
         return self.plan.ref_codes
+
+
+def make_job_prompts(jobs: Sequence[Prepared]) -> list[BaseException | None]:
+    """Make the prompts of jobs that have none yet, together: one batched pass per pipeline (the engine's
+    admission makes a burst's prompts on its own thread, not on 64 callers' threads contending for the
+    GIL). A batch that fails is made again job by job, so a failure is its own job's only. Returns each
+    job's error, None where its prompt is made."""
+    errors: list[BaseException | None] = [None] * len(jobs)
+    groups: dict[Callable, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if job._prompt is None:
+            groups.setdefault(job.make, []).append(i)
+    for make, idx in groups.items():
+        try:
+            made = make([jobs[i].plan for i in idx]) if len(idx) > 1 else None
+        except Exception:
+            made = None
+        for k, i in enumerate(idx):
+            try:
+                jobs[i]._prompt = made[k] if made is not None else jobs[i].prompt
+            except Exception as e:
+                errors[i] = e
+    return errors
 
 
 def _flushing_denormals(method):
@@ -180,10 +202,10 @@ class Pipeline:
         req, sampling = validate(request, self.config, self.defaults)
         plan = self.plan_prompt(req)
         frames = frame_budget(sampling, len(self.tokenizer.encode_plain(req.text)), limit)
-        return Prepared(req, plan, sampling, frames, self.make_prompt)
+        return Prepared(req, plan, sampling, frames, self.make_prompts)
 
-    def make_prompt(self, plan: PromptPlan) -> Prompt:
-        return make_prompt(self.talker, self.config, plan)
+    def make_prompts(self, plans: list[PromptPlan]) -> list[Prompt]:
+        return make_prompts(self.talker, self.config, plans)
 
     def plan_prompt(self, req: Request) -> PromptPlan:
         tok = self.tokenizer

@@ -439,13 +439,23 @@ def test_admission_waits_less_for_a_burst_while_streams_run(tts):
             waiting, running = Generation(job=None, submitted=100.0), Generation(job=None)
             s.pending.append(waiting)
             try:
-                assert s._gathering(100.0) == 0.0  # nobody is building a prompt
+                s.arrived = 99.0
+                assert s._gathering(100.0) == 0.0  # nobody is building a prompt, nobody came lately
+                s.arrived = 100.0  # a caller came just now: a moment for the burst's next one
+                assert s._gathering(100.0) == pytest.approx(sched.QUIET_S)
+                assert s._gathering(100.0 + sched.QUIET_S) == 0.0
+                s.arrived = 100.0 + sched.GATHER_IDLE_S  # callers keep coming: bounded all the same
+                assert s._gathering(100.0 + sched.GATHER_IDLE_S) == 0.0
                 s.preparing += 1
                 assert s._gathering(100.0) == pytest.approx(sched.GATHER_IDLE_S)
                 s.live.append(running)
                 assert s._gathering(100.0) == pytest.approx(sched.GATHER_S)
                 assert sched.GATHER_S < sched.GATHER_IDLE_S
                 assert s._gathering(100.0 + sched.GATHER_S) == 0.0
+                s.preparing -= 1
+                s.arrived = 100.0
+                assert s._gathering(100.0) == 0.0  # streams run: no quiet window
+                s.preparing += 1
             finally:
                 s.pending.remove(waiting)
                 if running in s.live:
@@ -456,7 +466,8 @@ def test_admission_waits_less_for_a_burst_while_streams_run(tts):
 
 
 def test_a_prompt_that_fails_to_build_fails_alone(tts, voices, monkeypatch):
-    """Prompts are made in the admission step: one that fails there fails its own generation only."""
+    """Prompts are made in the admission step, a burst's in one pass: one that cannot be made fails its
+    own generation only, the others of its burst run."""
     from utter_tts.engine import scheduler as sched
     from utter_tts.engine.scheduler import EngineFault
 
@@ -464,16 +475,19 @@ def test_a_prompt_that_fails_to_build_fails_alone(tts, voices, monkeypatch):
     try:
         monkeypatch.setattr(sched, "GATHER_IDLE_S", 30.0)
         reqs = _requests(voices)
+        calls = []
+        prefill = eng.runner.prefill
+        monkeypatch.setattr(
+            eng.runner, "prefill", lambda first, jobs: calls.append(len(jobs)) or prefill(first, jobs)
+        )
         with eng.scheduler.preparing_one():  # hold admission while one job is broken
-            bad, good = eng.submit(reqs[0]), eng.submit(reqs[1])
-
-            def broken(plan):
-                raise RuntimeError("no embedding today")
-
-            bad.job.make = broken
-        with pytest.raises(EngineFault, match="no embedding today"):
+            bad, good, also = eng.submit(reqs[0]), eng.submit(reqs[1]), eng.submit(reqs[0])
+            # an x-vector of the wrong width: the burst's batched pass fails, then this prompt alone
+            bad.job.plan.voice.speaker_embedding = torch.zeros(3)
+        with pytest.raises(EngineFault, match="building the prompt failed"):
             bad.result(timeout=60)
-        assert good.result(timeout=120).shape[0] > 0
+        assert good.result(timeout=120).shape[0] > 0 and also.result(timeout=120).shape[0] > 0
+        assert calls == [2]  # the two good ones still in one prefill
         assert eng.scheduler.active == 0 or all(g is not bad for g in eng.scheduler.live)
     finally:
         eng.close()

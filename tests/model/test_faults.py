@@ -139,14 +139,15 @@ def test_decode_position_off_by_one_fails(case, monkeypatch):
 
 def test_text_codec_alignment_off_by_one_fails(case, monkeypatch):
     tts, voice, expected, _ = case
-    build = prompt_mod.make_prompt
+    build = prompt_mod.make_prompts
 
     def shifted(*a, **kw):
-        p = build(*a, **kw)
-        p.trailing = p.trailing[1:]  # each text token arrives one frame early
-        return p
+        made = build(*a, **kw)
+        for p in made:
+            p.trailing = p.trailing[1:]  # each text token arrives one frame early
+        return made
 
-    monkeypatch.setattr("utter_tts.pipeline.make_prompt", shifted)
+    monkeypatch.setattr("utter_tts.pipeline.make_prompts", shifted)
     codes, _ = ours(tts, voice)
     assert not torch.equal(codes, expected)
 

@@ -1,4 +1,4 @@
-"""Prompt building's shared pieces: template and control tokens embedded once per talker, exactly."""
+"""Prompt building: the plan's counts, the rows a prompt is made of, and a burst's prompts made in one pass."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from utter_tts.api import TTS
 from utter_tts.device import to_device
-from utter_tts.model.prompt import VoiceSpec, make_prompt, plan_prompt
+from utter_tts.model.prompt import VoiceSpec, make_prompt, make_prompts, plan_prompt
 from utter_tts.request import Request
 
 
@@ -18,60 +18,77 @@ def tts(checkpoints):
     return TTS.from_pretrained(checkpoints("base", "tiny-1.7b"), device="cpu", dtype="float32")
 
 
-def test_constant_embeds_equal_the_plain_calls_and_are_made_once(tts):
-    talker = tts.pipeline.talker
-    ids = (5, 17, 3)
-    text = talker.constant_embed("text", ids)
-    assert torch.equal(text, talker.text_embed(torch.tensor(ids)))
-    codec = talker.constant_embed("codec", ids)
-    assert torch.equal(codec, talker.codec_embed(torch.tensor(ids)))
-    assert talker.constant_embed("text", ids) is text  # cached, not recomputed
-    assert not torch.equal(text[:, : codec.shape[1]], codec)  # the kinds do not share entries
+def _voice(H, xvector, ref_frames, ref_text, instruct):
+    return VoiceSpec(
+        speaker_embedding=torch.randn(H) if xvector else None,
+        ref_codes=torch.randint(0, 100, (ref_frames, 16)) if ref_frames else None,
+        ref_text_ids=list(range(7, 7 + ref_text)) or None,
+        instruct_ids=list(range(20, 20 + instruct)) or None,
+    )
 
 
-def test_constant_embeds_follow_new_weights(tts, checkpoints):
-    # a private copy: the module-scoped pipeline stays intact for the other tests
-    tts = TTS.from_pretrained(checkpoints("base", "tiny-1.7b"), device="cpu", dtype="float32")
-    talker = tts.pipeline.talker
-    ids = (2, 9)
-    before_text = talker.constant_embed("text", ids).clone()
-    before_codec = talker.constant_embed("codec", ids).clone()
-    changes = [  # each weight the embeddings read, changed alone
-        talker.model.text_embedding.weight,
-        talker.text_projection.linear_fc1.weight,
-        talker.text_projection.linear_fc1.bias,
-        talker.text_projection.linear_fc2.weight,
-        talker.text_projection.linear_fc2.bias,
-    ]
-    for weight in changes:
-        with torch.no_grad():
-            weight.add_(0.5)
-        now = talker.constant_embed("text", ids)
-        assert torch.equal(now, talker.text_embed(torch.tensor(ids)))
-        assert not torch.equal(now, before_text)
-        before_text = now.clone()
-    with torch.no_grad():
-        talker.model.codec_embedding.weight.mul_(3.0)
-    assert torch.equal(talker.constant_embed("codec", ids), 3.0 * before_codec)
+layouts = st.fixed_dictionaries(
+    dict(
+        text=st.integers(1, 30),
+        ref_text=st.integers(0, 12),
+        ref_frames=st.integers(0, 40),
+        in_prompt=st.booleans(),
+        language=st.sampled_from(["auto", "english"]),
+        instruct=st.integers(0, 5),
+        xvector=st.booleans(),
+    )
+)
 
 
-def test_prompts_built_again_are_identical_and_leave_the_cache_intact(tts):
-    voice = tts.create_voice((torch.randn(24000).numpy() * 0.1, 24000))
-    talker = tts.pipeline.talker
-    requests = [
-        Request("Hello there.", "clone", "english", voice=voice, seed=1),
-        Request("Another line, longer than the first one.", "clone", "auto", voice=voice, seed=2),
-        Request("In the prompt.", "clone", "english", voice=voice, seed=3, non_streaming_mode=True),
-    ]
-    first = [tts.pipeline.prepare(r).prompt for r in requests]
-    cached = {k: v.clone() for k, v in talker._constants.items()}
-    assert cached, "prompt building used no shared pieces"
-    again = [tts.pipeline.prepare(r).prompt for r in requests]
-    for a, b in zip(first, again):
-        assert torch.equal(a.embeds, b.embeds) and torch.equal(a.trailing, b.trailing)
-    for key, value in talker._constants.items():  # nothing wrote into a shared piece
-        if key in cached:
-            assert torch.equal(value, cached[key])
+def _plan(cfg, text, ref_text, ref_frames, in_prompt, language, instruct, xvector):
+    voice = _voice(cfg.talker.hidden_size, xvector, ref_frames, ref_text, instruct)
+    text_ids = [1, 2, 3, *range(30, 30 + text), 4, 5, 6, 7, 8]
+    return plan_prompt(cfg, text_ids, language, voice, in_prompt)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(layouts, min_size=1, max_size=5))
+def test_prompts_made_together_equal_prompts_made_alone(tts, cases):
+    """A burst's prompts come from one batched pass: each equals the prompt made on its own (no row of one
+    prompt leaks into another, whatever the mix of layouts)."""
+    cfg, talker = tts.pipeline.config, tts.pipeline.talker
+    plans = [_plan(cfg, **case) for case in cases]
+    together = make_prompts(talker, cfg, plans)
+    for plan, made in zip(plans, together):
+        alone = make_prompt(talker, cfg, plan)
+        assert made.embeds.shape == alone.embeds.shape and made.trailing.shape == alone.trailing.shape
+        torch.testing.assert_close(made.embeds, alone.embeds, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(made.trailing, alone.trailing, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(made.pad_embed, alone.pad_embed, rtol=1e-5, atol=1e-6)
+
+
+def test_a_prompt_is_its_text_embedding_plus_its_codec_part(tts):
+    """The rows of an x-vector clone, checked against the pieces they are made of."""
+    cfg, talker = tts.pipeline.config, tts.pipeline.talker
+    t = cfg.talker
+    voice = _voice(t.hidden_size, True, 0, 0, 0)
+    text_ids = [1, 2, 3, 30, 31, 32, 4, 5, 6, 7, 8]
+    prompt = make_prompt(talker, cfg, plan_prompt(cfg, text_ids, "auto", voice, False))
+
+    def text(*ids):
+        return talker.text_embed(torch.tensor(ids))
+
+    def codec(*ids):
+        return talker.codec_embed(torch.tensor(ids))
+
+    pad, bos, eos = cfg.tts_pad_token_id, cfg.tts_bos_token_id, cfg.tts_eos_token_id
+    expected = torch.cat(
+        [
+            text(1, 2, 3),  # the role
+            text(pad, pad, pad) + codec(t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id),
+            text(pad) + voice.speaker_embedding[None],
+            text(bos) + codec(t.codec_pad_id),  # the codec prefix but its bos, ending on tts_bos
+            text(30) + codec(t.codec_bos_id),  # the first token on the codec's bos
+        ]
+    )
+    torch.testing.assert_close(prompt.embeds, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prompt.trailing, text(31, 32, eos), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prompt.pad_embed, text(pad)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_to_device_keeps_values_and_dtype():
@@ -134,7 +151,7 @@ def test_a_job_makes_its_prompt_once_at_first_use(tts):
     made = []
     job = tts.pipeline.prepare(Request("Hello there.", "clone", "english", voice=voice, seed=1))
     make = job.make
-    job.make = lambda plan: made.append(plan) or make(plan)
+    job.make = lambda plans: made.extend(plans) or make(plans)
     assert job._prompt is None  # prepared: checked and counted, no embedding made yet
     first = job.prompt
     assert job.prompt is first and made == [job.plan]

@@ -17,7 +17,7 @@ import torch
 from utter_tts.engine.runner import Launched, Runner, StepResult
 from utter_tts.errors import UtterTTSError
 from utter_tts.model.denormals import flush_denormals
-from utter_tts.pipeline import Prepared
+from utter_tts.pipeline import Prepared, make_job_prompts
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # callers' prompt building for the GIL (64 requests at once on an H200: an admission of 20 prompts took
 # 98 ms, ~10 ms alone, and the other 44 waited behind it).
 GATHER_S, GATHER_IDLE_S = 0.05, 0.15
+# An idle engine with nobody building a prompt still waits until no caller arrived for this long: a burst's
+# first request was otherwise admitted alone before the other callers' threads had started (64 at once on
+# an H200: admitted at 1.7 ms, its admission then shared the GIL with 63 callers for 76 ms, the other 63
+# waited behind it).
+QUIET_S = 0.003
 
 
 class Busy(UtterTTSError):
@@ -130,6 +135,7 @@ class Scheduler:
         self.pending: list[Generation] = []
         self.live: list[Generation] = []  # index = slot
         self.preparing = 0  # requests whose prompts are being built on their callers' threads
+        self.arrived = 0.0  # when a caller last started building a prompt or submitted
         self.lock = threading.Condition()
         self.closed = False
         self.frames_run = 0
@@ -150,6 +156,7 @@ class Scheduler:
         with self.lock:
             if self.closed:
                 raise Cancelled("the engine is shut down")
+            self.arrived = time.perf_counter()
             self._drop_cancelled_pending()
             if len(self.pending) >= self.max_queue:
                 raise Busy(f"{len(self.pending)} requests already wait; try again shortly")
@@ -162,6 +169,7 @@ class Scheduler:
         """Around building a request's prompt (before `submit`): admission gathers what is being built."""
         with self.lock:
             self.preparing += 1
+            self.arrived = time.perf_counter()
         try:
             yield
         finally:
@@ -171,10 +179,14 @@ class Scheduler:
 
     def _gathering(self, now: float) -> float:
         """Seconds admission should still wait for prompts being built (0: admit now)."""
-        if not self.pending or not self.preparing:
+        if not self.pending:
             return 0.0
-        bound = GATHER_S if self.live else GATHER_IDLE_S
-        return max(0.0, self.pending[0].submitted + bound - now)
+        oldest = self.pending[0].submitted
+        if self.preparing:
+            return max(0.0, oldest + (GATHER_S if self.live else GATHER_IDLE_S) - now)
+        if self.live:
+            return 0.0
+        return max(0.0, min(self.arrived + QUIET_S, oldest + GATHER_IDLE_S) - now)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop: cancel what waits and what runs."""
@@ -249,19 +261,18 @@ class Scheduler:
         newcomers = [g for g in newcomers if not g.cancelled]
         if not newcomers:
             return
-        # the newcomers' prompt embeddings, made here for all of them (one thread: a burst's callers no
-        # longer make them on as many threads contending for the GIL); a prompt that fails fails alone
+        # the newcomers' prompt embeddings, made here for all of them in one pass (one thread: a burst's
+        # callers no longer make them on as many threads contending for the GIL); a prompt that fails
+        # fails alone
         self.runner.after_callers()
-        prompts = []
-        for g in list(newcomers):
-            try:
-                prompts.append(g.job.prompt)
-            except Exception as e:
-                log.exception("building a prompt failed")
+        for g, error in zip(list(newcomers), make_job_prompts([g.job for g in newcomers])):
+            if error is not None:
+                log.error("building a prompt failed", exc_info=error)
                 newcomers.remove(g)
-                g._finish(EngineFault(f"building the prompt failed: {e}"))
+                g._finish(EngineFault(f"building the prompt failed: {error}"))
         if not newcomers:
             return
+        prompts = [g.job.prompt for g in newcomers]
         first = len(self.live)
         ended = self.runner.prefill(
             first, [(p, g.job.sampling, g.job.request.seed) for p, g in zip(prompts, newcomers)]

@@ -108,69 +108,114 @@ def plan_prompt(
     return PromptPlan(text_ids, lid, voice, non_streaming_mode, rows, text_rows)
 
 
-@torch.no_grad()
-def make_prompt(talker: Talker, cfg: TTSConfig, plan: PromptPlan) -> Prompt:
-    """A planned prompt's embeddings (on the current stream of the talker's device)."""
+# What a prompt row adds to its text embedding, besides codec ids (>= 0): nothing, the voice's x-vector, or
+# frame j of an ICL voice's reference codes (REF - j)
+NO_CODEC, SPEAKER, REF = -1, -2, -3
+
+
+def _layout(cfg: TTSConfig, plan: PromptPlan) -> tuple[list[int], list[int], list[int]]:
+    """A planned prompt as ids, row by row: (the text id of each prompt row, what each row adds to it: a
+    codec id, NO_CODEC, SPEAKER or REF - j, the text ids fed later one per frame). Every row's embedding
+    is its text embedding plus its codec part (`make_prompts`)."""
     t = cfg.talker
-    dev = talker.codec_head.weight.device
     text_ids, lid, voice = plan.text_ids, plan.language_id, plan.voice
-    non_streaming_mode = plan.non_streaming_mode
-
-    def ids(x):  # no wait on the stream (`to_device`)
-        return to_device(x, torch.long, dev)
-
-    def text_const(x):  # template ids every prompt shares: embedded once per talker
-        return talker.constant_embed("text", tuple(x))
-
-    def codec_const(x):
-        return talker.constant_embed("codec", tuple(x))
-
-    body = ids(text_ids[3:-5])
-    bos_e, eos_e, pad_e = text_const([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id])
-
+    bos, eos, pad = cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id
+    body = list(text_ids[3:-5])
     if lid is None:
-        prefix = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
+        codec = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
     else:
-        prefix = [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
-    codec = [codec_const(prefix)]
+        codec = [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
     if voice.speaker_embedding is not None:
-        codec.append(to_device(voice.speaker_embedding, pad_e.dtype, dev).view(1, -1))
+        codec.append(SPEAKER)
     elif voice.speaker:
-        codec.append(codec_const([t.spk_id[voice.speaker.lower()]]))
-    codec.append(codec_const([t.codec_pad_id, t.codec_bos_id]))
-    codec = torch.cat(codec)
-    n = codec.shape[0]
-
-    # the codec prefix (all but its final bos) sits on tts_pad ... tts_bos text embeddings
-    overlay = torch.cat([pad_e.expand(n - 2, -1), bos_e[None]]) + codec[:-1]
-    parts = []
-    if voice.instruct_ids:
-        parts.append(talker.text_embed(ids(voice.instruct_ids)))
-    parts += [text_const(text_ids[:3]), overlay]
-
+        codec.append(t.spk_id[voice.speaker.lower()])
+    codec += [t.codec_pad_id, t.codec_bos_id]
+    instruct = list(voice.instruct_ids or ())
+    # [the instruction turn], the role, then the codec prefix but its bos on tts_pad ... tts_bos
+    text = instruct + list(text_ids[:3]) + [pad] * (len(codec) - 2) + [bos]
+    adds = [NO_CODEC] * (len(instruct) + 3) + codec[:-1]
     if voice.icl:
-        ref_codes = to_device(voice.ref_codes, torch.long, dev)
-        text_e = torch.cat([talker.text_embed(torch.cat([ids(voice.ref_text_ids), body])), eos_e[None]])
-        codes_e = torch.cat([codec_const([t.codec_bos_id]), talker.frame_embed(ref_codes)])
-        if non_streaming_mode:
-            icl = text_e + codec_const([t.codec_pad_id]).expand(text_e.shape[0], -1)
-            parts += [icl, codes_e + pad_e]
-            trailing = pad_e[None]
-        elif text_e.shape[0] > codes_e.shape[0]:
-            parts.append(text_e[: codes_e.shape[0]] + codes_e)
-            trailing = text_e[codes_e.shape[0] :]
+        spoken = list(voice.ref_text_ids) + body + [eos]  # transcript + text + eos
+        codes = [t.codec_bos_id] + [REF - j for j in range(voice.ref_codes.shape[0])]
+        if plan.non_streaming_mode:
+            text += spoken + [pad] * len(codes)
+            adds += [t.codec_pad_id] * len(spoken) + codes
+            trailing = [pad]
+        elif len(spoken) > len(codes):
+            text += spoken[: len(codes)]
+            adds += codes
+            trailing = spoken[len(codes) :]
         else:
-            fill = pad_e.expand(codes_e.shape[0] - text_e.shape[0], -1)
-            parts.append(torch.cat([text_e, fill]) + codes_e)
-            trailing = pad_e[None]
-        return Prompt(torch.cat(parts), trailing, pad_e)
-
-    if non_streaming_mode:
-        all_text = torch.cat([talker.text_embed(body), eos_e[None]])
-        parts.append(all_text + codec_const([t.codec_pad_id]).expand(all_text.shape[0], -1))
-        parts.append(pad_e[None] + codec_const([t.codec_bos_id]))
-        trailing = pad_e[None]
+            text += spoken + [pad] * (len(codes) - len(spoken))
+            adds += codes
+            trailing = [pad]
+    elif plan.non_streaming_mode:
+        text += body + [eos, pad]  # text + eos on codec_pad, then tts_pad on the codec's bos
+        adds += [t.codec_pad_id] * (len(body) + 1) + [t.codec_bos_id]
+        trailing = [pad]
     else:
-        parts.append(talker.text_embed(body[:1]) + codec[-1:])
-        trailing = torch.cat([talker.text_embed(body[1:]), eos_e[None]])
-    return Prompt(torch.cat(parts), trailing, pad_e)
+        text += body[:1]  # the first token on the codec's bos; the rest + eos fed one a frame
+        adds += [t.codec_bos_id]
+        trailing = body[1:] + [eos]
+    return text, adds, trailing
+
+
+@torch.no_grad()
+def make_prompts(talker: Talker, cfg: TTSConfig, plans: list[PromptPlan]) -> list[Prompt]:
+    """Planned prompts' embeddings, all in one pass (on the current stream of the talker's device): every
+    text id of every prompt through one text projection, every codec part gathered from one table, one
+    add. Per prompt, each op would launch again: 64 prompts made one by one took ~60 ms of an admission
+    on an H200, for kernels of a few microseconds. Each prompt's tensors are views of the batch's."""
+    dev = talker.codec_head.weight.device
+    layouts = [_layout(cfg, plan) for plan in plans]
+    text_ids, adds, trailing_ids = [], [], []
+    for text, add, trailing in layouts:
+        text_ids += text
+        adds += add
+        trailing_ids += trailing
+    rows = len(text_ids)
+    # the codec table: the codec ids the rows add, then x-vectors, reference frames and a zero row
+    codec_ids = [a for a in adds if a >= 0]
+    speakers = [p.voice.speaker_embedding for p in plans if p.voice.speaker_embedding is not None]
+    refs = [p.voice.ref_codes for p in plans if p.voice.icl]
+    n_ref = sum(r.shape[0] for r in refs)
+    zero = len(codec_ids) + len(speakers) + n_ref
+    index, k, s, r = [], 0, len(codec_ids), len(codec_ids) + len(speakers)
+    for plan, (_, add, _) in zip(plans, layouts):
+        for a in add:
+            if a >= 0:
+                index.append(k)
+                k += 1
+            elif a == NO_CODEC:
+                index.append(zero)
+            elif a == SPEAKER:
+                index.append(s)
+            else:
+                index.append(r + REF - a)
+        s += plan.voice.speaker_embedding is not None
+        r += plan.voice.ref_codes.shape[0] if plan.voice.icl else 0
+    # every id and index in one host-to-device copy
+    host = [text_ids + trailing_ids + [cfg.tts_pad_token_id], codec_ids, index]
+    if refs:
+        host.append(torch.cat(refs).view(-1).tolist())
+    parts = to_device([x for h in host for x in h], torch.long, dev).split([len(h) for h in host])
+    text_e = talker.text_embed(parts[0])
+    table = [talker.codec_embed(parts[1])]
+    if speakers:
+        table.append(to_device(torch.stack([e.reshape(-1) for e in speakers]), text_e.dtype, dev))
+    if refs:
+        table.append(talker.frame_embed(parts[3].view(n_ref, -1)))
+    table.append(text_e.new_zeros(1, text_e.shape[1]))
+    embeds = text_e[:rows] + torch.cat(table)[parts[2]]
+    pad_e = text_e[-1]
+    out, row, fed = [], 0, rows
+    for text, _, trailing in layouts:
+        out.append(Prompt(embeds[row : row + len(text)], text_e[fed : fed + len(trailing)], pad_e))
+        row += len(text)
+        fed += len(trailing)
+    return out
+
+
+def make_prompt(talker: Talker, cfg: TTSConfig, plan: PromptPlan) -> Prompt:
+    """One planned prompt's embeddings (`make_prompts`)."""
+    return make_prompts(talker, cfg, [plan])[0]

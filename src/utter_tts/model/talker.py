@@ -56,30 +56,6 @@ class Talker(nn.Module):
     def codec_embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.codec_embedding(ids)
 
-    def constant_embed(self, kind: str, ids: tuple[int, ...]) -> torch.Tensor:
-        """`text_embed` ("text") or `codec_embed` ("codec") of ids that many prompts share (template and
-        control tokens), computed once: the same call on the same ids, so the same values. A prompt
-        built from scratch spent most of its ~2 ms (H200) on these small launches and their host-to-device
-        copies, each of which waits for its stream; 64 prompts arriving together queued on them. Computed
-        again when the weights change (a load, a move). Never modify the returned tensor."""
-        weights = (
-            self.model.text_embedding.weight,
-            *self.text_projection.parameters(),
-            self.model.codec_embedding.weight,
-        )
-        version = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
-        if getattr(self, "_constants_version", None) != version:
-            self._constants: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-            self._constants_version = version
-        key = (kind, ids)
-        found = self._constants.get(key)
-        if found is None:
-            embed = {"text": self.text_embed, "codec": self.codec_embed}[kind]
-            with torch.no_grad():
-                found = embed(torch.tensor(ids, dtype=torch.long, device=weights[0].device))
-            self._constants[key] = found
-        return found
-
     def frame_embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the 16 codebook embeddings of frames codes [..., 16] -> [..., hidden]."""
         total = self.codec_embed(codes[..., 0])
