@@ -1,4 +1,4 @@
-"""Prompt building: the plan's counts, the rows a prompt is made of, and a burst's prompts made in one pass."""
+"""Prompt building: the plan's counts, the rows a prompt is made of, a burst's prompts made in one pass."""
 
 from __future__ import annotations
 
