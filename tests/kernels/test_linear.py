@@ -22,7 +22,6 @@ from utter_tts.kernels.linear import (  # noqa: E402
     linear,
     linear_ref,
     pack_gate_up,
-    split_counters,
 )
 
 from .util import DTYPES, close, must_fail, poison  # noqa: E402
@@ -268,47 +267,3 @@ def test_a_lost_split_is_caught():
         [c["w"][:, 16:32], c["w"][:, :16], c["w"][:, 32:]], dim=1
     )  # splits' columns swapped
     must_fail(close, y, linear_ref(c["x"], reordered), torch.float32)
-
-
-SPLIT_WIDE = LinearConfig(16, 16, 16, 4, 2, split_k=4)  # four K splits, several row and column tiles
-
-
-@settings(max_examples=12, deadline=None)
-@given(
-    M=st.integers(1, 24),
-    N=st.integers(1, 40),
-    gated=st.booleans(),
-    use=st.sets(st.sampled_from(["bias", "residual", "norm_weight"])),
-    config=st.sampled_from([SPLIT, SPLIT_WIDE, SPLIT_ONE_ROW]),
-    dtype=st.sampled_from(DTYPES),
-)
-def test_split_k_folded_into_the_gemm_equals_the_reduce_kernel(M, N, gated, use, config, dtype):
-    """With tile counters, the last K split of each tile adds the partials itself, in the same order as the
-    reduce kernel: the same bits. Every counter is back at zero afterwards (the next launch, or a graph's
-    next replay, counts from zero)."""
-    c = case(M, 64, 2 * N if gated else N, dtype, seed=M * 100 + N)
-    counters = split_counters(torch.device("cpu"))
-    nw = c["norm_weight"] if "norm_weight" in use else None
-    kw0 = {k: c[k] for k in use if k not in ("bias", "norm_weight")}
-    bias = c["bias"] if "bias" in use else None
-
-    def run(**kw):
-        out = poison(M, N, dtype=dtype)
-        if gated:
-            return gate_up_silu(c["x"], nw, c["w"], out=out, config=config, **kw)
-        return linear(c["x"], c["w"], bias, norm_weight=nw, **kw0, out=out, config=config, **kw)
-
-    assert torch.equal(run(counters=counters), run())
-    assert not counters.any()
-
-
-def test_a_stale_counter_is_caught():
-    """The counters decide which split reduces: a count left over from an interrupted launch makes a tile
-    reduce before its partials are all in (what a test of the fold must be able to see)."""
-    c = case(20, 48, 24, torch.float32, seed=8)
-    counters = split_counters(torch.device("cpu"), tiles=16)
-    y = linear(c["x"], c["w"], out=poison(20, 24), config=SPLIT, counters=counters)
-    close(y, linear_ref(c["x"], c["w"]), torch.float32)
-    counters[0] = 1  # tile (0, 0) believes one split already came
-    y = linear(c["x"], c["w"], out=poison(20, 24), config=SPLIT, counters=counters)
-    must_fail(close, y, linear_ref(c["x"], c["w"]), torch.float32)

@@ -85,7 +85,7 @@ class FusedFrame:
         for name in params.__dataclass_fields__:
             getattr(b.params, name)[rows] = getattr(params, name)
         logits = torch.empty(n, self.codec_head.shape[0], dtype=torch.float32, device=dev)
-        linear(hidden, self.codec_head, out=logits, counters=self.talker.counters)
+        linear(hidden, self.codec_head, out=logits)
         b.seen[rows] = False
         token = sample(
             logits,
@@ -134,11 +134,7 @@ class FusedFrame:
             rows *= 2
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return (
-            x
-            if self.proj_w is None
-            else linear(x, self.proj_w, self.proj_b, counters=self.predictor.counters)
-        )
+        return x if self.proj_w is None else linear(x, self.proj_w, self.proj_b)
 
     @torch.no_grad()
     def step(self, n: int) -> None:
@@ -181,10 +177,7 @@ class FusedFrame:
         last = h.view(n, 2, -1)[:, 1]
         for k in range(1, self.steps + 1):
             head = self.heads[k - 1]
-            linear(
-                last, head, norm_weight=self.predictor.final_norm, eps=self.predictor.eps, out=logits,
-                counters=self.predictor.counters,
-            )  # fmt: skip
+            linear(last, head, norm_weight=self.predictor.final_norm, eps=self.predictor.eps, out=logits)
             final = k == self.steps
             embed = Embed(
                 self.tables[k - 1],
@@ -223,7 +216,7 @@ class FusedFrame:
         h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
         hidden = self.talker_norm(h)
         talker_logits = torch.empty(n, self.codec_head.shape[0], dtype=torch.float32, device=dev)
-        linear(hidden, self.codec_head, out=talker_logits, counters=self.talker.counters)
+        linear(hidden, self.codec_head, out=talker_logits)
         token = sample(
             talker_logits,
             do_sample=p.do_sample,

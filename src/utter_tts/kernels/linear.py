@@ -10,11 +10,9 @@ the programs of one weight tile run side by side (rows are grid axis 0) and re-r
 BLOCK_N gives skinny outputs enough programs to fill the GPU in one launch. Tensor-core tiles instead
 cover every row (so each weight tile is read once) and split K over programs until the launch fills
 the GPU (split-K): a tile narrow in N would make every program re-read all the rows' activations from
-L2, four times the weight's bytes at 64 rows. The K splits write fp32 partial sums that are added in a
-fixed order (deterministic) before the epilogue: by the tile's last split to finish, which tile counters
-tell it (`counters=`; a frame at 64 streams had ~440 reduce launches), or else by a second kernel. The
-tile comes from `CONFIGS`, keyed by the row bucket (override per call with `config=`); the GPU benchmark
-times the candidates.
+L2, four times the weight's bytes at 64 rows. The K splits write fp32 partial sums that a second
+kernel adds in a fixed order (deterministic) before the epilogue. The tile comes from `CONFIGS`, keyed
+by the row bucket (override per call with `config=`); the GPU benchmark times the candidates.
 
 Numerics: RMSNorm, three modes that each round x once. "prologue": the kernel sums x^2 over the whole
 row in fp32 first, then the main loop scales each x block by rstd * norm_weight in fp32 and casts it to
@@ -141,8 +139,6 @@ def _linear_kernel(
     nw_ptr,
     res_ptr,
     out_ptr,
-    part_ptr,
-    cnt_ptr,
     M,
     N,
     K,
@@ -166,7 +162,6 @@ def _linear_kernel(
     BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr,
     SPLIT_K: tl.constexpr = 1,
-    FOLD: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
@@ -234,54 +229,24 @@ def _linear_kernel(
         acc = tl.sum(acc2, axis=1)[None, :]
         if GATED:
             acc_up = tl.sum(acc2_up, axis=1)[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT_K > 1:  # partial sums out: [split, M, N] (gated: [split, M, 2N], up in the right half)
+        mask = row_ok[:, None] & col_ok[None, :]
         width = 2 * N if GATED else N
-        p_ptrs = part_ptr + (tl.program_id(2) * M + rows.to(tl.int64))[:, None] * width + cols[None, :]
+        p_ptrs = out_ptr + (tl.program_id(2) * M + rows.to(tl.int64))[:, None] * width + cols[None, :]
         tl.store(p_ptrs, acc, mask=mask)
         if GATED:
             tl.store(p_ptrs + N, acc_up, mask=mask)
-        if FOLD:
-            # the tile's last split to finish adds all the partials up, in split order (deterministic),
-            # and runs the epilogue: no second kernel. The barrier: every thread's partials are stored
-            # before the count (a release at GPU scope) says so; the count goes back to 0 for the next launch
-            tl.debug_barrier()
-            counter = cnt_ptr + pid_m * tl.num_programs(1) + pid_n
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-                first = part_ptr + rows.to(tl.int64)[:, None] * width + cols[None, :]
-                acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                for s in tl.static_range(SPLIT_K):  # through L2: other SMs wrote them
-                    acc += tl.load(first + s * M * width, mask=mask, other=0.0, cache_modifier=".cg")
-                    if GATED:
-                        acc_up += tl.load(
-                            first + s * M * width + N, mask=mask, other=0.0, cache_modifier=".cg"
-                        )
-                _epilogue(acc, acc_up, rows, cols, col_ok, mask, b_ptr, res_ptr, out_ptr, stride_rm,
-                          stride_om, HAS_BIAS, HAS_RES, GATED)  # fmt: skip
-    else:
-        if NORM == 2:
-            rstd = tl.math.rsqrt(ss / K + eps)
-            acc = acc * rstd[:, None]
-            if GATED:
-                acc_up = acc_up * rstd[:, None]
-        if not GATED:
-            acc_up = acc
-        _epilogue(acc, acc_up, rows, cols, col_ok, mask, b_ptr, res_ptr, out_ptr, stride_rm, stride_om,
-                  HAS_BIAS, HAS_RES, GATED)  # fmt: skip
-
-
-@jit
-def _epilogue(
-    acc, acc_up, rows, cols, col_ok, mask, b_ptr, res_ptr, out_ptr, stride_rm, stride_om,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GATED: tl.constexpr,
-):  # fmt: skip
-    """A tile's fp32 sums -> silu(gate) * up, + bias, + residual, rounded once into out."""
+        return
+    if NORM == 2:
+        rstd = tl.math.rsqrt(ss / K + eps)
+        acc = acc * rstd[:, None]
+        if GATED:
+            acc_up = acc_up * rstd[:, None]
     if GATED:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_up  # silu(gate) * up
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    mask = row_ok[:, None] & col_ok[None, :]
     if HAS_RES:
         r_ptrs = res_ptr + rows.to(tl.int64)[:, None] * stride_rm + cols[None, :]
         acc += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -378,7 +343,7 @@ def norm_mode_for(m: int) -> str:
     return "separate" if config_for(m).use_dot else "one_pass"
 
 
-def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode, counters=None):
+def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode):
     assert x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
     M, K = x.shape
     N = w.shape[0] // 2 if gated else w.shape[0]
@@ -405,23 +370,16 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
     split = triton.cdiv(K, k_per_split)  # no empty splits
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n), split)
     res = residual if residual is not None else out
-    partials = out
-    fold = split > 1 and counters is not None
+    target = out
     if split > 1:
-        partials = torch.empty(split, M, 2 * N if gated else N, dtype=torch.float32, device=x.device)
-    if fold:
-        assert counters.dtype == torch.int32 and counters.numel() >= grid[0] * grid[1], (
-            "counters: int32, a tile each"
-        )
+        target = torch.empty(split, M, 2 * N if gated else N, dtype=torch.float32, device=x.device)
     _linear_kernel[grid](
         x,
         w,
         bias if bias is not None else w,
         norm_weight if norm_weight is not None else w,
         res,
-        out,
-        partials,
-        counters if fold else partials,
+        target,
         M,
         N,
         K,
@@ -445,14 +403,13 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         BLOCK_K=cfg.block_k,
         STAGES=cfg.num_stages,
         SPLIT_K=split,
-        FOLD=fold,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    if split > 1 and not fold:
+    if split > 1:
         block = min(1024, triton.next_power_of_2(N))
         _split_reduce_kernel[(M, triton.cdiv(N, block))](
-            partials,
+            target,
             bias if bias is not None else w,
             res,
             out,
@@ -481,7 +438,6 @@ def linear(
     out: torch.Tensor | None = None,
     config: LinearConfig | None = None,
     norm_mode: str | None = None,
-    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = (rmsnorm(x) * norm_weight if norm_weight is given else x) @ w.T (+ bias) (+ residual).
 
@@ -490,15 +446,8 @@ def linear(
     contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
     written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
     `config_for(M, N, K)` on the GPU); norm_mode: "prologue", "separate" or "one_pass" (default
-    NORM_MODE, else by row bucket; see the module docstring); counters: with split-K, the tile's last
-    split adds the partial sums up itself instead of a second kernel: `split_counters`, zeros, used by one
-    stream (one launch at a time; each launch leaves them at zero). No host syncs: CUDA-graph safe."""
-    return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode, counters)
-
-
-def split_counters(device: torch.device, tiles: int = 4096) -> torch.Tensor:
-    """Zeroed tile counters for `linear(..., counters=)`: enough for `tiles` output tiles a launch."""
-    return torch.zeros(tiles, dtype=torch.int32, device=device)
+    NORM_MODE, else by row bucket; see the module docstring). No host syncs: CUDA-graph safe."""
+    return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode)
 
 
 def pack_gate_up(w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
@@ -516,11 +465,10 @@ def gate_up_silu(
     out: torch.Tensor | None = None,
     config: LinearConfig | None = None,
     norm_mode: str | None = None,
-    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """silu(g) * u with [g | u] = rmsnorm(x) * norm_weight @ w_gate_up.T (no norm if norm_weight is None).
     w_gate_up comes from `pack_gate_up`; out [M, N] has x's dtype by default."""
-    return _launch(x, w_gate_up, None, norm_weight, eps, None, out, True, config, norm_mode, counters)
+    return _launch(x, w_gate_up, None, norm_weight, eps, None, out, True, config, norm_mode)
 
 
 # ---- references (plain PyTorch, the same numerics contract) ----------------------------------------------

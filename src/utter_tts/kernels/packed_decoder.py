@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
-from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up, split_counters
+from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up
 
 # An eager pass of up to this many rows (one or two prompts' prefill) is bound by Python launching its
 # kernels, not by the GPU: one stream's admission took 16-22 ms with one launch per linear and 26-32 ms
@@ -84,10 +84,6 @@ class PackedDecoder:
             device = self.final_norm.device
             self.inv_freq = rotary.inv_freq.detach().float().to(device).contiguous()
             self.axis_of = rotary.axis_of.detach().to(device=device, dtype=torch.int32).contiguous()
-        # split-K tiles count their finished splits here, so the last adds them up (no reduce kernel:
-        # ~440 launches a frame at 64 streams). One pass at a time uses them: a decoder runs on its
-        # runner's stream
-        self.counters = split_counters(device)
 
     def forward(
         self,
@@ -132,21 +128,19 @@ class PackedDecoder:
             tile = config_for(M)  # the row bucket's tile, K not split
             if mode is None and tile.use_dot and M <= EAGER_PROLOGUE_ROWS:
                 mode = "prologue"
-        resid, cnt = x, self.counters
+        resid = x
         for layer, cache in zip(self.layers, caches):
             ck, cv = _kv(cache)
             linear(
                 resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode,
-                config=tile, counters=cnt,
+                config=tile,
             )  # fmt: skip
             rope = (self.inv_freq, self.axis_of, pos, slot, col)
             qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
             decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
-            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile, counters=cnt)
-            gate_up_silu(
-                h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode, config=tile, counters=cnt
-            )
-            linear(act, layer.w_down, residual=h, out=h, config=tile, counters=cnt)
+            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile)
+            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode, config=tile)
+            linear(act, layer.w_down, residual=h, out=h, config=tile)
             resid = h
         return h
 
