@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | parts | conc | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | parts | conc | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
@@ -26,7 +26,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load|timeline|parts|conc) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load|timeline|parts|conc|verify) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -64,6 +64,7 @@ case "$STAGE" in
             --parity-bf16-batches 1 --long-frames 3000
           ours capped21 100 --memory-cap-gib 21 --max-streams 16 --sections env memory ;;
   official) peer qwen_tts 110 --runs 1 --icl-runs 1 ;;
+  verify)   ours parity 200 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 ;;
   tune)     ours fused 330 --max-streams 64 --sections env single ttfa profile concurrency ;;
   load)     ours load 250 --max-streams 64 --sections env single ttfa concurrency ;;
   timeline) ours timeline 300 --max-streams 64 --sections env timeline
