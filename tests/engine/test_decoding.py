@@ -49,9 +49,22 @@ def test_first_chunk_at_once_then_frames_on_the_clock():
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4]]
     push_frames(s, 1)
     s.generation._finish()
-    assert decode(s, s.next_push(False, NOW)) == [7]  # the end: pushed at once
+    # while other streams generate, the end waits for the clock ...
+    assert s.next_push(False, NOW, ticking=True) is None and not s.ended
+    # ... and joins the others' pass: padded to the clock's length with its last frame, audio dropped
+    assert decode(s, s.next_push(True, NOW, ticking=True)) == [7] * CLOCK_FRAMES
     assert s.next_push(False, NOW) is None and s.ended
     assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2, 3, 4], [5, 6, 7]]  # the rest, at the end
+
+
+def test_the_last_stream_to_end_does_not_wait_for_a_clock_that_stopped():
+    s = stream(first=1, size=4)
+    push_frames(s, 3)
+    decode(s, s.next_push(False, NOW))
+    s.generation._finish()
+    assert decode(s, s.next_push(False, NOW, ticking=False)) == [1, 2]  # nothing else runs: at once
+    assert s.next_push(False, NOW) is None and s.ended
+    assert [list(c[::FRAME]) for c in s.chunks] == [[0], [1, 2]]
 
 
 def test_a_failed_generation_ends_its_stream_after_the_complete_chunks():

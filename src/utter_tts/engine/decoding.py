@@ -251,6 +251,7 @@ class AudioStream:
         self.ref_codes = generation.job.ref_codes
         self.first, self.size = first, size
         self.pushed = 0  # frames handed to the decoder
+        self.padding = 0  # frames of the last push that only pad it to the clock's length
         self.decoded: list[np.ndarray] = []  # audio decoded but not yet cut into chunks
         self.cut = 0  # frames delivered in chunks
         self.first_at: float | None = None  # when the first chunk was delivered: playback starts there
@@ -271,10 +272,13 @@ class AudioStream:
             yield chunk
 
     # called by the batcher's thread
-    def next_push(self, on_clock: bool, now: float) -> tuple[torch.Tensor, bool] | None:
+    def next_push(
+        self, on_clock: bool, now: float, ticking: bool = False
+    ) -> tuple[torch.Tensor, bool] | None:
         """(codes [n, 16], whether its audio is kept) of the push due now (`on_clock`: this round is a
-        tick of the shared clock; `now`: time.perf_counter()), if any; at the generation's end, with
-        nothing left to push, the last chunk is cut and the stream ends."""
+        tick of the shared clock; `now`: time.perf_counter(); `ticking`: other streams still generate, so
+        the next tick is at most CLOCK_FRAMES frames away), if any; at the generation's end, with nothing
+        left to push, the last chunk is cut and the stream ends."""
         g = self.generation
         done = g.done  # read first: once done, every frame is in `codes`
         ready = len(g.codes)
@@ -290,15 +294,24 @@ class AudioStream:
             n = min(waiting, self.first)
         else:
             completes = self.cut + self.size - self.pushed <= waiting  # the consumer's next chunk
+            low = self.ahead(now) < AHEAD_S
+            # an ended stream's last frames wait for the clock too (unless its player runs low), padded
+            # to the clock's length: they join the other streams' pass instead of a pass of their own
+            # (64 streams ending on different frames made ~60 extra passes of ~2.7 ms on an H200)
             due = waiting > 0 and (
-                on_clock or waiting >= CLOCK_FRAMES or done or (completes and self.ahead(now) < AHEAD_S)
+                on_clock or waiting >= CLOCK_FRAMES or (done and (low or not ticking)) or (completes and low)
             )
             n = min(waiting, CLOCK_FRAMES)
         if due:
             part = torch.stack(g.codes[self.pushed : self.pushed + n])
             self.pushed += n
+            if done and on_clock and self.pushed == ready and 0 < self.pushed - n and n < CLOCK_FRAMES:
+                # the padding repeats the last frame; the decoder is causal, so the real frames' audio is
+                # the same, and `deliver` drops the padding's
+                self.padding = CLOCK_FRAMES - n
+                part = torch.cat([part, part[-1:].expand(self.padding, -1)])
             return part, True
-        if done:
+        if done and self.pushed == ready:  # all pushed (an ended stream's last frames may wait a tick)
             self._cut(final=True)
             self.finish()
         return None
@@ -311,6 +324,9 @@ class AudioStream:
 
     def deliver(self, audio: torch.Tensor) -> None:
         """Decoded audio of the frames pushed last: cut what completes chunks."""
+        if self.padding:
+            audio = audio[: len(audio) - self.padding * self.decoder.model.frame_samples]
+            self.padding = 0
         self.decoded.append(audio.numpy())
         self._cut(final=False)
 
@@ -500,6 +516,7 @@ class DecodeBatcher:
         """The attached streams' pushes due now (one per stream), taking codec slots for new streams."""
         jobs, fresh = [], []
         now = time.perf_counter()
+        ticking = any(not stream.generation.done for stream in streams)
         for stream in streams:
             if len(jobs) >= room:
                 break
@@ -516,7 +533,7 @@ class DecodeBatcher:
                 if decoder.slot is None:
                     continue  # all slots held by consumers that have not closed yet: next time
                 fresh.append(decoder.slot)
-            push = stream.next_push(on_clock, now)
+            push = stream.next_push(on_clock, now, ticking)
             if push is not None:
                 jobs.append(_Job(decoder, push[0], stream, push[1]))
         if fresh:
