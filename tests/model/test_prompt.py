@@ -116,33 +116,15 @@ def test_template_pieces_are_encoded_once_and_the_same(tts):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    text=st.integers(1, 30),
-    ref_text=st.integers(0, 12),
-    ref_frames=st.integers(0, 40),
-    in_prompt=st.booleans(),
-    language=st.sampled_from(["auto", "english"]),
-    instruct=st.integers(0, 5),
-    xvector=st.booleans(),
-)
-def test_the_plan_counts_the_rows_the_prompt_has(
-    tts, text, ref_text, ref_frames, in_prompt, language, instruct, xvector
-):
+@given(layouts)
+def test_the_plan_counts_the_rows_the_prompt_has(tts, case):
     """`plan_prompt` counts, without a tensor op, the rows `make_prompt` makes, in every layout (the
     engine checks a request against its static shapes with these counts at submit time)."""
     cfg, talker = tts.pipeline.config, tts.pipeline.talker
-    H = cfg.talker.hidden_size
-    voice = VoiceSpec(
-        speaker_embedding=torch.randn(H) if xvector else None,
-        ref_codes=torch.randint(0, 100, (ref_frames, 16)) if ref_frames else None,
-        ref_text_ids=list(range(7, 7 + ref_text)) or None,
-        instruct_ids=list(range(20, 20 + instruct)) or None,
-    )
-    text_ids = [1, 2, 3, *range(30, 30 + text), 4, 5, 6, 7, 8]
-    plan = plan_prompt(cfg, text_ids, language, voice, in_prompt)
+    plan = _plan(cfg, **case)
     prompt = make_prompt(talker, cfg, plan)
     assert (plan.rows, plan.text_rows) == (prompt.embeds.shape[0], prompt.trailing.shape[0])
-    assert plan.voice.icl == (ref_frames > 0 and ref_text > 0)
+    assert plan.voice.icl == (case["ref_frames"] > 0 and case["ref_text"] > 0)
     assert (plan.ref_codes is None) == (not plan.voice.icl)
 
 
