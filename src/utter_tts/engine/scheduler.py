@@ -34,9 +34,11 @@ GATHER_S, GATHER_IDLE_S = 0.05, 0.15
 # waited behind it).
 QUIET_S = 0.003
 # Frames queued on the GPU beyond the one whose results the host is reading: the frame state stays on the
-# device, so the next frames need no host round trip. With one, the talker's stream sat idle ~23 % of a
-# 64-stream run on an H200 whenever the host was late (GIL shared with the decoder and 64 players); two
-# absorb a late host for a frame. A stream that ended runs up to this many padding frames, ignored.
+# device, so the next frames need no host round trip, and a host late by a frame (the GIL shared with the
+# decoder and 64 players) does not leave the talker's stream without work. Not measured apart: in the
+# traced 64-stream runs on an H200 the talker's stream had gaps either way (~27 % of the steady state,
+# while the codec's high-priority kernels held the SMs). An ended stream runs up to this many padding
+# frames, ignored.
 AHEAD = 2
 
 
