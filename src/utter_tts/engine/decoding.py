@@ -289,6 +289,7 @@ class AudioStream:
             self.finish(g.error)
             return None
         waiting = ready - self.pushed
+        pad = 0  # frames repeated after the real ones, to the clock's length
         if self.pushed == 0:
             due = waiting >= self.first or (done and waiting > 0)
             n = min(waiting, self.first)
@@ -302,14 +303,16 @@ class AudioStream:
                 on_clock or waiting >= CLOCK_FRAMES or (done and (low or not ticking)) or (completes and low)
             )
             n = min(waiting, CLOCK_FRAMES)
+            if done and on_clock and n == waiting:
+                # its last frames on a tick: the padding repeats the last frame; the decoder is causal, so
+                # the real frames' audio is the same, and `deliver` drops the padding's
+                pad = CLOCK_FRAMES - n
         if due:
             part = torch.stack(g.codes[self.pushed : self.pushed + n])
             self.pushed += n
-            if done and on_clock and self.pushed == ready and 0 < self.pushed - n and n < CLOCK_FRAMES:
-                # the padding repeats the last frame; the decoder is causal, so the real frames' audio is
-                # the same, and `deliver` drops the padding's
-                self.padding = CLOCK_FRAMES - n
-                part = torch.cat([part, part[-1:].expand(self.padding, -1)])
+            if pad:
+                self.padding = pad
+                part = torch.cat([part, part[-1:].expand(pad, -1)])
             return part, True
         if done and self.pushed == ready:  # all pushed (an ended stream's last frames may wait a tick)
             self._cut(final=True)

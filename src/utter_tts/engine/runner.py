@@ -117,8 +117,8 @@ class Runner:
             raise ValueError(f"text of {text_rows} tokens exceeds the engine's {self.batch.max_text}")
 
     def after_callers(self) -> None:
-        """Order this runner's stream after the callers' (the default stream): what they made (shared
-        prompt embeddings, voice tensors) is complete before the runner's work reads it."""
+        """Order this runner's stream after the callers' (the default stream): what they made there (voice
+        tensors, a direct caller's prompts) is complete before the runner's work reads it."""
         if self.cuda_stream is not None:
             self.cuda_stream.wait_stream(torch.cuda.default_stream(self.device))
 
