@@ -41,49 +41,58 @@ def _streamed(slots: CodecSlots, codes: torch.Tensor, step: int) -> torch.Tensor
 
 
 def codec_variants(base: str, out_dir: str) -> dict:
-    """Each precision's 64 x 4-frame and 1 x 1-frame graph pass, its error against an fp32 reference
-    without TF32 (one-shot 2 x 200 frames), and its streamed (4-frame pushes) vs one-shot error."""
+    """Each codec variant's graph passes (64 streams x 1, 2, 4, 8 frames; 1 x 1), its error against an
+    fp32 reference without TF32 (one-shot 2 x 200 frames), and its streamed (4-frame pushes) vs one-shot
+    error. Variants: fp32 as served (channels last on the GPU), fp32 channels first (as before), bf16."""
+    from utter_tts.engine import decoding
+
     folder = os.path.join(base, "speech_tokenizer")
     torch.manual_seed(0)
     codes = torch.randint(0, 2048, (2, 200, 16), device="cuda")
     torch.backends.cudnn.allow_tf32 = False
+    os.environ["UTTER_TTS_CODEC_CHANNELS_LAST"] = "0"
     ref_codec = SpeechTokenizer.from_dir(folder, device="cuda", dtype=torch.float32)
     ref_codec.chunk_frames = None
     reference_audio = ref_codec.decode(codes)
     del ref_codec
     torch.backends.cudnn.allow_tf32 = True
     res = {"reference_rms": float(reference_audio.pow(2).mean().sqrt())}
-    for name, dtype, tf32_mm in (
-        ("fp32", torch.float32, False),
-        ("fp32_tf32mm", torch.float32, True),
-        ("bf16", torch.bfloat16, False),
+    saved_frames = decoding.GRAPH_FRAMES
+    decoding.GRAPH_FRAMES = (1, 2, 3, 4, 8)  # 8: what a longer clock would cost per frame
+    for name, dtype, channels_last in (
+        ("fp32", torch.float32, "1"),
+        ("fp32_channels_first", torch.float32, "0"),
+        ("bf16", torch.bfloat16, "1"),
     ):
-        torch.backends.cuda.matmul.allow_tf32 = tf32_mm
+        os.environ["UTTER_TTS_CODEC_CHANNELS_LAST"] = channels_last
         codec = SpeechTokenizer.from_dir(folder, device="cuda", dtype=dtype)
         codec.chunk_frames = None
         one_shot = codec.decode(codes)
         slots = CodecSlots(codec, 64, use_graphs=True)
         t = time.perf_counter()
-        slots.warmup()
+        for n in (1, 2, 4, 8):
+            slots._capture(64, n)
         capture_s = time.perf_counter() - t
         streamed = _streamed(slots, codes, 4)
-        big = torch.randint(0, 2048, (64, 4, 16), device="cuda")
+        big = torch.randint(0, 2048, (64, 8, 16), device="cuda")
         one = torch.randint(0, 2048, (1, 1, 16), device="cuda")
-        r = dict(
-            pass_64x4_ms=round(_codec_pass_ms(slots, big, runs=20), 3),
-            pass_64x1_ms=round(_codec_pass_ms(slots, big[:, :1], runs=20), 3),
+        r = {f"pass_64x{n}_ms": round(_codec_pass_ms(slots, big[:, :n], runs=20), 3) for n in (1, 2, 4, 8)}
+        r.update(
             pass_1x1_ms=round(_codec_pass_ms(slots, one, runs=20), 3),
-            capture_s=round(capture_s, 1),
+            capture_64_s=round(capture_s, 1),
             rel_err_vs_fp32=_rel(one_shot, reference_audio),
             max_abs_err_vs_fp32=float((one_shot.float() - reference_audio).abs().max()),
             streamed_vs_one_shot=_rel(streamed, one_shot),
         )
-        codec_op_table(slots, big, os.path.join(out_dir, f"profile_codec_{name}.txt"), rows=30)
+        for n in (1, 4):
+            path = os.path.join(out_dir, f"profile_codec_{name}_64x{n}.txt")
+            codec_op_table(slots, big[:, :n], path, rows=40)
         res[name] = r
         log("codec", name, r)
         del slots, codec
         torch.cuda.empty_cache()
-    torch.backends.cuda.matmul.allow_tf32 = False
+    decoding.GRAPH_FRAMES = saved_frames
+    os.environ.pop("UTTER_TTS_CODEC_CHANNELS_LAST")
     return res
 
 

@@ -70,7 +70,8 @@ case "$STAGE" in
   timeline) ours timeline 300 --max-streams 64 --sections env timeline
             timeout 100 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" --parts prepare 2>&1 \
               | quiet | tail -40 ;;
-  parts)    timeout 240 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" 2>&1 | quiet | tail -60 ;;
+  parts)    timeout 240 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" --parts ${PARTS:-prepare codec codec_ops} \
+              2>&1 | quiet | tail -60 ;;
   conc)     ours conc 200 --max-streams 64 --sections env concurrency ;;
   engine)   ours fused 270 --max-streams 64 --sections env single ttfa profile concurrency
             ours parity 230 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \

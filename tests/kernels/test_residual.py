@@ -11,7 +11,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from utter_tts.codec.decoder import fused_residual  # noqa: E402
-from utter_tts.kernels.residual import BLOCK_T, bias_residual, bias_residual_ref  # noqa: E402
+from utter_tts.kernels.residual import bias_residual, bias_residual_ref  # noqa: E402
+from utter_tts.kernels.snake import BLOCK_C, BLOCK_T  # noqa: E402
 
 from .util import close, codec_row_shapes, must_fail, poison  # noqa: E402
 
@@ -27,12 +28,14 @@ def tensors(B, C, T, seed, scale=1.0):
 
 @settings(max_examples=10, deadline=None)
 @given(
-    **codec_row_shapes(BLOCK_T),
+    **codec_row_shapes(BLOCK_T, BLOCK_C),
     seed=st.integers(0, 2**16),
     scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    layouts=st.tuples(st.booleans(), st.booleans()),  # x's and y's: channels last or not, mixed too
 )
-def test_equals_the_eager_ops_exactly_in_fp32(B, C, T, seed, scale):
+def test_equals_the_eager_ops_exactly_in_fp32(B, C, T, seed, scale, layouts):
     x, y, bias = tensors(B, C, T, seed, scale)
+    x, y = (t.transpose(1, 2).contiguous().transpose(1, 2) if cl else t for t, cl in zip((x, y), layouts))
     out = bias_residual(x, y, bias, out=poison(B, C, T))
     assert torch.equal(out, bias_residual_ref(x, y, bias))  # the same fp32 adds in the same order
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from utter_tts.codec.decoder import SnakeBeta, fused_snake  # noqa: E402
 from utter_tts.kernels.residual import bias_residual  # noqa: E402
-from utter_tts.kernels.snake import BLOCK_T, snake, snake_factors, snake_ref  # noqa: E402
+from utter_tts.kernels.snake import BLOCK_C, BLOCK_T, snake, snake_factors, snake_ref  # noqa: E402
 
 from .util import close, codec_row_shapes, must_fail  # noqa: E402
 
@@ -24,15 +24,18 @@ def params(C, seed):
 
 @settings(max_examples=10, deadline=None)
 @given(
-    **codec_row_shapes(BLOCK_T),
+    **codec_row_shapes(BLOCK_T, BLOCK_C),
     seed=st.integers(0, 2**16),
     scale=st.sampled_from([0.01, 1.0, 30.0]),  # sin wraps many periods at 30
+    channels_last=st.booleans(),
 )
-def test_snake_equals_the_eager_op(B, C, T, seed, scale):
+def test_snake_equals_the_eager_op(B, C, T, seed, scale, channels_last):
     la, lb = params(C, seed)
     x = torch.randn(B, C, T, generator=torch.Generator().manual_seed(seed + 1)) * scale
+    if channels_last:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
     y = snake(x, *snake_factors(la, lb))
-    assert y.shape == x.shape and y.is_contiguous()
+    assert y.shape == x.shape and y.stride() == x.stride()  # a new tensor in x's layout
     close(y, snake_ref(x, la, lb), torch.float32, scale=scale)
 
 
@@ -92,22 +95,30 @@ def test_snake_writes_into_a_strided_out():
     assert torch.equal(buf[..., :6], torch.full((2, 5, 6), 7.0))  # the context columns untouched
 
 
-def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypatch, channels_last):
     """The codec with the kernels (Snake written straight into its convolutions' input buffers, adding the
     bias of the convolution before it; each residual unit's end as one bias + residual pass) decodes what
-    the eager codec decodes, whole and streamed."""
+    the eager codec decodes, whole and streamed; also with its convolution stack channels last (the
+    GPU's layout: every Snake then reads and writes channels-last tensors)."""
     import utter_tts.codec.decoder as decoder
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer
 
     codec = SpeechTokenizer.from_dir(checkpoints("base", "tiny-1.7b") / "speech_tokenizer")
     codes = torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(9))
     want = codec.decode(codes)
-    calls, biased = [], []
+    calls, biased, layouts = [], [], []
+    if channels_last:
+        codec.decoder.use_channels_last()
+        w = codec.decoder.decoder[1].block[2].conv1.conv.weight
+        assert w.stride(1) == 1 and w.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
 
     def kernel(x, a, inv_b, out=None, bias=None):
         calls.append(out is not None)
         biased.append(bias is not None)
-        return snake(x, a, inv_b, out=out, bias=bias)
+        y = snake(x, a, inv_b, out=out, bias=bias)
+        layouts.append(x.shape[1] > 1 and x.stride(1) == 1 and y.stride(1) == 1)
+        return y
 
     residuals = []
 
@@ -125,6 +136,7 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     assert calls and calls.count(True) * 12 == calls.count(False) * 17
     assert biased.count(True) == calls.count(False)  # those 12 also add the convolution's bias before
     assert residuals and all(residuals) and len(residuals) == calls.count(False)  # each unit's end, in place
+    assert all(layouts) == channels_last and any(layouts) == channels_last  # one layout throughout
     scale = want.abs().max()
     torch.testing.assert_close(whole, want, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(streamed, want, rtol=0, atol=3e-5 * scale)

@@ -34,7 +34,7 @@ def must_fail(check, *args, **kwargs):
         check(*args, **kwargs)
 
 
-def codec_row_shapes(block_t: int) -> dict:
-    """Hypothesis strategies for [B, C, T] tensors of the codec's per-(stream, channel) row kernels: T
-    across blocks of `block_t`, with a ragged tail."""
-    return dict(B=st.integers(1, 3), C=st.integers(1, 7), T=st.integers(1, 2 * block_t + 5))
+def codec_row_shapes(block_t: int, block_c: int) -> dict:
+    """Hypothesis strategies for [B, C, T] tensors of the codec's tiled kernels: T and C across blocks of
+    `block_t` and `block_c` tiles, with ragged tails."""
+    return dict(B=st.integers(1, 3), C=st.integers(1, 2 * block_c + 3), T=st.integers(1, 2 * block_t + 5))

@@ -145,11 +145,13 @@ def split_state(state: DecoderState) -> list[DecoderState]:
 # --- causal building blocks ---------------------------------------------------------------------------------
 
 
-def with_context(x: torch.Tensor, state: ConvState, pad: int, act: Callable | None) -> torch.Tensor:
-    """[state.inputs, act(x)] along time ([B, C, pad + n]), one buffer; the state keeps its last `pad`
-    columns (a view)."""
+def with_context(
+    x: torch.Tensor, state: ConvState, pad: int, act: Callable | None, channels_last: bool = False
+) -> torch.Tensor:
+    """[state.inputs, act(x)] along time ([B, C, pad + n]), one buffer (channels last: stored [B, pad + n,
+    C]); the state keeps its last `pad` columns (a view)."""
     B, C, n = x.shape
-    buf = x.new_empty(B, C, pad + n)
+    buf = x.new_empty(B, pad + n, C).transpose(1, 2) if channels_last else x.new_empty(B, C, pad + n)
     buf[..., :pad] = state.inputs
     if act is None:
         buf[..., pad:] = x
@@ -159,6 +161,25 @@ def with_context(x: torch.Tensor, state: ConvState, pad: int, act: Callable | No
     return buf
 
 
+def channels_last_(weight: torch.Tensor) -> None:
+    """Restride a convolution weight [A, B, k] in place to [A, k, B] storage: the [A, B, 1, k] view that
+    `conv_channels_last` passes is then channels-last, and cuDNN does not convert it at every call."""
+    weight.data = weight.data.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def conv_channels_last(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """conv(x) of a channels-last x [B, C, T] as the 2-D op over its [B, C, 1, T] view: cuDNN runs its NHWC
+    kernels on it directly (the 1-D op converted every input to NHWC and every output back: ~2 ms of a
+    64-stream 4-frame pass on an H200). The output is channels last too."""
+    b = conv.bias if bias else None
+    w, x4 = conv.weight.unsqueeze(2), x.unsqueeze(2)
+    if isinstance(conv, nn.ConvTranspose1d):
+        y = F.conv_transpose2d(x4, w, b, (1, conv.stride[0]), groups=conv.groups)
+    else:
+        y = F.conv2d(x4, w, b, (1, conv.stride[0]), 0, (1, conv.dilation[0]), conv.groups)
+    return y.squeeze(2)
+
+
 class CausalConv1d(nn.Module):
     """Stride-1 causal conv whose left context is the previous inputs (zeros at the start)."""
 
@@ -166,6 +187,7 @@ class CausalConv1d(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(cin, cout, kernel_size, dilation=dilation, groups=groups)
         self.pad = (kernel_size - 1) * dilation
+        self.channels_last = False  # set by CodecDecoder.use_channels_last
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device))
@@ -179,7 +201,9 @@ class CausalConv1d(nn.Module):
         if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
             x = x if act is None else act(x)
         else:
-            x = with_context(x, state, self.pad, act)
+            x = with_context(x, state, self.pad, act, self.channels_last)
+        if self.channels_last:
+            return conv_channels_last(self.conv, x, bias)
         if bias:
             return self.conv(x)
         c = self.conv
@@ -196,15 +220,17 @@ class CausalConvTranspose1d(nn.Module):
         self.conv = nn.ConvTranspose1d(cin, cout, kernel_size, stride=stride)
         self.stride = stride
         self.history = math.ceil(kernel_size / stride) - 1
+        self.channels_last = False  # set by CodecDecoder.use_channels_last
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
         return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, state: ConvState, act: Callable | None = None) -> torch.Tensor:
         n = x.shape[-1]
-        x = with_context(x, state, self.history, act)
+        x = with_context(x, state, self.history, act, self.channels_last)
         start = self.history * self.stride
-        return self.conv(x)[..., start : start + n * self.stride]
+        y = conv_channels_last(self.conv, x, True) if self.channels_last else self.conv(x)
+        return y[..., start : start + n * self.stride]
 
 
 @functools.lru_cache(maxsize=4)
@@ -218,6 +244,13 @@ def fused_snake(device: torch.device) -> Callable | None:
     except ImportError:  # a CPU-only install has no Triton
         return None
     return snake
+
+
+def channels_last_codec(device: torch.device) -> bool:
+    """Whether a codec loaded onto `device` runs its convolution stack channels last
+    (`CodecDecoder.use_channels_last`): where the fused kernels run (they take that layout), unless
+    UTTER_TTS_CODEC_CHANNELS_LAST=0 (the bench's comparison)."""
+    return fused_snake(device) is not None and os.environ.get("UTTER_TTS_CODEC_CHANNELS_LAST", "1") != "0"
 
 
 def fused_residual(device: torch.device) -> Callable | None:
@@ -501,6 +534,19 @@ class CodecDecoder(nn.Module):
         layers += [DecoderBlock(dims[i], dims[i + 1], r) for i, r in enumerate(cfg.upsample_rates)]
         layers += [SnakeBeta(dims[-1]), CausalConv1d(dims[-1], 1, 7)]
         self.decoder = nn.ModuleList(layers)
+
+    def use_channels_last(self, on: bool = True) -> None:
+        """Run the convolution stack after the transformer (`decoder`: the waveform-rate part, ~90 % of a
+        pass) channels last: weights restrided once, activations [B, T, C] in memory (still [B, C, T]
+        tensors: the modules and states are unchanged; the Snake and residual kernels take either
+        layout). For CUDA, where cuDNN's convolutions are NHWC; the CPU keeps channels first."""
+        for m in self.decoder.modules():
+            if isinstance(m, (CausalConv1d, CausalConvTranspose1d)) and m.channels_last != on:
+                m.channels_last = on
+                if on:
+                    channels_last_(m.conv.weight)
+                else:
+                    m.conv.weight.data = m.conv.weight.data.contiguous()
 
     def init_state(self, batch: int, dtype=None, device=None) -> DecoderState:
         """The state of `batch` streams at their first frame."""

@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from utter_tts.codec.decoder import CodecDecoder, DecoderConfig, DecoderState, split_state, stack_states
+from utter_tts.codec.decoder import (
+    CodecDecoder,
+    DecoderConfig,
+    DecoderState,
+    channels_last_codec,
+    split_state,
+    stack_states,
+)
 from utter_tts.codec.encoder import EncoderConfig, MimiEncoder
 from utter_tts.errors import CheckpointError
 from utter_tts.model.config import pick_fields
@@ -90,7 +97,10 @@ class SpeechTokenizer(nn.Module):
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
             raise CheckpointError(f"{weights_path} does not match the 12 Hz tokenizer: {e}") from e
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if channels_last_codec(model.device):
+            model.decoder.use_channels_last()
+        return model
 
     @property
     def device(self) -> torch.device:
