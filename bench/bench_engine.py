@@ -94,6 +94,7 @@ def section_env(args, ctx):
         cuda=torch.version.cuda,
         python=sys.version.split()[0],
         attention=attention_backend(torch.device("cuda")),
+        codec_precision=os.environ.get("UTTER_TTS_CODEC_PRECISION", "fp32"),
     )
     # measured copy bandwidth (bytes read + written), for the per-frame floor
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")

@@ -43,7 +43,8 @@ def _streamed(slots: CodecSlots, codes: torch.Tensor, step: int) -> torch.Tensor
 def codec_variants(base: str, out_dir: str) -> dict:
     """Each codec variant's graph passes (64 streams x 1, 2, 4, 8 frames; 1 x 1), its error against an
     fp32 reference without TF32 (one-shot 2 x 200 frames), and its streamed (4-frame pushes) vs one-shot
-    error. Variants: fp32 as served (channels last on the GPU), fp32 channels first (as before), bf16."""
+    error. Variants: fp32 (channels last on the GPU), and the upsampling blocks' convolutions in fp16 or
+    bf16 with the residual stream in fp32 (UTTER_TTS_CODEC_PRECISION)."""
     from utter_tts.engine import decoding
 
     folder = os.path.join(base, "speech_tokenizer")
@@ -59,12 +60,13 @@ def codec_variants(base: str, out_dir: str) -> dict:
     res = {"reference_rms": float(reference_audio.pow(2).mean().sqrt())}
     saved_frames = decoding.GRAPH_FRAMES
     decoding.GRAPH_FRAMES = (1, 2, 3, 4, 8)  # 8: what a longer clock would cost per frame
-    for name, dtype, channels_last in (
-        ("fp32", torch.float32, "1"),
-        ("fp32_channels_first", torch.float32, "0"),
-        ("bf16", torch.bfloat16, "1"),
+    for name, dtype, channels_last, precision in (
+        ("fp32", torch.float32, "1", "fp32"),
+        ("mixed_fp16", torch.float32, "1", "mixed-fp16"),
+        ("mixed_bf16", torch.float32, "1", "mixed-bf16"),
     ):
         os.environ["UTTER_TTS_CODEC_CHANNELS_LAST"] = channels_last
+        os.environ["UTTER_TTS_CODEC_PRECISION"] = precision
         codec = SpeechTokenizer.from_dir(folder, device="cuda", dtype=dtype)
         codec.chunk_frames = None
         one_shot = codec.decode(codes)
@@ -93,6 +95,7 @@ def codec_variants(base: str, out_dir: str) -> dict:
         torch.cuda.empty_cache()
     decoding.GRAPH_FRAMES = saved_frames
     os.environ.pop("UTTER_TTS_CODEC_CHANNELS_LAST")
+    os.environ.pop("UTTER_TTS_CODEC_PRECISION")
     return res
 
 

@@ -1,4 +1,4 @@
-"""Devices: which one to run on, and device-to-host copies that never stall other threads' GPU work."""
+"""Devices: which one to run on, device-to-host copies that never stall other threads' GPU work, layouts."""
 
 from __future__ import annotations
 
@@ -65,3 +65,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N", param="device"
         )
     return device
+
+
+def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new [B, C, T] tensor (of x's dtype by default) laid out as x is: channels last when x's channels
+    are its densest axis (the codec's convolution stack on the GPU)."""
+    B, C, T = x.shape
+    if C > 1 and x.stride(1) < x.stride(2):
+        return x.new_empty(B, T, C, dtype=dtype).transpose(1, 2)
+    return x.new_empty(B, C, T, dtype=dtype)

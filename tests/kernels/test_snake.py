@@ -150,3 +150,50 @@ def test_snake_adds_the_bias_first():
     close(y, snake_ref(x + bias[None, :, None], la, lb), torch.float32)
     must_fail(close, y, snake_ref(x, la, lb), torch.float32)  # a bias ignored
     must_fail(close, y, snake_ref(x + bias.flip(0)[None, :, None], la, lb), torch.float32)  # channels mixed
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_mixed_codec_keeps_its_residual_stream_in_fp32(checkpoints, monkeypatch, dtype):
+    """The mixed codec (GPU: UTTER_TTS_CODEC_PRECISION=mixed-fp16 or mixed-bf16): the upsampling blocks'
+    convolutions read and write `dtype`, the residual units' sums stay fp32, the states of those
+    convolutions are `dtype`; its audio stays near the fp32 codec's, whole and streamed (random tiny
+    weights: fp16 keeps 10 mantissa bits, bf16 7)."""
+    import utter_tts.codec.decoder as decoder
+    from utter_tts.codec.speech_tokenizer import SpeechTokenizer
+    from utter_tts.kernels.residual import bias_residual
+
+    codec = SpeechTokenizer.from_dir(checkpoints("base", "tiny-1.7b") / "speech_tokenizer")
+    codes = torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(9))
+    want = codec.decode(codes)
+    sums = []
+
+    def residual(x, y, bias, out=None):
+        sums.append((y.dtype, out.dtype))
+        return bias_residual(x, y, bias, out=out)
+
+    monkeypatch.setattr(decoder, "fused_snake", lambda device: snake)
+    monkeypatch.setattr(decoder, "fused_residual", lambda device: residual)
+    codec.decoder.use_channels_last()
+    codec.decoder.use_mixed_precision(dtype)
+    state = codec.new_state(1)
+    assert state.blocks[0].units[0].conv1.inputs.dtype == dtype
+    assert state.last_conv.inputs.dtype == torch.float32  # the last convolution stays fp32
+    whole = codec.decode(codes)
+    stream = codec.stream_decoder()
+    streamed = torch.cat([stream.push(codes[:2]), stream.push(codes[2:])])
+    assert sums and set(sums) == {(dtype, torch.float32)}
+    rel = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]  # 0.29 % and 1.9 % on the full-size codec
+    for got in (whole, streamed):
+        err = float((got - want).norm() / want.norm())
+        assert err < rel, err
+    assert float((whole - want).norm() / want.norm()) > 1e-6  # the convolutions did run in `dtype`
+
+
+def test_a_codec_precision_that_does_not_exist_is_refused(monkeypatch):
+    from utter_tts.codec.decoder import codec_mixed_dtype
+
+    monkeypatch.setenv("UTTER_TTS_CODEC_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="UTTER_TTS_CODEC_PRECISION"):
+        codec_mixed_dtype(torch.device("cpu"))
+    monkeypatch.setenv("UTTER_TTS_CODEC_PRECISION", "mixed-fp16")
+    assert codec_mixed_dtype(torch.device("cpu")) is None  # the CPU runs channels first, in fp32

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utter_tts.codec.encoder import ACTIVATIONS, LayerScale, apply_rope, rope_cos_sin
+from utter_tts.device import empty_like_layout
 from utter_tts.model.config import pick_fields
 from utter_tts.model.layers import RMSNorm
 
@@ -146,12 +147,21 @@ def split_state(state: DecoderState) -> list[DecoderState]:
 
 
 def with_context(
-    x: torch.Tensor, state: ConvState, pad: int, act: Callable | None, channels_last: bool = False
+    x: torch.Tensor,
+    state: ConvState,
+    pad: int,
+    act: Callable | None,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """[state.inputs, act(x)] along time ([B, C, pad + n]), one buffer (channels last: stored [B, pad + n,
-    C]); the state keeps its last `pad` columns (a view)."""
+    C]) of `dtype` (default x's: a convolution's input dtype); the state keeps its last `pad` columns (a
+    view)."""
     B, C, n = x.shape
-    buf = x.new_empty(B, pad + n, C).transpose(1, 2) if channels_last else x.new_empty(B, C, pad + n)
+    if channels_last:
+        buf = x.new_empty(B, pad + n, C, dtype=dtype).transpose(1, 2)
+    else:
+        buf = x.new_empty(B, C, pad + n, dtype=dtype)
     buf[..., :pad] = state.inputs
     if act is None:
         buf[..., pad:] = x
@@ -171,7 +181,7 @@ def conv_channels_last(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor, bi
     """conv(x) of a channels-last x [B, C, T] as the 2-D op over its [B, C, 1, T] view: cuDNN runs its NHWC
     kernels on it directly (the 1-D op converted every input to NHWC and every output back: ~2 ms of a
     64-stream 4-frame pass on an H200). The output is channels last too."""
-    b = conv.bias if bias else None
+    b = conv.bias.to(x.dtype) if bias and conv.bias is not None else None  # (the mixed codec's fp32 biases)
     w, x4 = conv.weight.unsqueeze(2), x.unsqueeze(2)
     if isinstance(conv, nn.ConvTranspose1d):
         y = F.conv_transpose2d(x4, w, b, (1, conv.stride[0]), groups=conv.groups)
@@ -190,7 +200,9 @@ class CausalConv1d(nn.Module):
         self.channels_last = False  # set by CodecDecoder.use_channels_last
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
-        return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=dtype, device=device))
+        # the context is kept in the convolution's input dtype (its weight's: bf16 in the mixed codec)
+        w = self.conv.weight.dtype
+        return ConvState(torch.zeros(batch, self.conv.in_channels, self.pad, dtype=w, device=device))
 
     def forward(
         self, x: torch.Tensor, state: ConvState, act: Callable | None = None, bias: bool = True
@@ -198,10 +210,12 @@ class CausalConv1d(nn.Module):
         """conv(act(x)) after the left context (`act`, when given, writes straight into the input
         buffer: one pass over the waveform-rate tensor fewer than a concatenation after it); without
         its bias when `bias` is False (the caller adds it later, in a pass it makes anyway)."""
+        dtype = self.conv.weight.dtype
         if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
             x = x if act is None else act(x)
+            x = x if x.dtype == dtype else x.to(dtype)  # (the eager Snake's fp32 in the mixed codec)
         else:
-            x = with_context(x, state, self.pad, act, self.channels_last)
+            x = with_context(x, state, self.pad, act, self.channels_last, dtype)
         if self.channels_last:
             return conv_channels_last(self.conv, x, bias)
         if bias:
@@ -223,11 +237,12 @@ class CausalConvTranspose1d(nn.Module):
         self.channels_last = False  # set by CodecDecoder.use_channels_last
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
-        return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=dtype, device=device))
+        w = self.conv.weight.dtype  # as CausalConv1d's
+        return ConvState(torch.zeros(batch, self.conv.in_channels, self.history, dtype=w, device=device))
 
     def forward(self, x: torch.Tensor, state: ConvState, act: Callable | None = None) -> torch.Tensor:
         n = x.shape[-1]
-        x = with_context(x, state, self.history, act, self.channels_last)
+        x = with_context(x, state, self.history, act, self.channels_last, self.conv.weight.dtype)
         start = self.history * self.stride
         y = conv_channels_last(self.conv, x, True) if self.channels_last else self.conv(x)
         return y[..., start : start + n * self.stride]
@@ -251,6 +266,19 @@ def channels_last_codec(device: torch.device) -> bool:
     (`CodecDecoder.use_channels_last`): where the fused kernels run (they take that layout), unless
     UTTER_TTS_CODEC_CHANNELS_LAST=0 (the bench's comparison)."""
     return fused_snake(device) is not None and os.environ.get("UTTER_TTS_CODEC_CHANNELS_LAST", "1") != "0"
+
+
+MIXED_DTYPES = {"mixed-fp16": torch.float16, "mixed-bf16": torch.bfloat16}
+
+
+def codec_mixed_dtype(device: torch.device) -> torch.dtype | None:
+    """The upsampling blocks' convolution dtype of a codec loaded onto `device`
+    (`CodecDecoder.use_mixed_precision`), from UTTER_TTS_CODEC_PRECISION: "fp32" (default: None),
+    "mixed-fp16" or "mixed-bf16"; only where the convolution stack runs channels last."""
+    name = os.environ.get("UTTER_TTS_CODEC_PRECISION", "fp32")
+    if name != "fp32" and name not in MIXED_DTYPES:
+        raise ValueError(f"UTTER_TTS_CODEC_PRECISION: {name!r} is not one of fp32, {', '.join(MIXED_DTYPES)}")
+    return MIXED_DTYPES.get(name) if channels_last_codec(device) else None
 
 
 def fused_residual(device: torch.device) -> Callable | None:
@@ -325,14 +353,23 @@ class ResidualUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: ResidualUnitState) -> torch.Tensor:
+        dtype = self.act1.alpha.dtype  # the residual stream's (fp32 in the mixed codec)
         if fused_snake(x.device) is None:  # the eager ops, as the official module runs them
             h = self.conv1(x, state.conv1, act=self.act1)
-            return x + self.conv2(h, state.conv2, act=self.act2)
+            return x.to(dtype) + self.conv2(h, state.conv2, act=self.act2)
         # conv1's bias is added by the Snake kernel after it, conv2's with the residual in one pass (the
         # same fp32 adds that passes of their own over the whole output made)
         h = self.conv1(x, state.conv1, act=self.act1, bias=False)
-        y = self.conv2(h, state.conv2, act=lambda t: self.act2(t, bias=self.conv1.conv.bias), bias=False)
-        return fused_residual(x.device)(x, y, self.conv2.conv.bias, out=y)
+        y = self.conv2(
+            h,
+            state.conv2,
+            act=lambda t: self.act2(t, bias=self.conv1.conv.bias),
+            bias=False,
+        )
+        # the sum in the residual stream's dtype (bf16 convolutions in the mixed codec), in place where the
+        # two agree
+        out = y if y.dtype == dtype else empty_like_layout(y, dtype)
+        return fused_residual(x.device)(x, y, self.conv2.conv.bias, out=out)
 
 
 class DecoderBlock(nn.Module):
@@ -547,6 +584,18 @@ class CodecDecoder(nn.Module):
                     channels_last_(m.conv.weight)
                 else:
                     m.conv.weight.data = m.conv.weight.data.contiguous()
+
+    def use_mixed_precision(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        """Run the upsampling blocks' convolutions in `dtype` (weights converted once; fp32 accumulation),
+        keeping the residual stream, the Snakes' math, the biases they add, the transformer and the last
+        convolution in fp32: each block reads fp32 and its convolutions' inputs and outputs are rounded
+        once to `dtype`. For the fused kernels (GPU): they write the convolutions' inputs in their dtype."""
+        for block in self.decoder[1:-2]:
+            for m in block.modules():
+                if isinstance(m, CausalConvTranspose1d):
+                    m.conv.to(dtype)  # cuDNN adds its bias: the same dtype
+                elif isinstance(m, CausalConv1d):
+                    m.conv.weight.data = m.conv.weight.data.to(dtype)  # strides kept (channels last)
 
     def init_state(self, batch: int, dtype=None, device=None) -> DecoderState:
         """The state of `batch` streams at their first frame."""

@@ -15,6 +15,7 @@ from utter_tts.codec.decoder import (
     DecoderConfig,
     DecoderState,
     channels_last_codec,
+    codec_mixed_dtype,
     split_state,
     stack_states,
 )
@@ -100,6 +101,9 @@ class SpeechTokenizer(nn.Module):
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         if channels_last_codec(model.device):
             model.decoder.use_channels_last()
+        mixed = codec_mixed_dtype(model.device)
+        if mixed is not None:
+            model.decoder.use_mixed_precision(mixed)
         return model
 
     @property

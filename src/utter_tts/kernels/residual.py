@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
+from utter_tts.device import empty_like_layout
 from utter_tts.kernels._jit import jit, pdl_wait
-from utter_tts.kernels.snake import BLOCK_C, BLOCK_T, codec_tile, empty_like_layout, tile_grid
+from utter_tts.kernels.snake import BLOCK_C, BLOCK_T, codec_tile, tile_grid
 
 
 @jit

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from utter_tts.device import empty_like_layout
 from utter_tts.kernels._jit import jit, pdl_wait
 
 BLOCK_T, BLOCK_C = 64, 32
@@ -34,14 +35,6 @@ def codec_tile(T, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
 
 def tile_grid(B: int, C: int, T: int) -> tuple[int, int, int]:
     return triton.cdiv(T, BLOCK_T), B, triton.cdiv(C, BLOCK_C)
-
-
-def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
-    """A new [B, C, T] tensor laid out as x is: channels last when x's channels are its densest axis."""
-    B, C, T = x.shape
-    if C > 1 and x.stride(1) < x.stride(2):
-        return x.new_empty(B, T, C).transpose(1, 2)
-    return x.new_empty(B, C, T)
 
 
 @jit
