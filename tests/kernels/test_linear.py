@@ -1,4 +1,5 @@
-"""linear / gate_up_silu against their references: both tile kinds, fused prologue/epilogues, strided x."""
+"""linear / gate_up_silu against their references: both tile kinds, fused prologue/epilogues, strided x,
+the next GEMM's norm written alongside (norm_out)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from utter_tts.kernels.linear import (  # noqa: E402
     linear,
     linear_ref,
     pack_gate_up,
+    rms_norm_rows,
 )
 
 from .util import DTYPES, close, must_fail, poison  # noqa: E402
@@ -221,6 +223,57 @@ def test_linear_any_shape(M, K, N, dtype, stride, tile, seed):
     check_linear(case(M, K, N, dtype, seed=seed, x_stride=stride), dtype, tile)
 
 
+# ---- norm_out: the next GEMM's "separate" operand, rms_norm_rows of the stored result ----------------------
+
+# The same fp32 math on the same stored values as rms_norm_rows (bitwise under the interpreter); compiled,
+# the row's sum of squares may be added in another order: a few fp32 ulps, so in bf16 at most one rounding
+# flip (one bf16 ulp: <= 2^-7 relative)
+NORM_OUT_TOL = {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.bfloat16: dict(rtol=2**-7, atol=1e-6)}
+WIDE_SPLIT = LinearConfig(16, 128, 16, 4, 1, split_k=2)  # for rows wider than the plain reduce's 1024 block
+
+
+def norm_weight_for(N, dtype, seed=9):
+    return (torch.rand(N, generator=torch.Generator().manual_seed(seed)) + 0.5).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "out_dtype,norm_dtype",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),  # an fp32 buffer shows out's rounding
+        (torch.float32, torch.bfloat16),  # an fp32 residual stream, bf16 weights
+    ],
+)
+@pytest.mark.parametrize(
+    "M,N,config", [(5, 40, SPLIT), (20, 40, SPLIT), (3, 40, DOT), (2, 40, ONE_ROW), (2, 1100, WIDE_SPLIT)]
+)
+def test_linear_writes_the_next_norm(M, N, config, out_dtype, norm_dtype):
+    """Split-K: the reduce writes it (one program per row); unsplit: rms_norm_rows after the GEMM. out is
+    bitwise what it is without norm_out."""
+    c = case(M, 48, N, out_dtype, seed=M)
+    nw = norm_weight_for(N, norm_dtype)
+    kw = dict(residual=c["residual"], eps=1e-5, config=config)
+    plain = linear(c["x"], c["w"], c["bias"], out=poison(M, N, dtype=out_dtype), **kw)
+    normed = poison(M, N, dtype=norm_dtype)
+    y = linear(c["x"], c["w"], c["bias"], out=poison(M, N, dtype=out_dtype), norm_out=(nw, normed), **kw)
+    assert torch.equal(y, plain)
+    close(normed, rms_norm_rows(y, nw, 1e-5, norm_dtype), norm_dtype, **NORM_OUT_TOL[norm_dtype])
+
+
+@pytest.mark.parametrize("config", [SPLIT, DOT])
+def test_linear_writes_the_next_norm_in_place_from_strided_rows(config):
+    # the down-projection's h += act @ w_down.T, then h's next norm
+    c = case(6, 64, 40, torch.bfloat16, seed=2, x_stride=2)
+    nw = norm_weight_for(40, torch.bfloat16)
+    h = c["residual"].clone()
+    expected = linear(c["x"], c["w"], residual=h, out=poison(6, 40, dtype=torch.bfloat16), config=config)
+    normed = poison(6, 40, dtype=torch.bfloat16)
+    linear(c["x"], c["w"], residual=h, out=h, config=config, norm_out=(nw, normed))
+    assert torch.equal(h, expected)
+    close(normed, rms_norm_rows(h, nw, 1e-6, torch.bfloat16), torch.bfloat16, **NORM_OUT_TOL[torch.bfloat16])
+
+
 # ---- planted faults: each wrong reference must fail the same comparison -----------------------------------
 
 
@@ -267,3 +320,29 @@ def test_a_lost_split_is_caught():
         [c["w"][:, 16:32], c["w"][:, :16], c["w"][:, 32:]], dim=1
     )  # splits' columns swapped
     must_fail(close, y, linear_ref(c["x"], reordered), torch.float32)
+
+
+@pytest.mark.parametrize("config", [SPLIT, DOT])
+def test_norm_out_faults_are_caught(config):
+    """bf16 out, fp32 norm buffer (the rounding of out shows in it): a norm of the unrounded result, without
+    the residual, over part of the row, or without the norm weight must fail."""
+    M, N, eps = 20, 40, 1e-6
+    c = case(M, 48, N, torch.bfloat16, seed=11)
+    nw = norm_weight_for(N, torch.float32)
+    normed = poison(M, N)
+    y = linear(c["x"], c["w"], residual=c["residual"], config=config, norm_out=(nw, normed))
+
+    def check(expected):
+        close(normed, expected, torch.float32, **NORM_OUT_TOL[torch.float32])
+
+    check(rms_norm_rows(y, nw, eps, torch.float32))
+    # the kernel's own fp32 result (same accumulation order), not rounded to out's bf16
+    unrounded = linear(c["x"], c["w"], residual=c["residual"], config=config, out=poison(M, N))
+    assert torch.equal(unrounded.bfloat16(), y) and not torch.equal(unrounded, y.float())
+    must_fail(check, rms_norm_rows(unrounded, nw, eps, torch.float32))
+    no_residual = linear(c["x"], c["w"], config=config, out=poison(M, N, dtype=torch.bfloat16))
+    must_fail(check, rms_norm_rows(no_residual, nw, eps, torch.float32))
+    must_fail(check, rms_norm_rows(y, torch.ones_like(nw), eps, torch.float32))
+    yf = y.float()  # rstd from the first 16 columns only (a reduce program per column block)
+    rstd = torch.rsqrt(yf[:, :16].pow(2).mean(-1, keepdim=True) + eps)
+    must_fail(check, yf * rstd * nw)

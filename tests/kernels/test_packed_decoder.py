@@ -1,4 +1,5 @@
-"""PackedDecoder == eager Decoder.run before its final norm, caches too; prefill, decode, 2-token steps."""
+"""PackedDecoder == eager Decoder.run before its final norm, caches too; prefill, decode, 2-token steps;
+with split-K GEMMs writing the next norm's operand."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from torch import nn
 
 pytest.importorskip("triton", reason="the fused kernels need triton (CPU runs use its interpreter)")
 
-from utter_tts.kernels.linear import linear  # noqa: E402
+from utter_tts.kernels.linear import (  # noqa: E402
+    CONFIGS,
+    LinearConfig,
+    _rms_norm_kernel,
+    _split_reduce_kernel,
+    linear,
+)
 from utter_tts.kernels.packed_decoder import PackedDecoder  # noqa: E402
 from utter_tts.model.layers import Decoder, DecoderLayer, KVCache, Rotary  # noqa: E402
 
@@ -157,6 +164,46 @@ def test_tiny_code_predictor_shape_with_split_attention_and_final_norm():
             x.view(2, 2, 32), col.view(2, 2), col.view(2, 2), torch.zeros(2, dtype=torch.long), rot, caches
         )
     close(logits, eager.reshape(4, 32) @ head.T, torch.float32)
+
+
+def count_launches(monkeypatch, kernel) -> list[bool]:
+    """Each launch of `kernel` from now on, noted as its NORM_OUT flag."""
+    launches, run = [], kernel.run
+
+    def counted(*args, **kwargs):
+        launches.append(kwargs.get("NORM_OUT", False))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", counted)
+    return launches
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(TINY, torch.float32), (ODD, torch.float32), (TINY, torch.bfloat16)],
+    ids=["tiny", "odd", "bf16"],
+)
+def test_split_k_writes_the_next_norm(monkeypatch, shape, dtype):
+    """The GPU's batch >= 4: tensor-core tiles, K split, norms "separate". The o- and down-projections' split
+    reduces write the next GEMM's normed operand: one norm launch a pass (the first layer's) instead of two a
+    layer, and the same result. One-row tiles (one-pass norms) launch as before."""
+    for bucket, cfg in CONFIGS.items():  # CPU runs do not split K by themselves (no shapes given)
+        if cfg.use_dot:
+            monkeypatch.setitem(CONFIGS, bucket, LinearConfig(16, 16, 16, 4, 1, split_k=3))
+    norms = count_launches(monkeypatch, _rms_norm_kernel)
+    reduces = count_launches(monkeypatch, _split_reduce_kernel)
+    tol = TOL[torch.float32] if dtype == torch.float32 else BF16_VS_EAGER
+    dec, rot = build(shape, dtype)
+    packed = PackedDecoder(dec, rot)
+    pair = Pair(dec, slots=5, L=16, dtype=dtype)
+    layers = len(packed.layers)
+    step(dec, rot, packed, pair, [(3, 0, 0, 5), (0, 2, 2, 3)], dtype, tol)  # M = 8
+    assert len(norms) == 1
+    assert len(reduces) == 4 * layers  # every GEMM split
+    assert reduces.count(True) == 2 * layers - 1  # the last layer's down-projection: the caller's final norm
+    norms.clear(), reduces.clear()
+    step(dec, rot, packed, pair, [(3, 0, 5, 1), (0, 2, 5, 1)], dtype, tol)  # M = 2: one pass, nothing split
+    assert norms == [] and reduces == []
 
 
 # ---- planted faults ---------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ Numerics: RMSNorm, three modes that each round x once. "prologue": the kernel su
 row in fp32 first, then the main loop scales each x block by rstd * norm_weight in fp32 and casts it to
 the weight dtype for the product (where the eager RMSNorm rounds twice). "separate": the same operand,
 written once per row by `_rms_norm_kernel` before the GEMM (the default on tensor-core tiles, required
-by split-K: every program would otherwise re-read its rows to find rstd). "one_pass" (the default on
-one-row tiles): the loop sums x^2 while it multiplies x * norm_weight (fp32, rounded to the weight
-dtype), and rstd scales the fp32 result at the end. Accumulation, bias, SiLU and the residual add are
-fp32; the result is rounded once into `out`'s dtype.
+by split-K: every program would otherwise re-read its rows to find rstd); the split-K GEMM whose result
+the norm reads can write it instead, saving that launch (`norm_out`: its reduce then holds whole rows).
+"one_pass" (the default on one-row tiles): the loop sums x^2 while it multiplies x * norm_weight (fp32,
+rounded to the weight dtype), and rstd scales the fp32 result at the end. Accumulation, bias, SiLU and
+the residual add are fp32; the result is rounded once into `out`'s dtype.
 """
 
 from __future__ import annotations
@@ -260,19 +261,24 @@ def _split_reduce_kernel(
     b_ptr,
     res_ptr,
     out_ptr,
+    nw_ptr,
+    norm_ptr,
     M,
     N,
     stride_rm,
     stride_om,
+    eps,
     HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr,
     GATED: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    NORM_OUT: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
     """Split-K's second half: sum the partials of one row in a fixed order (deterministic), then the
-    linear's epilogue (SiLU gate, bias, residual) and one rounding into out."""
+    linear's epilogue (SiLU gate, bias, residual) and one rounding into out. NORM_OUT (one program per
+    row, BLOCK_N >= N): also the next GEMM's operand, `_rms_norm_kernel`'s math on the rounded row."""
     pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -291,7 +297,13 @@ def _split_reduce_kernel(
         acc += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_RES:
         acc += tl.load(res_ptr + row * stride_rm + cols, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    y = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * stride_om + cols, y, mask=ok)
+    if NORM_OUT:  # from the stored values (masked columns are 0), in `_rms_norm_kernel`'s op order
+        x = y.to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+        nw = tl.load(nw_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(norm_ptr + row * N + cols, (x * rstd * nw).to(norm_ptr.dtype.element_ty), mask=ok)
 
 
 @jit
@@ -318,10 +330,19 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * K + ks, (x * rstd * nw).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def rms_norm_rows(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """rmsnorm(x) * norm_weight as a new [M, K] tensor of `dtype` (fp32 math, one rounding)."""
+def rms_norm_rows(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """rmsnorm(x) * norm_weight as an [M, K] tensor of `dtype` (fp32 math, one rounding); into `out`
+    (contiguous, of `dtype`) if given, else a new one."""
     M, K = x.shape
-    out = torch.empty(M, K, dtype=dtype, device=x.device)
+    if out is None:
+        out = torch.empty(M, K, dtype=dtype, device=x.device)
+    assert out.shape == (M, K) and out.dtype == dtype and out.is_contiguous(), "out: contiguous [M, K], dtype"
     if M:
         block = triton.next_power_of_2(K)
         _rms_norm_kernel[(M,)](
@@ -343,7 +364,12 @@ def norm_mode_for(m: int) -> str:
     return "separate" if config_for(m).use_dot else "one_pass"
 
 
-def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode):
+def resolve_norm_mode(m: int, norm_mode: str | None = None) -> str:
+    """The norm mode a call with `norm_mode` uses for m rows, unless split-K forces "separate"."""
+    return norm_mode or NORM_MODE or norm_mode_for(m)
+
+
+def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode, norm_out=None):
     assert x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
     M, K = x.shape
     N = w.shape[0] // 2 if gated else w.shape[0]
@@ -357,6 +383,11 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         assert bias.shape == (N,) and bias.is_contiguous()
     if norm_weight is not None:
         assert norm_weight.shape == (K,) and norm_weight.is_contiguous()
+    if norm_out is not None:
+        nw, normed = norm_out
+        assert not gated
+        assert nw.shape == (N,) and nw.is_contiguous(), "norm_out: (norm_weight [N], ...)"
+        assert normed.shape == (M, N) and normed.is_contiguous(), "norm_out: (..., contiguous [M, N])"
     # tiles shrink for GPU occupancy only; under the CPU interpreter more programs only cost time
     cfg = auto_split(config, M, N, K) if config else config_for(M, N if x.is_cuda else None, K)
     split = cfg.split_k
@@ -407,23 +438,34 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         num_stages=cfg.num_stages,
     )
     if split > 1:
-        block = min(1024, triton.next_power_of_2(N))
-        _split_reduce_kernel[(M, triton.cdiv(N, block))](
+        if norm_out is None:
+            block = min(1024, triton.next_power_of_2(N))
+            grid, warps = (M, triton.cdiv(N, block)), 4
+        else:  # the norm needs whole rows: one program per row (warps as rms_norm_rows picks them)
+            block = triton.next_power_of_2(N)
+            grid, warps = (M, 1), 4 if block <= 2048 else 8
+        _split_reduce_kernel[grid](
             target,
             bias if bias is not None else w,
             res,
             out,
+            norm_out[0] if norm_out is not None else w,
+            norm_out[1] if norm_out is not None else out,
             M,
             N,
             res.stride(0),
             out.stride(0),
+            float(eps),
             HAS_BIAS=bias is not None,
             HAS_RES=residual is not None,
             GATED=gated,
             SPLIT_K=split,
             BLOCK_N=block,
-            num_warps=4,
+            NORM_OUT=norm_out is not None,
+            num_warps=warps,
         )
+    elif norm_out is not None:
+        rms_norm_rows(out, norm_out[0], eps, norm_out[1].dtype, out=norm_out[1])
     return out
 
 
@@ -438,6 +480,7 @@ def linear(
     out: torch.Tensor | None = None,
     config: LinearConfig | None = None,
     norm_mode: str | None = None,
+    norm_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """y = (rmsnorm(x) * norm_weight if norm_weight is given else x) @ w.T (+ bias) (+ residual).
 
@@ -446,8 +489,11 @@ def linear(
     contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
     written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
     `config_for(M, N, K)` on the GPU); norm_mode: "prologue", "separate" or "one_pass" (default
-    NORM_MODE, else by row bucket; see the module docstring). No host syncs: CUDA-graph safe."""
-    return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode)
+    NORM_MODE, else by row bucket; see the module docstring). norm_out = (next_norm_weight [N], buffer
+    [M, N] contiguous): also write the next GEMM's "separate" operand, buffer = rms_norm_rows(y, weight,
+    eps, buffer.dtype) of the stored y (the split-K reduce does it in the same launch; otherwise its own
+    launch follows). No host syncs: CUDA-graph safe."""
+    return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode, norm_out)
 
 
 def pack_gate_up(w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
@@ -480,7 +526,7 @@ def rms_normalize_ref(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, dt
     `dtype`, factor rstd (fp32)."""
     xf = x.float()
     rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    if (mode or NORM_MODE or norm_mode_for(x.shape[0])) == "one_pass":
+    if resolve_norm_mode(x.shape[0], mode) == "one_pass":
         return (xf * norm_weight.float()).to(dtype), rstd
     return (xf * rstd * norm_weight.float()).to(dtype), torch.ones_like(rstd)
 

@@ -5,7 +5,9 @@ Per layer: (1) input RMSNorm + QKV projection (`linear`, norm as prologue); (2) 
 column splits when it splits, i.e. long caches at small batch); (4) o-projection + residual; (5)
 post-attention RMSNorm + gate/up + SiLU (`gate_up_silu`); (6) down-projection + residual. The result is
 the hidden state BEFORE the final norm: the caller fuses that norm into the next linear
-(`linear(h, head_w, norm_weight=packed.final_norm)`).
+(`linear(h, head_w, norm_weight=packed.final_norm)`). Where the norms run "separate" (tensor-core tiles),
+(4) and (6) also write the normalized operand of (5) and of the next layer's (1) (`linear`'s norm_out),
+so no norm launch of its own runs except the first layer's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
-from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up
+from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up, resolve_norm_mode
 
 # An eager pass of up to this many rows (one or two prompts' prefill) is bound by Python launching its
 # kernels, not by the GPU: one stream's admission took 16-22 ms with one launch per linear and 26-32 ms
@@ -128,19 +130,35 @@ class PackedDecoder:
             tile = config_for(M)  # the row bucket's tile, K not split
             if mode is None and tile.use_dot and M <= EAGER_PROLOGUE_ROWS:
                 mode = "prologue"
+        # "separate" norms come from the residual GEMM before them: one buffer serves both, as each
+        # operand is consumed by the next GEMM before the following residual GEMM overwrites it
+        fuse = resolve_norm_mode(M, mode) == "separate"
+        normed = torch.empty(M, self.hidden, dtype=dt, device=dev) if fuse else None
         resid = x
-        for layer, cache in zip(self.layers, caches):
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             ck, cv = _kv(cache)
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            fused_in = fuse and i > 0  # the previous down-projection wrote it
             linear(
-                resid, layer.w_qkv, layer.b_qkv, norm_weight=layer.ln1, eps=self.eps, out=qkv, norm_mode=mode,
-                config=tile,
+                normed if fused_in else resid, layer.w_qkv, layer.b_qkv, eps=self.eps,
+                norm_weight=None if fused_in else layer.ln1, out=qkv, norm_mode=mode, config=tile,
             )  # fmt: skip
             rope = (self.inv_freq, self.axis_of, pos, slot, col)
             qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
             decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
-            linear(attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile)
-            gate_up_silu(h, layer.ln2, layer.w_gate_up, self.eps, out=act, norm_mode=mode, config=tile)
-            linear(act, layer.w_down, residual=h, out=h, config=tile)
+            linear(
+                attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile, eps=self.eps,
+                norm_out=(layer.ln2, normed) if fuse else None,
+            )  # fmt: skip
+            gate_up_silu(
+                normed if fuse else h, None if fuse else layer.ln2, layer.w_gate_up, self.eps, out=act,
+                norm_mode=mode, config=tile,
+            )  # fmt: skip
+            # the last layer's final norm: the caller's head GEMM
+            linear(
+                act, layer.w_down, residual=h, out=h, config=tile, eps=self.eps,
+                norm_out=(nxt.ln1, normed) if fuse and nxt is not None else None,
+            )  # fmt: skip
             resid = h
         return h
 
