@@ -303,6 +303,35 @@ def test_a_failing_push_fails_only_its_stream(tts):
         batcher.close()
 
 
+def test_non_finite_audio_fails_only_its_stream(tts, monkeypatch):
+    """A pass whose audio holds inf/NaN for one stream (an fp16 overflow in the mixed codec on unusual
+    weights) fails that stream with NonFiniteAudio; the other stream of the pass gets its audio."""
+    from utter_tts.codec.speech_tokenizer import NonFiniteAudio
+    from utter_tts.engine.decoding import CodecSlots, DecodeBatcher, _Job
+
+    codec = tts.pipeline.codec
+    batcher = DecodeBatcher(codec)
+    run = CodecSlots.run
+
+    def overflowing(self, slots, codes):
+        audio = run(self, slots, codes)
+        audio[slots.index(bad.slot), 5] = float("inf")
+        return audio
+
+    monkeypatch.setattr(CodecSlots, "run", overflowing)
+    try:
+        codes = torch.randint(0, 2048, (2, 16))
+        good, bad = batcher.decoder(), batcher.decoder()
+        good.start()
+        bad.start()
+        good_job, bad_job = _Job(good, codes), _Job(bad, codes)
+        batcher._serve([good_job, bad_job])
+        assert isinstance(bad_job.error, NonFiniteAudio) and bad_job.done.is_set()
+        assert good_job.error is None and torch.isfinite(good_job.audio).all()
+    finally:
+        batcher.close()
+
+
 def test_codec_slots_decode_like_separate_decoders(tts):
     """Streams decoded through codec slots (the engine's decoder: states resident in one slot-indexed
     state, pushes of several streams in one pass, across a chunk restart) equal separate decoders, and

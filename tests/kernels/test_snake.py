@@ -197,3 +197,29 @@ def test_a_codec_precision_that_does_not_exist_is_refused(monkeypatch):
         codec_mixed_dtype(torch.device("cpu"))
     monkeypatch.setenv("UTTER_TTS_CODEC_PRECISION", "mixed-fp16")
     assert codec_mixed_dtype(torch.device("cpu")) is None  # the CPU runs channels first, in fp32
+
+
+def test_the_gpu_codec_is_mixed_fp16_unless_its_activations_could_overflow(checkpoints, monkeypatch, caplog):
+    """Where the fused kernels run, a loaded codec is channels last with fp16 upsampling convolutions by
+    default; a calibration decode whose peak, times FP16_HEADROOM, passes fp16's range keeps it fp32 (with
+    a warning); decoded audio that is not finite is an error."""
+    import utter_tts.codec.decoder as decoder
+    from utter_tts.codec.speech_tokenizer import NonFiniteAudio, SpeechTokenizer
+
+    folder = checkpoints("base", "tiny-1.7b") / "speech_tokenizer"
+    monkeypatch.setattr(decoder, "fused_snake", lambda device: snake)  # as on a GPU
+    monkeypatch.delenv("UTTER_TTS_CODEC_PRECISION", raising=False)
+    codec = SpeechTokenizer.from_dir(folder)
+    unit = codec.decoder.decoder[1].block[2]
+    assert unit.conv1.channels_last and unit.conv1.conv.weight.dtype == torch.float16
+    assert 0 < codec.decoder.conv_peak() * decoder.FP16_HEADROOM < 65504
+    monkeypatch.setattr(decoder, "FP16_HEADROOM", 1e9)
+    monkeypatch.setattr("utter_tts.codec.speech_tokenizer.FP16_HEADROOM", 1e9)
+    with caplog.at_level("WARNING"):
+        codec = SpeechTokenizer.from_dir(folder)
+    assert codec.decoder.decoder[1].block[2].conv1.conv.weight.dtype == torch.float32
+    assert "could overflow" in caplog.text
+    with torch.no_grad():
+        codec.decoder.decoder[-2].alpha.fill_(float("inf"))  # the last Snake: sin(inf) is NaN
+    with pytest.raises(NonFiniteAudio):
+        codec.decode(torch.zeros(2, 16, dtype=torch.long))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from utter_tts.codec.decoder import (
+    FP16_HEADROOM,
     CodecDecoder,
     DecoderConfig,
     DecoderState,
@@ -22,6 +24,14 @@ from utter_tts.codec.decoder import (
 from utter_tts.codec.encoder import EncoderConfig, MimiEncoder
 from utter_tts.errors import CheckpointError
 from utter_tts.model.config import pick_fields
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteAudio(RuntimeError):
+    """Decoded audio holds inf or NaN (e.g. an fp16 overflow in the mixed codec on unusual weights): an
+    error, never audio."""
+
 
 SAMPLE_RATE = 24000  # the 12 Hz codec's audio rate, in and out (SpeechTokenizer checks its config)
 
@@ -102,6 +112,9 @@ class SpeechTokenizer(nn.Module):
         if channels_last_codec(model.device):
             model.decoder.use_channels_last()
         mixed = codec_mixed_dtype(model.device)
+        if mixed == torch.float16 and (peak := model.decoder.conv_peak()) * FP16_HEADROOM > 65504:
+            log.warning("codec activations reach %.0f: fp16 could overflow; the codec stays fp32", peak)
+            mixed = None
         if mixed is not None:
             model.decoder.use_mixed_precision(mixed)
         return model
@@ -160,6 +173,8 @@ class SpeechTokenizer(nn.Module):
                 start = end
             wav = torch.cat(pieces, dim=-1) if pieces else codes.new_zeros(batch, 0, dtype=self.dtype)
         wav = wav.float()
+        if not bool(torch.isfinite(wav).all()):  # (one sync: the caller reads the audio next anyway)
+            raise NonFiniteAudio("the codec decoded non-finite audio")
         if squeeze:
             return wav[0, : int(valid[0])]
         keep = torch.arange(wav.shape[1], device=wav.device)[None] < valid.to(wav.device)[:, None]

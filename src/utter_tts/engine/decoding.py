@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from utter_tts.codec.decoder import map_states
-from utter_tts.codec.speech_tokenizer import SpeechTokenizer, StreamingDecoder
+from utter_tts.codec.speech_tokenizer import NonFiniteAudio, SpeechTokenizer, StreamingDecoder
 from utter_tts.device import to_device, to_host_all
 from utter_tts.engine.runner import BATCH_BUCKETS, bucket
 from utter_tts.model.denormals import flush_denormals
@@ -602,5 +602,8 @@ class DecodeBatcher:
         self.batches += 1
         self.passes.append(passes)
         for (idx, _), audio in zip(outs, to_host_all([a for _, a in outs])):  # one copy a pass, one wait
+            finite = torch.isfinite(audio).all(dim=1).tolist()  # on the host copy: no device sync
             for k, i in enumerate(idx):
                 batch[i].audio = audio[k]
+                if not finite[k]:  # that stream fails (the others of its pass are fine): no garbage audio
+                    batch[i].error = NonFiniteAudio("the codec decoded non-finite audio for this stream")
