@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from utter_tts.engine.decoding import AHEAD_S, CLOCK_FRAMES, FRAME_SECONDS, AudioStream
+from utter_tts.engine.decoding import (
+    AHEAD_S,
+    CLOCK_FRAMES,
+    FRAME_SECONDS,
+    LONG_AHEAD_S,
+    LONG_CLOCK_FRAMES,
+    AudioStream,
+)
 from utter_tts.engine.scheduler import Generation
 
 FRAME = 3  # samples per frame of the stand-in codec
@@ -103,3 +110,30 @@ def test_a_stream_close_to_running_dry_decodes_each_chunk_at_once():
     assert s.next_push(False, start) is None  # 400 ms ahead: waits for the clock
     later = start + 5 * FRAME_SECONDS - AHEAD_S + 0.01  # the player caught up to within AHEAD_S
     assert decode(s, s.next_push(False, later)) == [5, 6]
+
+
+def test_a_stream_far_ahead_decodes_on_every_other_tick_twice_the_frames():
+    """Given the clock's tick count (the batcher's rounds), a stream LONG_AHEAD_S ahead of its player
+    pushes on even ticks only, up to LONG_CLOCK_FRAMES frames, and its end is padded to that length; a
+    stream less far ahead keeps the 4-frame clock."""
+    s = stream(first=1, size=4)
+    push_frames(s, 1)
+    decode(s, s.next_push(False, NOW))
+    start = s.first_at
+    push_frames(s, CLOCK_FRAMES)
+    near = start + 0.0  # 0.08 s ahead: the plain clock on any tick
+    assert decode(s, s.next_push(True, near, True, tick=1)) == [1, 2, 3, 4]
+    push_frames(s, CLOCK_FRAMES)
+    far = start - LONG_AHEAD_S  # the player is LONG_AHEAD_S + 0.4 s behind the audio
+    assert s.ahead(far) >= LONG_AHEAD_S
+    assert s.next_push(True, far, True, tick=3) is None  # an odd tick: it waits
+    assert s.next_push(False, far, True, tick=3) is None  # 4 waiting: not a long clock's worth
+    push_frames(s, CLOCK_FRAMES)
+    assert decode(s, s.next_push(True, far, True, tick=4)) == list(range(5, 13))  # 8 frames, one push
+    push_frames(s, 3)
+    s.generation._finish()
+    assert s.next_push(True, far, True, tick=5) is None  # the end waits for the long tick too
+    assert decode(s, s.next_push(True, far, True, tick=6)) == [13, 14, 15] + [15] * (LONG_CLOCK_FRAMES - 3)
+    assert s.next_push(False, far) is None and s.ended
+    frames = [f for c in s.chunks for f in c[::FRAME]]
+    assert frames == list(range(16))  # the padding's audio dropped

@@ -3,8 +3,9 @@
 Every stream's streaming codec state is a row of one slot-indexed state on the device (`CodecSlots`, as
 the talker's KV cache holds its streams), so decoding several streams' next frames is one batched pass:
 gather their rows, run the decoder, scatter the rows back. On CUDA each pass (a batch bucket of 1- to
-4-frame pushes; longer ones in such pieces) is a captured CUDA graph: a streaming push costs one launch
-instead of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an H200).
+4-frame or 8-frame pushes; longer ones in such pieces) is a captured CUDA graph: a streaming push costs
+one launch instead of the codec's few hundred kernels, which bound it before (~20 ms for one frame on an
+H200).
 
 One thread (`DecodeBatcher`) decodes, on its own high-priority CUDA stream so audio is not queued behind
 the talker's frames. The engine's streams are attached to it (`attach`, an `AudioStream` per generation):
@@ -47,12 +48,16 @@ QUIET_S, GATHER_S = 0.0005, 0.002
 # With streams attached the thread also looks on its own this often (a generation that ended outside the
 # scheduler's loop, e.g. cancelled while queued, wakes nobody).
 POLL_S = 0.05
-# push lengths that run as CUDA graphs: first chunks, the shared clock's 4 frames, and what a stream that
-# joined between two ticks has waiting at its first tick (one stream's 1-frame pass took 2.65 ms on an
-# H200, its 4-frame pass 2.94: three 1-frame passes cost far more than one 3-frame pass)
-GRAPH_FRAMES = (1, 2, 3, 4)
+# push lengths that run as CUDA graphs: first chunks, the shared clock's 4 frames (8 on the long clock),
+# and what a stream that joined between two ticks has waiting at its first tick (one stream's 1-frame pass
+# took 2.65 ms on an H200, its 4-frame pass 2.94: three 1-frame passes cost far more than one 3-frame pass)
+GRAPH_FRAMES = (1, 2, 3, 4, 8)
 CLOCK_FRAMES = 4  # attached streams' frames are decoded together every this many frames
 AHEAD_S = 0.25  # a stream whose audio is less far ahead of its player decodes each chunk at once
+# a stream this far ahead of its player decodes on every other tick, twice the frames: a pass's fixed costs
+# (state gather and scatter, the transformer's window, launches) are then paid half as often (64 streams on
+# an H200, mixed fp16 codec: 64 x 8 frames 15.5 ms against 2 x 9.5 for two 4-frame passes)
+LONG_AHEAD_S, LONG_CLOCK_FRAMES = 1.0, 2 * CLOCK_FRAMES
 FRAME_SECONDS = 0.08  # audio per frame (12.5 frames a second)
 
 
@@ -240,7 +245,8 @@ class AudioStream:
 
     When frames are decoded is the batcher's choice, not the chunks': the first chunk as soon as it is
     complete (first audio), then all streams' frames together on a shared clock, every CLOCK_FRAMES
-    frames (streams that joined at different frames would otherwise fall into up to 4 passes a cycle),
+    frames, or every LONG_CLOCK_FRAMES once the consumer is LONG_AHEAD_S ahead (streams that joined at
+    different frames would otherwise fall into up to 4 passes a cycle),
     except while the consumer's audio runs less than AHEAD_S ahead of playing it from the first chunk
     on: then each chunk is decoded as soon as it is complete (waiting for the clock after an 80 ms first
     chunk would let a player run dry)."""
@@ -273,12 +279,14 @@ class AudioStream:
 
     # called by the batcher's thread
     def next_push(
-        self, on_clock: bool, now: float, ticking: bool = False
+        self, on_clock: bool, now: float, ticking: bool = False, tick: int | None = None
     ) -> tuple[torch.Tensor, bool] | None:
         """(codes [n, 16], whether its audio is kept) of the push due now (`on_clock`: this round is a
         tick of the shared clock; `now`: time.perf_counter(); `ticking`: other streams still generate, so
-        the next tick is at most CLOCK_FRAMES frames away), if any; at the generation's end, with nothing
-        left to push, the last chunk is cut and the stream ends."""
+        the next tick is at most CLOCK_FRAMES frames away; `tick`: the clock's tick count, given when the
+        long clock applies: a stream LONG_AHEAD_S ahead of its player then pushes on even ticks only, up to
+        LONG_CLOCK_FRAMES), if any; at the generation's end, with nothing left to push, the last chunk is
+        cut and the stream ends."""
         g = self.generation
         done = g.done  # read first: once done, every frame is in `codes`
         ready = len(g.codes)
@@ -295,18 +303,22 @@ class AudioStream:
             n = min(waiting, self.first)
         else:
             completes = self.cut + self.size - self.pushed <= waiting  # the consumer's next chunk
-            low = self.ahead(now) < AHEAD_S
+            ahead = self.ahead(now)
+            low = ahead < AHEAD_S
+            span = CLOCK_FRAMES
+            if tick is not None and ahead >= LONG_AHEAD_S:  # far ahead: every other tick, twice the frames
+                span, on_clock = LONG_CLOCK_FRAMES, on_clock and tick % 2 == 0
             # an ended stream's last frames wait for the clock too (unless its player runs low), padded
             # to the clock's length: they join the other streams' pass instead of a pass of their own
             # (64 streams ending on different frames made ~60 extra passes of ~2.7 ms on an H200)
             due = waiting > 0 and (
-                on_clock or waiting >= CLOCK_FRAMES or (done and (low or not ticking)) or (completes and low)
+                on_clock or waiting >= span or (done and (low or not ticking)) or (completes and low)
             )
-            n = min(waiting, CLOCK_FRAMES)
+            n = min(waiting, span)
             if done and on_clock and n == waiting:
                 # its last frames on a tick: the padding repeats the last frame; the decoder is causal, so
                 # the real frames' audio is the same, and `deliver` drops the padding's
-                pad = CLOCK_FRAMES - n
+                pad = span - n
         if due:
             part = torch.stack(g.codes[self.pushed : self.pushed + n])
             self.pushed += n
@@ -499,7 +511,7 @@ class DecodeBatcher:
                 tick = self.clock // CLOCK_FRAMES
             for stream in detached:
                 stream.decoder.close()
-            batch += self._stream_pushes(streams, self.max_batch - len(batch), on_clock)
+            batch += self._stream_pushes(streams, self.max_batch - len(batch), on_clock, tick)
             if not batch:
                 continue
             self._serve(batch)
@@ -515,7 +527,9 @@ class DecodeBatcher:
                 with self.wake:
                     self.ticks += 1  # look again: more may be due (a first chunk after its reference)
 
-    def _stream_pushes(self, streams: list[AudioStream], room: int, on_clock: bool) -> list[_Job]:
+    def _stream_pushes(
+        self, streams: list[AudioStream], room: int, on_clock: bool, tick: int | None = None
+    ) -> list[_Job]:
         """The attached streams' pushes due now (one per stream), taking codec slots for new streams."""
         jobs, fresh = [], []
         now = time.perf_counter()
@@ -536,7 +550,7 @@ class DecodeBatcher:
                 if decoder.slot is None:
                     continue  # all slots held by consumers that have not closed yet: next time
                 fresh.append(decoder.slot)
-            push = stream.next_push(on_clock, now, ticking)
+            push = stream.next_push(on_clock, now, ticking, tick)
             if push is not None:
                 jobs.append(_Job(decoder, push[0], stream, push[1]))
         if fresh:
