@@ -377,9 +377,9 @@ def test_codec_slots_decode_like_separate_decoders(tts):
 
 
 def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
-    """With graphs, a push longer than the captured lengths runs as replays of them (4s, then the rest):
-    the audio is what one eager push gives. Replays are played here by eager passes that refuse any length
-    that was not captured."""
+    """With graphs, a push of a length not captured runs as replays of the captured ones (the longest that
+    fits first): the audio is what one eager push gives. Replays are played here by eager passes that
+    refuse any length that was not captured."""
     from utter_tts.engine.decoding import GRAPH_FRAMES, CodecSlots
 
     codec = tts.pipeline.codec
@@ -396,7 +396,7 @@ def test_codec_slots_run_every_push_as_captured_lengths(tts, monkeypatch):
     want = codec.stream_decoder().push(codes[0])
     slots.reset(0)
     got = torch.cat([slots.run([0], codes[:, :11])[0], slots.run([0], codes[:, 11:])[0]])
-    assert lengths == [4, 4, 3, 3]  # 11 = 4 + 4 + 3, then 3
+    assert lengths == [8, 3, 3]  # 11 = 8 + 3, then 3
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=0, atol=3e-5 * want.abs().max())
 
