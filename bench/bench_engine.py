@@ -961,6 +961,107 @@ def section_timeline(args, ctx):
     log("timeline", json.dumps(out)[:6000])
 
 
+def _frame_graphs(eng) -> dict:
+    """Each batch bucket's frame graph replayed alone: GPU ms a frame (back to back, synced) and host ms a
+    replay call takes to return (the launch's CPU cost, what the scheduler's thread pays per frame)."""
+    runner, out = eng.runner, {}
+    if not runner.use_graphs:
+        return out
+    with eng.scheduler.lock, torch.cuda.stream(runner.cuda_stream):
+        saved = [t.clone() for t in runner._mutable()]
+        for (B, _span), graph in sorted(runner.graphs.items(), key=lambda kv: kv[0]):
+            graph.replay()
+            sync()
+            host = []
+            t = time.perf_counter()
+            for _ in range(10):
+                h = time.perf_counter()
+                graph.replay()
+                host.append(time.perf_counter() - h)
+            sync()
+            out[str(B)] = dict(
+                gpu_ms=round((time.perf_counter() - t) / 10 * 1e3, 3),
+                launch_host_ms=round(statistics.median(host) * 1e3, 3),
+            )
+        for dst, src in zip(runner._mutable(), saved):
+            dst.copy_(src)
+        sync()
+    return out
+
+
+def _tail_pace(launches: list, graphs: dict) -> dict:
+    """Whether the host kept the talker's stream fed as streams ended: per batch bucket of the run's
+    frames, the interval between launches (p50) against that bucket's frame graph alone (GPU ms). An
+    interval well above the graph's time is a frame the GPU waited for the host (or for the codec)."""
+    from utter_tts.engine.runner import BATCH_BUCKETS, bucket
+
+    by: dict = {}
+    for (t0, _, _), (t1, _, n) in zip(launches, launches[1:]):
+        by.setdefault(bucket(n, BATCH_BUCKETS), []).append(t1 - t0)
+    return {
+        str(B): dict(
+            frames=len(v),
+            interval_p50_ms=round(pct(v, 50) * 1e3, 2),
+            interval_p95_ms=round(pct(v, 95) * 1e3, 2),
+            graph_ms=graphs.get(str(B), {}).get("gpu_ms"),
+        )
+        for B, v in sorted(by.items())
+    }
+
+
+def section_ab(args, ctx):
+    """64 streams at once, untraced, under a few runtime settings in turn (paired: each round runs every
+    arm on the same lengths), with the scheduler's launch pace per batch bucket; and each bucket's frame
+    graph alone. One call, one warm engine: the arms differ only in the setting."""
+    from utter_tts.engine import scheduler as sched_mod
+
+    eng = _engine(ctx, args, slots=args.max_streams)
+    voice = ctx["voice"]
+    n = min(64, args.max_streams)
+    _concurrent(eng, voice, n, 0, 99)  # warm
+    graphs = _frame_graphs(eng)
+    log("ab frame graphs", graphs)
+    ahead, switch = sched_mod.AHEAD, sys.getswitchinterval()
+    arms = {
+        "now": dict(ahead=ahead, switch=switch),
+        "ahead3": dict(ahead=3, switch=switch),
+        "ahead4": dict(ahead=4, switch=switch),
+        "gil_0.2ms": dict(ahead=ahead, switch=0.0002),
+    }
+    runs: dict = {k: [] for k in arms}
+    RESULTS["ab"] = dict(arms=arms, frame_graphs=graphs, runs=runs)
+    for rnd in range(int(os.environ.get("UTTER_BENCH_AB_ROUNDS", "3"))):
+        for name, arm in arms.items():
+            sched_mod.AHEAD = arm["ahead"]
+            sys.setswitchinterval(arm["switch"])
+            launches: list = []
+            restore = _timed(eng.runner, "launch", launches)
+            try:
+                r = _concurrent(eng, voice, n, 0, n + rnd)
+            finally:
+                eng.runner.launch = restore
+                sched_mod.AHEAD = ahead
+                sys.setswitchinterval(switch)
+            r["pace"] = _tail_pace(launches, graphs)
+            r["launch_host_p50_ms"] = round(pct([d for _, d, _ in launches], 50) * 1e3, 3)
+            runs[name].append(r)
+            with open(os.path.join(args.out, f"{args.tag}.json"), "w") as f:  # a cut-off call keeps these
+                json.dump(RESULTS, f, indent=1)
+            log(f"ab {name} round {rnd}", {k: r[k] for k in ("aggregate_rtf", "slowest_stream_rtf")})
+    summary = {
+        name: dict(
+            aggregate_mean=round(statistics.mean(r["aggregate_rtf"] for r in rs), 1),
+            slowest_mean=round(statistics.mean(r["slowest_stream_rtf"] for r in rs), 2),
+            ttfa_p50_mean_ms=round(statistics.mean(r["ttfa_p50_ms"] for r in rs), 1),
+            aggregate=[r["aggregate_rtf"] for r in rs],
+        )
+        for name, rs in runs.items()
+        if rs
+    }
+    RESULTS["ab"]["summary"] = summary
+    log("ab summary", summary)
+
+
 SECTIONS = dict(
     env=section_env,
     parity=section_parity,
@@ -972,6 +1073,7 @@ SECTIONS = dict(
     deploy=section_deploy,
     profile=section_profile,
     timeline=section_timeline,
+    ab=section_ab,
 )
 
 

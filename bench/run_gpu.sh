@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | parts | conc | verify | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
 # and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
@@ -26,7 +26,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load|timeline|parts|conc|verify) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -72,6 +72,7 @@ case "$STAGE" in
               | quiet | tail -40 ;;
   parts)    timeout 240 python3 bench/bench_parts.py --base /tmp/ckpt_base --out "$OUT" --parts ${PARTS:-prepare codec codec_ops} \
               2>&1 | quiet | tail -60 ;;
+  ab)       ours ab 260 --max-streams 64 --sections env ab single ttfa ;;
   conc)     ours conc 200 --max-streams 64 --sections env concurrency ;;
   engine)   ours fused 270 --max-streams 64 --sections env single ttfa profile concurrency
             ours parity 230 --sections env parity --parity-batches 1 8 64 --parity-dtypes float32 bfloat16 \

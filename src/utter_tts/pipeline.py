@@ -201,7 +201,8 @@ class Pipeline:
         `limit` frames, when the caller has a limit)."""
         req, sampling = validate(request, self.config, self.defaults)
         plan = self.plan_prompt(req)
-        frames = frame_budget(sampling, len(self.tokenizer.encode_plain(req.text)), limit)
+        # the text counted from its prompt ids: a second encode was a third of a request's planning
+        frames = frame_budget(sampling, plan.text_tokens, limit)
         return Prepared(req, plan, sampling, frames, self.make_prompts)
 
     def make_prompts(self, plans: list[PromptPlan]) -> list[Prompt]:

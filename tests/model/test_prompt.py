@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from utter_tts.api import TTS
 from utter_tts.device import to_device
+from utter_tts.errors import InvalidInput
 from utter_tts.model.prompt import VoiceSpec, make_prompt, make_prompts, plan_prompt
+from utter_tts.pipeline import frame_budget
 from utter_tts.request import Request
 
 
@@ -113,6 +115,27 @@ def test_template_pieces_are_encoded_once_and_the_same(tts):
         ]
         assert tok.assistant_text(text) == expected
     assert set(tok._pieces) == {"\n", "assistant\n"}
+
+
+@pytest.fixture(scope="module")
+def clone_voice(tts):
+    return tts.create_voice((torch.randn(24000).numpy() * 0.1, 24000))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(st.characters(categories=("L", "N", "P", "Zs")), min_size=1, max_size=40))
+def test_the_frame_budget_counts_the_texts_tokens_as_the_prompt_holds_them(tts, clone_voice, text):
+    """The budget's count comes from the prompt's ids (no second encode): the text's body between the
+    template's ids, which is the plain encoding of any text that does not start with whitespace."""
+    assume(text.strip() and not text[0].isspace())
+    pipe = tts.pipeline
+    try:
+        req = Request(text, "clone", "english", voice=clone_voice, sampling={"max_new_tokens": 4096})
+        job = pipe.prepare(req)
+    except InvalidInput:  # texts the service refuses (no letters to speak) are not the point here
+        assume(False)
+    assert job.plan.text_tokens == len(pipe.tokenizer.encode_plain(text)) == len(job.plan.text_ids[3:-5])
+    assert job.frames == frame_budget(job.sampling, job.plan.text_tokens)
 
 
 @settings(max_examples=40, deadline=None)

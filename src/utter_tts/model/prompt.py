@@ -75,6 +75,11 @@ class PromptPlan:
     text_rows: int
 
     @property
+    def text_tokens(self) -> int:
+        """The tokens of the text to speak, as the prompt holds them (its body between the template's ids)."""
+        return len(self.text_ids) - 8
+
+    @property
     def ref_codes(self) -> torch.Tensor | None:
         """An ICL voice's reference codes (as the voice holds them), else None."""
         return self.voice.ref_codes if self.voice.icl else None
