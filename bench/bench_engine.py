@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from utter_tts.api import TTS  # noqa: E402
+from utter_tts.codec.decoder import DEFAULT_PRECISION  # noqa: E402
 from utter_tts.engine.engine import Engine  # noqa: E402
 from utter_tts.engine.runner import attention_backend  # noqa: E402
 from utter_tts.model.frame import Trace  # noqa: E402
@@ -94,7 +95,7 @@ def section_env(args, ctx):
         cuda=torch.version.cuda,
         python=sys.version.split()[0],
         attention=attention_backend(torch.device("cuda")),
-        codec_precision=os.environ.get("UTTER_TTS_CODEC_PRECISION", "fp32"),
+        codec_precision=os.environ.get("UTTER_TTS_CODEC_PRECISION", DEFAULT_PRECISION),
     )
     # measured copy bandwidth (bytes read + written), for the per-frame floor
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")

@@ -100,7 +100,8 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     """The codec with the kernels (Snake written straight into its convolutions' input buffers, adding the
     bias of the convolution before it; each residual unit's end as one bias + residual pass) decodes what
     the eager codec decodes, whole and streamed; also with its convolution stack channels last (the
-    GPU's layout: every Snake then reads and writes channels-last tensors)."""
+    GPU's layout: every Snake of a streamed decode then reads and writes channels-last tensors; a whole
+    decode runs channels first, `plain_convolutions`)."""
     import utter_tts.codec.decoder as decoder
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer
 
@@ -129,6 +130,7 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     monkeypatch.setattr(decoder, "fused_snake", lambda device: kernel)
     monkeypatch.setattr(decoder, "fused_residual", lambda device: residual)
     whole = codec.decode(codes)
+    whole_layouts, layouts[:] = list(layouts), []
     stream = codec.stream_decoder()
     streamed = torch.cat([stream.push(codes[:1]), stream.push(codes[1:])])
     # per pass, 17 of the 29 Snakes write into a convolution's input buffer (each block's, each unit's
@@ -137,6 +139,7 @@ def test_the_codec_with_the_kernel_equals_the_eager_codec(checkpoints, monkeypat
     assert biased.count(True) == calls.count(False)  # those 12 also add the convolution's bias before
     assert residuals and all(residuals) and len(residuals) == calls.count(False)  # each unit's end, in place
     assert all(layouts) == channels_last and any(layouts) == channels_last  # one layout throughout
+    assert whole_layouts and not any(whole_layouts)  # a whole decode: channels first, whatever the codec's
     scale = want.abs().max()
     torch.testing.assert_close(whole, want, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(streamed, want, rtol=0, atol=3e-5 * scale)
@@ -179,14 +182,44 @@ def test_the_mixed_codec_keeps_its_residual_stream_in_fp32(checkpoints, monkeypa
     assert state.blocks[0].units[0].conv1.inputs.dtype == dtype
     assert state.last_conv.inputs.dtype == torch.float32  # the last convolution stays fp32
     whole = codec.decode(codes)
+    whole_sums, sums[:] = list(sums), []
     stream = codec.stream_decoder()
     streamed = torch.cat([stream.push(codes[:2]), stream.push(codes[2:])])
     assert sums and set(sums) == {(dtype, torch.float32)}
+    # a whole decode runs its convolutions in fp32 (`plain_convolutions`): only the weights were rounded
+    assert whole_sums and set(whole_sums) == {(torch.float32, torch.float32)}
     rel = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]  # 0.29 % and 1.9 % on the full-size codec
     for got in (whole, streamed):
         err = float((got - want).norm() / want.norm())
         assert err < rel, err
-    assert float((whole - want).norm() / want.norm()) > 1e-6  # the convolutions did run in `dtype`
+    assert float((streamed - want).norm() / want.norm()) > 1e-6  # the convolutions did run in `dtype`
+    assert float((whole - want).norm() / want.norm()) < float((streamed - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_whole_decode_runs_channels_first_in_the_codecs_own_dtype(checkpoints, dtype):
+    """`SpeechTokenizer.decode` undoes channels last and mixed precision for its pass
+    (`plain_convolutions`: cuDNN's heuristic picks for channels-last fp16 were 10x slower on an H200): the
+    audio of a codec never set so whose upsampling blocks hold the same rounded weights."""
+    from utter_tts.codec.speech_tokenizer import SpeechTokenizer
+
+    path = checkpoints("base", "tiny-1.7b") / "speech_tokenizer"
+    codec, plain = SpeechTokenizer.from_dir(path), SpeechTokenizer.from_dir(path)
+    codes = torch.randint(0, 2048, (7, 16), generator=torch.Generator().manual_seed(3))
+    unrounded = plain.decode(codes)
+    codec.decoder.use_channels_last()
+    codec.decoder.use_mixed_precision(dtype)
+    with torch.no_grad():  # the plain codec takes the rounded weights (and the fp16/bf16 transposed biases)
+        for mine, theirs in zip(plain.decoder.decoder.parameters(), codec.decoder.decoder.parameters()):
+            mine.copy_(theirs.float())
+    want, got = plain.decode(codes), codec.decode(codes)
+    scale = want.abs().max()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * scale)
+    assert float((got - unrounded).abs().max()) > 1e-6 * scale  # the rounded weights were what ran
+    assert codec.decoder.decoder[1].block[2].conv1.conv.weight.dtype == dtype  # the codec itself unchanged
+    stream = codec.stream_decoder()  # a stream still runs in `dtype`: further from the plain codec
+    streamed = torch.cat([stream.push(codes[:3]), stream.push(codes[3:])])
+    assert float((streamed - want).abs().max()) > 1e-5 * scale
 
 
 def test_a_codec_precision_that_does_not_exist_is_refused(monkeypatch):

@@ -9,10 +9,12 @@ independent streams stack into one batch and split back (`stack_states`, `split_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +173,36 @@ def with_context(
     return buf
 
 
+_PLAIN = threading.local()
+
+
+@contextlib.contextmanager
+def plain_convolutions():
+    """On this thread, the convolution stack runs channels first in its own dtype (weights converted per
+    call), undoing what `use_channels_last` and `use_mixed_precision` set: for eager decodes of varying
+    lengths (`SpeechTokenizer.decode`). cuDNN then picks algorithms by its heuristics (benchmarking would
+    time them again for every new length), and its picks were fast for channels-first fp32 (10 s of audio
+    in 16 ms on an H200) but not for channels-last fp16 (156 ms, 2026-12-01); the streaming passes keep
+    that layout and dtype, their algorithms timed once when their graphs are captured."""
+    saved = getattr(_PLAIN, "on", False)
+    _PLAIN.on = True
+    try:
+        yield
+    finally:
+        _PLAIN.on = saved
+
+
+def _plain() -> bool:
+    return getattr(_PLAIN, "on", False)
+
+
+def _as_plain(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A weight or bias in `dtype`, channels first (itself when it is already)."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)  # (`to` keeps the strides)
+
+
 def channels_last_(weight: torch.Tensor) -> None:
     """Restride a convolution weight [A, B, k] in place to [A, k, B] storage: the [A, B, 1, k] view that
     `conv_channels_last` passes is then channels-last, and cuDNN does not convert it at every call."""
@@ -198,6 +230,7 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(cin, cout, kernel_size, dilation=dilation, groups=groups)
         self.pad = (kernel_size - 1) * dilation
         self.channels_last = False  # set by CodecDecoder.use_channels_last
+        self.plain_dtype: torch.dtype | None = None  # the dtype before use_mixed_precision, if it ran
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
         # the context is kept in the convolution's input dtype (its weight's: bf16 in the mixed codec)
@@ -210,18 +243,21 @@ class CausalConv1d(nn.Module):
         """conv(act(x)) after the left context (`act`, when given, writes straight into the input
         buffer: one pass over the waveform-rate tensor fewer than a concatenation after it); without
         its bias when `bias` is False (the caller adds it later, in a pass it makes anyway)."""
-        dtype = self.conv.weight.dtype
+        plain = _plain()
+        channels_last = self.channels_last and not plain
+        dtype = (plain and self.plain_dtype) or self.conv.weight.dtype
         if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
             x = x if act is None else act(x)
             x = x if x.dtype == dtype else x.to(dtype)  # (the eager Snake's fp32 in the mixed codec)
         else:
-            x = with_context(x, state, self.pad, act, self.channels_last, dtype)
-        if self.channels_last:
+            x = with_context(x, state, self.pad, act, channels_last, dtype)
+        if channels_last:
             return conv_channels_last(self.conv, x, bias)
-        if bias:
-            return self.conv(x)
         c = self.conv
-        return F.conv1d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+        w, b = c.weight, c.bias if bias else None
+        if plain:
+            w, b = _as_plain(w, dtype), _as_plain(b, dtype)
+        return F.conv1d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -235,6 +271,7 @@ class CausalConvTranspose1d(nn.Module):
         self.stride = stride
         self.history = math.ceil(kernel_size / stride) - 1
         self.channels_last = False  # set by CodecDecoder.use_channels_last
+        self.plain_dtype: torch.dtype | None = None  # as CausalConv1d's
 
     def init_state(self, batch: int, dtype, device) -> ConvState:
         w = self.conv.weight.dtype  # as CausalConv1d's
@@ -242,9 +279,17 @@ class CausalConvTranspose1d(nn.Module):
 
     def forward(self, x: torch.Tensor, state: ConvState, act: Callable | None = None) -> torch.Tensor:
         n = x.shape[-1]
-        x = with_context(x, state, self.history, act, self.channels_last, self.conv.weight.dtype)
+        plain = _plain()
+        channels_last = self.channels_last and not plain
+        dtype = (plain and self.plain_dtype) or self.conv.weight.dtype
+        x = with_context(x, state, self.history, act, channels_last, dtype)
         start = self.history * self.stride
-        y = conv_channels_last(self.conv, x, True) if self.channels_last else self.conv(x)
+        if channels_last:
+            y = conv_channels_last(self.conv, x, True)
+        else:
+            c = self.conv
+            w, b = (_as_plain(c.weight, dtype), _as_plain(c.bias, dtype)) if plain else (c.weight, c.bias)
+            y = F.conv_transpose1d(x, w, b, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
         return y[..., start : start + n * self.stride]
 
 
@@ -269,6 +314,7 @@ def channels_last_codec(device: torch.device) -> bool:
 
 
 MIXED_DTYPES = {"mixed-fp16": torch.float16, "mixed-bf16": torch.bfloat16}
+DEFAULT_PRECISION = "mixed-fp16"  # UTTER_TTS_CODEC_PRECISION unset
 # fp16 holds at most 65504: the mixed fp16 codec is used only if a calibration decode's largest convolution
 # input or output (in fp32) stays this far below it (random weights of the real shapes: ~17)
 FP16_HEADROOM = 64.0
@@ -279,7 +325,7 @@ def codec_mixed_dtype(device: torch.device) -> torch.dtype | None:
     (`CodecDecoder.use_mixed_precision`), from UTTER_TTS_CODEC_PRECISION: "mixed-fp16" (the default: a
     64-stream 4-frame pass 13.4 -> 9.4 ms on an H200, 0.29 % from fp32 where TF32 alone is 0.37 %),
     "mixed-bf16" or "fp32" (None); only where the convolution stack runs channels last."""
-    name = os.environ.get("UTTER_TTS_CODEC_PRECISION", "mixed-fp16")
+    name = os.environ.get("UTTER_TTS_CODEC_PRECISION", DEFAULT_PRECISION)
     if name != "fp32" and name not in MIXED_DTYPES:
         raise ValueError(f"UTTER_TTS_CODEC_PRECISION: {name!r} is not one of fp32, {', '.join(MIXED_DTYPES)}")
     return MIXED_DTYPES.get(name) if channels_last_codec(device) else None
@@ -627,6 +673,8 @@ class CodecDecoder(nn.Module):
         once to `dtype`. For the fused kernels (GPU): they write the convolutions' inputs in their dtype."""
         for block in self.decoder[1:-2]:
             for m in block.modules():
+                if isinstance(m, (CausalConv1d, CausalConvTranspose1d)):
+                    m.plain_dtype = m.plain_dtype or m.conv.weight.dtype
                 if isinstance(m, CausalConvTranspose1d):
                     m.conv.to(dtype)  # cuDNN adds its bias: the same dtype
                 elif isinstance(m, CausalConv1d):

@@ -18,6 +18,7 @@ from utter_tts.codec.decoder import (
     DecoderState,
     channels_last_codec,
     codec_mixed_dtype,
+    plain_convolutions,
     split_state,
     stack_states,
 )
@@ -162,16 +163,18 @@ class SpeechTokenizer(nn.Module):
         valid = (codes[..., 0] >= 0).sum(1) * self.frame_samples
         codes = codes.to(self.device).clamp(min=0)
         n, fs, batch = codes.shape[1], self.frame_samples, codes.shape[0]
-        if self.chunk_frames is None:
-            wav = self.run(codes, self.new_state(batch))
-        else:
-            pieces, start = [], 0
-            while start < n:
-                end = min(start + self.chunk_frames, n)
-                ctx = self.chunk_context if start - self.chunk_context > 0 else start
-                pieces.append(self.run(codes[:, start - ctx : end], self.new_state(batch))[:, ctx * fs :])
-                start = end
-            wav = torch.cat(pieces, dim=-1) if pieces else codes.new_zeros(batch, 0, dtype=self.dtype)
+        with plain_convolutions():  # lengths vary from call to call: see plain_convolutions
+            if self.chunk_frames is None:
+                wav = self.run(codes, self.new_state(batch))
+            else:
+                pieces, start = [], 0
+                while start < n:
+                    end = min(start + self.chunk_frames, n)
+                    ctx = self.chunk_context if start - self.chunk_context > 0 else start
+                    state = self.new_state(batch)
+                    pieces.append(self.run(codes[:, start - ctx : end], state)[:, ctx * fs :])
+                    start = end
+                wav = torch.cat(pieces, dim=-1) if pieces else codes.new_zeros(batch, 0, dtype=self.dtype)
         wav = wav.float()
         if not bool(torch.isfinite(wav).all()):  # (one sync: the caller reads the audio next anyway)
             raise NonFiniteAudio("the codec decoded non-finite audio")
