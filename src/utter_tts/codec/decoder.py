@@ -180,10 +180,11 @@ _PLAIN = threading.local()
 def plain_convolutions():
     """On this thread, the convolution stack runs channels first in its own dtype (weights converted per
     call), undoing what `use_channels_last` and `use_mixed_precision` set: for eager decodes of varying
-    lengths (`SpeechTokenizer.decode`). cuDNN then picks algorithms by its heuristics (benchmarking would
-    time them again for every new length), and its picks were fast for channels-first fp32 (10 s of audio
-    in 16 ms on an H200) but not for channels-last fp16 (156 ms, 2026-12-01); the streaming passes keep
-    that layout and dtype, their algorithms timed once when their graphs are captured."""
+    lengths (`SpeechTokenizer.decode`, a `StreamingDecoder`'s pushes). cuDNN then picks algorithms by its
+    heuristics (benchmarking would time them again for every new length), and its picks were fast for
+    channels-first fp32 (10 s of audio in 16 ms on an H200) but not for channels-last fp16 (156 ms,
+    2026-12-01); the engine's streaming passes keep that layout and dtype, their algorithms timed once
+    when their graphs are captured."""
     saved = getattr(_PLAIN, "on", False)
     _PLAIN.on = True
     try:

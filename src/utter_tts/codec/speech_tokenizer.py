@@ -256,7 +256,8 @@ class StreamingDecoder:
         self.state = self.model.new_state(batch)
 
     def _run(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.model.run(codes, self.state)
+        with plain_convolutions():  # eager pushes of varying lengths, as `decode`'s (the engine's are graphs)
+            return self.model.run(codes, self.state)
 
 
 @torch.inference_mode()
