@@ -193,8 +193,10 @@ def plain_convolutions():
         _PLAIN.on = saved
 
 
-def _plain() -> bool:
-    return getattr(_PLAIN, "on", False)
+def _call_layout(m: CausalConv1d | CausalConvTranspose1d) -> tuple[bool, bool, torch.dtype]:
+    """(plain, channels last, input dtype) of a causal convolution's call on this thread."""
+    plain = getattr(_PLAIN, "on", False)
+    return plain, m.channels_last and not plain, (plain and m.plain_dtype) or m.conv.weight.dtype
 
 
 def _as_plain(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -202,6 +204,14 @@ def _as_plain(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None
     if t is None or (t.dtype == dtype and t.is_contiguous()):
         return t
     return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)  # (`to` keeps the strides)
+
+
+def _params(
+    conv: nn.Conv1d | nn.ConvTranspose1d, plain: bool, dtype: torch.dtype, bias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias or None) of a channels-first call: as stored, or converted when plain."""
+    w, b = conv.weight, conv.bias if bias else None
+    return (_as_plain(w, dtype), _as_plain(b, dtype)) if plain else (w, b)
 
 
 def channels_last_(weight: torch.Tensor) -> None:
@@ -244,9 +254,7 @@ class CausalConv1d(nn.Module):
         """conv(act(x)) after the left context (`act`, when given, writes straight into the input
         buffer: one pass over the waveform-rate tensor fewer than a concatenation after it); without
         its bias when `bias` is False (the caller adds it later, in a pass it makes anyway)."""
-        plain = _plain()
-        channels_last = self.channels_last and not plain
-        dtype = (plain and self.plain_dtype) or self.conv.weight.dtype
+        plain, channels_last, dtype = _call_layout(self)
         if self.pad == 0:  # a 1x1 convolution: no context (a concatenation would only copy x)
             x = x if act is None else act(x)
             x = x if x.dtype == dtype else x.to(dtype)  # (the eager Snake's fp32 in the mixed codec)
@@ -255,10 +263,7 @@ class CausalConv1d(nn.Module):
         if channels_last:
             return conv_channels_last(self.conv, x, bias)
         c = self.conv
-        w, b = c.weight, c.bias if bias else None
-        if plain:
-            w, b = _as_plain(w, dtype), _as_plain(b, dtype)
-        return F.conv1d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+        return F.conv1d(x, *_params(c, plain, dtype, bias), c.stride, c.padding, c.dilation, c.groups)
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -280,16 +285,14 @@ class CausalConvTranspose1d(nn.Module):
 
     def forward(self, x: torch.Tensor, state: ConvState, act: Callable | None = None) -> torch.Tensor:
         n = x.shape[-1]
-        plain = _plain()
-        channels_last = self.channels_last and not plain
-        dtype = (plain and self.plain_dtype) or self.conv.weight.dtype
+        plain, channels_last, dtype = _call_layout(self)
         x = with_context(x, state, self.history, act, channels_last, dtype)
         start = self.history * self.stride
         if channels_last:
             y = conv_channels_last(self.conv, x, True)
         else:
             c = self.conv
-            w, b = (_as_plain(c.weight, dtype), _as_plain(c.bias, dtype)) if plain else (c.weight, c.bias)
+            w, b = _params(c, plain, dtype)
             y = F.conv_transpose1d(x, w, b, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
         return y[..., start : start + n * self.stride]
 

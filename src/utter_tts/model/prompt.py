@@ -62,6 +62,9 @@ def language_id(cfg: TTSConfig, language: str, speaker: str | None) -> int | Non
     return lid
 
 
+TEMPLATE_IDS = 8  # a templated text's ids around the text itself: 3 role ids before, 5 closing ids after
+
+
 @dataclass
 class PromptPlan:
     """A prompt checked and laid out on the host, before any embedding is made: what `make_prompt` needs,
@@ -77,7 +80,7 @@ class PromptPlan:
     @property
     def text_tokens(self) -> int:
         """The tokens of the text to speak, as the prompt holds them (its body between the template's ids)."""
-        return len(self.text_ids) - 8
+        return len(self.text_ids) - TEMPLATE_IDS
 
     @property
     def ref_codes(self) -> torch.Tensor | None:
@@ -94,7 +97,7 @@ def plan_prompt(
     if len(text_ids) <= 8:
         raise InvalidInput("text is empty", param="text", code="invalid_text")
     lid = language_id(cfg, language, voice.speaker)
-    body = len(text_ids) - 8
+    body = len(text_ids) - TEMPLATE_IDS
     # the codec prefix: think ids (3, 4 with a language), the speaker (x-vector or preset), pad, bos
     codec = (3 if lid is None else 4) + (1 if voice.speaker_embedding is not None or voice.speaker else 0) + 2
     # [the instruction turn], the role (3), the codec prefix but its bos (overlaid on tts_pad ... tts_bos)
