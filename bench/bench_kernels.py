@@ -8,6 +8,7 @@ Sections (--sections, comma-separated; default all):
   kernels  each kernel at M = 1, 8, 64 (bf16), and its eager PyTorch equivalent: us per call, GB/s
   passes   a whole PackedDecoder talker pass (28 layers) and code-predictor pass (5 layers) captured in a
            CUDA graph at M = 1, 8, 64, vs the eager Decoder.run in a CUDA graph; launches per pass
+  sampler  the top-k sampler's tunings (warps, radix digit width, early exit) at M = 1, 8, 64 (opt-in)
   sweep    linear tile configs at M = 1, 2, 4, 8, 16, 32, 64 over the real weight shapes; best per M
 Timing: every measured call runs inside a CUDA graph (no host launch overhead), cycling through enough
 copies of its weights (>= 256 MB) that they are read from HBM as in a real frame, not from L2;
@@ -48,6 +49,7 @@ from utter_tts.kernels import (  # noqa: E402
 )
 from utter_tts.kernels._jit import record_launches  # noqa: E402
 from utter_tts.kernels.linear import LinearConfig, candidate_configs, config_for  # noqa: E402
+from utter_tts.kernels.sampler import Embed  # noqa: E402
 from utter_tts.model.frame import pick_codebook0, suppressed_ids  # noqa: E402
 from utter_tts.model.layers import Decoder, KVCache, Rotary  # noqa: E402
 from utter_tts.model.sampling import choose, uniform_noise  # noqa: E402
@@ -603,6 +605,61 @@ def section_kernels(sh, device, timer, Ms, smoke):
                 )
 
 
+def section_sampler(sh, device, timer, Ms):
+    """The top-k sampler's tunings (warps, radix digit width, early exit) as the frame calls it: the code
+    predictor's (top-k 50, embedding epilogue into the running sum) and the talker's (penalty, masks);
+    every tuning's tokens must equal the default's."""
+    t = sh["talker"]
+    for V, talker in ((t["vocab"], True), (sh["predictor"]["vocab"], False)):
+        D = t["hidden"]
+        table = torch.randn(V, D, device=device).to(torch.bfloat16)
+        for M in Ms:
+            logits = [torch.randn(M, V, device=device) * 2 for _ in range(4)]
+            kw = dict(
+                do_sample=torch.ones(M, dtype=torch.bool, device=device),
+                temperature=torch.full((M,), 0.9, device=device),
+                top_k=torch.full((M,), 50, device=device),
+                top_p=torch.ones(M, device=device),
+                seeds=torch.arange(M, device=device),
+                frame=torch.full((M,), 5, device=device),
+                codebook=0 if talker else 3,
+            )
+            acc = torch.zeros(M, D, dtype=torch.bfloat16, device=device)
+            nxt = torch.empty_like(acc)
+            if talker:
+                eos, sup = talker_masks(V, device)
+                kw.update(
+                    seen=torch.rand(M, V, device=device) < 0.02,
+                    repetition_penalty=torch.full((M,), 1.05, device=device),
+                    suppress=sup,
+                    min_new_tokens=torch.full((M,), 2, device=device),
+                    eos_id=eos,
+                )
+            else:
+                kw["embed"] = Embed(table, out=nxt, acc=acc)
+            who = "talker" if talker else "cp"
+            base = None
+            for nw in (2, 4, 8, 16):
+                for bits in (8, 4):
+                    for early in (True, False):
+                        tune = dict(num_warps=nw, radix_bits=bits, early_exit=early)
+                        out = torch.empty(M, dtype=torch.long, device=device)
+                        toks = [sample(lg, **kw, **tune).clone() for lg in logits]
+                        if base is None:
+                            base = toks
+                        same = all(torch.equal(a, b) for a, b in zip(toks, base))
+
+                        def call(i, tune=tune, out=out, logits=logits, kw=kw):
+                            return lambda: sample(logits[i], **kw, **tune, out=out)
+
+                        us = timer.per_call([call(i) for i in range(4)])
+                        record_kernel(
+                            f"sample {who} top_k w{nw} b{bits}{' early' if early else ''}",
+                            M, us, M * V * 4, None, same_tokens=same,
+                        )  # fmt: skip
+                        log(f"sampler {who} M={M} w{nw} b{bits} early={early}: {us:.2f} us same={same}")
+
+
 # ---- section: passes --------------------------------------------------------------------------------------
 
 
@@ -868,6 +925,7 @@ def main():
         check=lambda: section_check(sh, device, args.smoke),
         kernels=lambda: section_kernels(sh, device, timer, Ms, args.smoke),
         passes=lambda: section_passes(sh, device, timer, Ms),
+        sampler=lambda: section_sampler(sh, device, timer, Ms),
         sweep=lambda: section_sweep(sh, device, timer, sweep_Ms, sweep_budget(), args.smoke),
         tiles=lambda: section_tiles(sh, device, timer, (3, 16) if args.smoke else (8, 16, 32, 64, 128),
                                     sweep_budget()),

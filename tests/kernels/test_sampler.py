@@ -291,3 +291,30 @@ def test_sampling_faults_are_caught():
 
 def same_as(a, b):
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("radix_bits,early_exit", [(8, True), (8, False), (4, True), (4, False)])
+def test_every_top_k_select_equals_choose(radix_bits, early_exit):
+    """The top-k select's tunings (digit width, early exit once a bin holds exactly the tokens still
+    needed) all keep exactly HF's top-k: distinct logits, bf16-valued ones with many ties at the cut,
+    and rows where the k-th value repeats across the bins' boundary."""
+    V = 2048
+    for tie in (False, True):
+        r = rows(48, V, 31 + tie, sampled=1.0, tie_logits=tie)
+        r["top_p"] = torch.ones(48)
+        r["temperature"][::2] = 50.0  # near uniform over the kept tokens: any wrong member shows
+        r["top_k"] = torch.tensor([1, 2, 3, 5, 50, 64, 255, 256, 257, 1000, 2047, 2048] * 4)
+        r["logits"][40:] = torch.randint(-3, 4, (8, V)).float()  # 7 values: the k-th sits in a big tie
+        got = run(r, codebook=4, radix_bits=radix_bits, early_exit=early_exit)
+        args = [r[k] for k in ("logits", "do_sample", "temperature", "top_k", "top_p", "seeds", "frame")]
+        assert torch.equal(got, choose(*args, 4, graph_safe=True))
+        r["top_k"] = r["top_k"] - 1  # the same rows with k one less pick differently somewhere
+        must_fail(
+            same_as,
+            got,
+            choose(
+                *[r[k] for k in ("logits", "do_sample", "temperature", "top_k", "top_p", "seeds", "frame")],
+                4,
+                graph_safe=True,
+            ),
+        )

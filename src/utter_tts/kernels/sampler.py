@@ -113,26 +113,39 @@ def _value_of(key):
 
 
 @jit
-def _kth_largest(s, valid, k):
+def _kth_largest(s, valid, k, BITS: tl.constexpr, EARLY: tl.constexpr):
     """The k-th largest of s over `valid` lanes, duplicates counted (= sort(desc)[k - 1]): a radix select
-    over the order-preserving 32-bit key, 8 bits a pass, from the top (4 histograms instead of the 32
-    counting reductions a bisection needs)."""
+    over the order-preserving 32-bit key, BITS a pass, from the top (with 8 bits, 4 histograms instead of
+    the 32 counting reductions a bisection needs). EARLY: once the digit's bin holds exactly the tokens
+    still needed, the k-th is the smallest of them (one min instead of the remaining passes; logits are
+    sparse at the top, so this usually ends after two of four passes)."""
     key = _key_of(s) + 2147483648  # [0, 2^32): unsigned order
-    bins = tl.arange(0, 256)
+    NB: tl.constexpr = 1 << BITS
+    P: tl.constexpr = 32 // BITS
+    bins = tl.arange(0, NB)
     remaining = k
     prefix = tl.zeros([], dtype=tl.int64)
-    for p in tl.static_range(4):
-        digit = ((key >> (24 - 8 * p)) & 255).to(tl.int32)
-        if p == 0:
-            cand = valid
-        else:
-            cand = valid & ((key >> (32 - 8 * p)) == prefix)
-        hist = tl.histogram(digit, 256, mask=cand)
-        at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # candidates with digit >= bin
-        b = tl.max(tl.where(at_or_above >= remaining, bins, -1), axis=0)
-        remaining -= tl.sum(tl.where(bins > b, hist, 0), axis=0)
-        prefix = prefix * 256 + b
-    return _value_of(prefix - 2147483648)
+    found = tl.full([], -1, dtype=tl.int64)  # the k-th's key once known early
+    for p in tl.static_range(P):
+        if found < 0:
+            digit = ((key >> (32 - BITS * (p + 1))) & (NB - 1)).to(tl.int32)
+            if p == 0:
+                cand = valid
+            else:
+                cand = valid & ((key >> (32 - BITS * p)) == prefix)
+            hist = tl.histogram(digit, NB, mask=cand)
+            at_or_above = (
+                tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
+            )  # candidates with digit >= bin
+            b = tl.max(tl.where(at_or_above >= remaining, bins, -1), axis=0)
+            remaining -= tl.sum(tl.where(bins > b, hist, 0), axis=0)
+            prefix = prefix * NB + b
+            if EARLY and p < P - 1:
+                if tl.sum(tl.where(bins == b, hist, 0), axis=0) == remaining:
+                    found = tl.min(tl.where(cand & (digit == b), key, 1 << 32), axis=0)
+    if found < 0:
+        found = prefix
+    return _value_of(found - 2147483648)
 
 
 @jit
@@ -208,6 +221,8 @@ def _sample_kernel(
     EMBED_ADD: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    RADIX_BITS: tl.constexpr = 8,
+    EARLY_EXIT: tl.constexpr = True,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
@@ -225,13 +240,12 @@ def _sample_kernel(
     if HAS_MIN_NEW:  # no EOS before min_new_tokens
         early = frame < tl.load(min_new_ptr + m)
         x = tl.where(early & (ids == eos_id), float("-inf"), x)
-    tok = tl.argmax(x, axis=0, tie_break_left=True)
     if tl.load(do_sample_ptr + m) != 0:
         temp = tl.maximum(tl.load(temp_ptr + m), 1e-5)
         s = tl.math.div_rn(x, temp)
         k = tl.load(top_k_ptr + m).to(tl.int32)
         if (k > 0) & (k < V):
-            s = tl.where(s < _kth_largest(s, valid, k), float("-inf"), s)
+            s = tl.where(s < _kth_largest(s, valid, k, RADIX_BITS, EARLY_EXIT), float("-inf"), s)
         top_p = tl.load(top_p_ptr + m)
         if top_p < 1.0:
             e = tl.exp(s - tl.max(s, axis=0))
@@ -241,6 +255,8 @@ def _sample_kernel(
         u = _noise(key, ids)
         g = s - tl.log(-tl.log(u))
         tok = tl.argmax(tl.where(valid, g, float("-inf")), axis=0, tie_break_left=True)
+    else:  # greedy: the argmax only here (sampled rows never need it)
+        tok = tl.argmax(x, axis=0, tie_break_left=True)
     tl.store(tok_ptr + m * stride_tok, tok.to(tl.int64))
     if EMBED_OUT or EMBED_ACC:
         row = table_ptr + tok.to(tl.int64) * stride_tv
@@ -286,17 +302,22 @@ def sample(
     eos_id: int | None = None,
     out: torch.Tensor | None = None,
     embed: Embed | None = None,
+    num_warps: int | None = None,
+    radix_bits: int = 8,
+    early_exit: bool = True,
 ) -> torch.Tensor:
     """Tokens [M] (int64; `out` may be a strided view such as codes[:, k]) of logits [M, V] (any float
     dtype, rows may be strided). Per-row tensors [M]: do_sample (bool), temperature, top_k (<= 0: off),
     top_p (>= 1: off), seeds (int64), repetition_penalty (fp32, with seen [M, V] bool), min_new_tokens
     (int64, with eos_id); suppress [V] bool. `frame` is an int or a per-row int64 tensor (each stream at
-    its own frame); it keys the noise and gates min_new_tokens. No host syncs (graph-capturable)."""
+    its own frame); it keys the noise and gates min_new_tokens. No host syncs (graph-capturable).
+    num_warps / radix_bits (4 or 8) / early_exit: the top-k select's tuning (the bench compares them)."""
     M, V = logits.shape
     assert logits.stride(1) == 1 and V <= 4096
     if out is None:
         out = torch.empty(M, dtype=torch.int64, device=logits.device)
     assert out.shape == (M,) and out.dtype == torch.int64
+    assert radix_bits in (4, 8)
     has_pen = repetition_penalty is not None
     assert has_pen == (seen is not None), "seen and repetition_penalty come together"
     has_min = min_new_tokens is not None
@@ -349,7 +370,9 @@ def sample(
         EMBED_ADD=e is not None and e.add is not None,
         BLOCK_V=next_pow2(V),
         BLOCK_D=min(1024, next_pow2(D)) if e is not None else 16,
-        num_warps=8 if V > 1024 else 4,
+        RADIX_BITS=radix_bits,
+        EARLY_EXIT=early_exit,
+        num_warps=num_warps or (8 if V > 1024 else 4),
     )
     return out
 
