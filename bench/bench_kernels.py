@@ -639,7 +639,7 @@ def section_sampler(sh, device, timer, Ms):
                 kw["embed"] = Embed(table, out=nxt, acc=acc)
             who = "talker" if talker else "cp"
             base = None
-            for nw in (2, 4, 8, 16):
+            for nw in (1, 2, 4, 8, 16):
                 for bits in (8, 4):
                     for early in (True, False):
                         tune = dict(num_warps=nw, radix_bits=bits, early_exit=early)
