@@ -55,7 +55,7 @@ case "$STAGE" in
           ours capped21 240 --memory-cap-gib 21 --max-streams 16 --sections env memory deploy ;;
   all)    ours ours 300 --sections env parity single ttfa concurrency floor
           peer faster 130 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1 ;;
-  final)  ours ours 200 --sections env single ttfa profile concurrency floor
+  final)  ours ours 200 --sections env single ttfa concurrency profile floor  # the profiler after the streams
           peer faster 100 --runs 2 --ttfa-runs 3 --chunk-sizes 4 1
           peer faster_batch 80 --batch-sizes 8 32 --batch-runs 1
           peer qwen_tts 90 --runs 1 --icl-runs 1
