@@ -87,6 +87,7 @@ def pct(xs, q):
 
 def section_env(args, ctx):
     p = torch.cuda.get_device_properties(0)
+    RESULTS["date"] = time.strftime("%Y-%m-%d", time.gmtime())  # the summary's date (UTC)
     RESULTS["env"] = dict(
         gpu=p.name,
         sms=p.multi_processor_count,

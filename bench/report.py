@@ -53,7 +53,7 @@ def summary(folder: Path, prefix: str) -> dict:
     return {
         "card": env["gpu"],
         "torch": env["torch"],
-        "date": ours.get("date", "2026-11-30"),
+        "date": ours["date"],  # written by the bench's env section
         "same_call": True,  # run_gpu.sh final: ours, then the peers, in one command on one machine
         "floor_ms_per_frame": ours["floor"]["floor_ms"],
         "systems": {
