@@ -7,12 +7,13 @@ else logits / temperature, HF top-k then top-p, then argmax of logits - log(-log
 counter-based noise u = uniform_noise(seed, frame, codebook, id), reproduced bit for bit in-kernel).
 
 No sort: the k-th largest value is found by a radix select over the float's order-preserving integer key
-(4 histograms of 8 bits), and the top-p cut by bisection over the same key (the smallest value whose mass
-at or below it exceeds 1 - top_p). Top-k then equals the reference exactly (both keep every value >= the
-k-th, ties included). Top-p differs from the reference's sort + cumsum only (a) when a cumulative sum
-lands within float rounding of 1 - top_p, and (b) on ties at the cut: we keep every token equal to the
-cut value, the reference keeps the ones its (unstable) sort happens to put last. Argmax ties
-go to the lowest index, as torch. Division (penalty, temperature) is correctly rounded (div_rn) like torch's.
+(8 histograms of 4 bits by default), and the top-p cut by bisection over the same key (the smallest value
+whose mass at or below it exceeds 1 - top_p). Top-k then equals the reference exactly (both keep every
+value >= the k-th, ties included). Top-p differs from the reference's sort + cumsum only (a) when a
+cumulative sum lands within float rounding of 1 - top_p, and (b) on ties at the cut: we keep every token
+equal to the cut value, the reference keeps the ones its (unstable) sort happens to put last. Argmax ties
+go to the lowest index, as torch. Division (penalty, temperature) is correctly rounded (div_rn) like
+torch's.
 
 The optional `Embed` epilogue gathers embedding rows of the chosen tokens in the same launch: the
 next step's input (`out[m] = table[t]`) and the running sum of codebook embeddings that feeds the
@@ -118,7 +119,7 @@ def _kth_largest(s, valid, k, BITS: tl.constexpr, EARLY: tl.constexpr):
     over the order-preserving 32-bit key, BITS a pass, from the top (with 8 bits, 4 histograms instead of
     the 32 counting reductions a bisection needs). EARLY: once the digit's bin holds exactly the tokens
     still needed, the k-th is the smallest of them (one min instead of the remaining passes; logits are
-    sparse at the top, so this usually ends after two of four passes)."""
+    sparse at the top, so it often ends a pass or two early)."""
     key = _key_of(s) + 2147483648  # [0, 2^32): unsigned order
     NB: tl.constexpr = 1 << BITS
     P: tl.constexpr = 32 // BITS
@@ -221,7 +222,7 @@ def _sample_kernel(
     EMBED_ADD: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    RADIX_BITS: tl.constexpr = 8,
+    RADIX_BITS: tl.constexpr = 4,
     EARLY_EXIT: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
@@ -303,7 +304,7 @@ def sample(
     out: torch.Tensor | None = None,
     embed: Embed | None = None,
     num_warps: int | None = None,
-    radix_bits: int = 8,
+    radix_bits: int = 4,
     early_exit: bool = False,
 ) -> torch.Tensor:
     """Tokens [M] (int64; `out` may be a strided view such as codes[:, k]) of logits [M, V] (any float
@@ -311,9 +312,11 @@ def sample(
     top_p (>= 1: off), seeds (int64), repetition_penalty (fp32, with seen [M, V] bool), min_new_tokens
     (int64, with eos_id); suppress [V] bool. `frame` is an int or a per-row int64 tensor (each stream at
     its own frame); it keys the noise and gates min_new_tokens. No host syncs (graph-capturable).
-    num_warps / radix_bits (4 or 8) / early_exit: the top-k select's tuning (bench_kernels' sampler section
-    compares them). Early exit is off: on an H200 (2026-12-01 profile) it made a launch 17.1 us at one row
-    against 14.7 without it."""
+    num_warps / radix_bits (4 or 8) / early_exit: the top-k select's tuning. The defaults are the fastest
+    in bench_kernels' sampler section on an H200 (2026-12-01, `bench/results/h200_sampler.json`, top-k 50):
+    4-bit digits (8 histograms of 16 bins beat 4 of 256), 8 warps for the code predictor's 2,048 ids (10.2
+    us a launch at one row, 11.7 with 8-bit digits) and 16 for the talker's 3,072 (14.7 against 19.6);
+    early exit saved under 1 us at one row and cost up to 3 at 64."""
     M, V = logits.shape
     assert logits.stride(1) == 1 and V <= 4096
     if out is None:
@@ -374,7 +377,7 @@ def sample(
         BLOCK_D=min(1024, next_pow2(D)) if e is not None else 16,
         RADIX_BITS=radix_bits,
         EARLY_EXIT=early_exit,
-        num_warps=num_warps or (8 if V > 1024 else 4),
+        num_warps=num_warps or (16 if V > 2048 else 8 if V > 1024 else 4),
     )
     return out
 
