@@ -455,6 +455,53 @@ def test_a_burst_of_requests_is_admitted_in_one_prefill(tts, voices, monkeypatch
         eng.close()
 
 
+def test_newcomers_are_prefilled_a_row_budget_at_a_time_while_streams_run(tts, voices, monkeypatch):
+    """While a stream runs, a burst is prefilled in passes of at most PREFILL_ROWS prompt rows (at least one
+    prompt a pass), the running stream's frames between them; an idle engine prefills a burst whole. Every
+    stream still equals the plain model."""
+    from utter_tts.engine import scheduler as sched
+
+    eng = Engine(tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128)
+    try:
+        calls = []  # per prefill: its prompts' rows, the streams running, the frames run so far
+        prefill = eng.runner.prefill
+
+        def spy(first, jobs):
+            s = eng.scheduler
+            calls.append(([p.embeds.shape[0] for p, _, _ in jobs], len(s.live), s.frames_run))
+            return prefill(first, jobs)
+
+        monkeypatch.setattr(eng.runner, "prefill", spy)
+        reqs = _requests(voices)[:3]
+        rows = [eng.pipeline.prepare(r).plan.rows for r in reqs]
+        monkeypatch.setattr(sched, "PREFILL_ROWS", max(rows))  # room for one prompt a pass, two at most
+        runner = Request(TEXTS["english"], "clone", "english", voice=voices[0], sampling=GREEDY)
+        first = eng.submit(runner)
+        while first.frames < 2:
+            time.sleep(0.01)
+        later = [eng.submit(r) for r in reqs]
+        got = [g.result(60) for g in [first, *later]]
+        passes = calls[1:]
+        assert sorted(r for rs, _, _ in passes for r in rs) == sorted(rows)
+        assert len(passes) >= 2  # the three did not come in at once
+        for rs, live, _ in passes:
+            assert live >= 1 and (len(rs) == 1 or sum(rs) <= max(rows))
+        frames = [f for _, _, f in passes]
+        assert all(b > a for a, b in zip(frames, frames[1:]))  # the running stream's frames in between
+        for req, codes in zip([runner, *reqs], got):
+            assert torch.equal(codes, tts.generate_codes([req])[0])
+
+        calls.clear()  # idle: the same burst in one pass, whatever the budget
+        monkeypatch.setattr(sched, "PREFILL_ROWS", 1)
+        with eng.scheduler.preparing_one():  # held until all three are in
+            gens = [eng.submit(r) for r in reqs]
+        for g in gens:
+            g.result(60)
+        assert [sorted(rs) for rs, _, _ in calls] == [sorted(rows)]
+    finally:
+        eng.close()
+
+
 def test_admission_waits_less_for_a_burst_while_streams_run(tts):
     """With streams running, a burst delays admission by at most GATHER_S (their frames go on meanwhile);
     an idle engine waits up to GATHER_IDLE_S; nobody building a prompt means no wait at all."""
