@@ -116,8 +116,8 @@ def _value_of(key):
 @jit
 def _kth_largest(s, valid, k, BITS: tl.constexpr, EARLY: tl.constexpr):
     """The k-th largest of s over `valid` lanes, duplicates counted (= sort(desc)[k - 1]): a radix select
-    over the order-preserving 32-bit key, BITS a pass, from the top (with 8 bits, 4 histograms instead of
-    the 32 counting reductions a bisection needs). EARLY: once the digit's bin holds exactly the tokens
+    over the order-preserving 32-bit key, BITS a pass, from the top (8 small histograms at 4 bits instead
+    of the 32 counting reductions a bisection needs). EARLY: once the digit's bin holds exactly the tokens
     still needed, the k-th is the smallest of them (one min instead of the remaining passes; logits are
     sparse at the top, so it often ends a pass or two early)."""
     key = _key_of(s) + 2147483648  # [0, 2^32): unsigned order
@@ -135,9 +135,8 @@ def _kth_largest(s, valid, k, BITS: tl.constexpr, EARLY: tl.constexpr):
             else:
                 cand = valid & ((key >> (32 - BITS * p)) == prefix)
             hist = tl.histogram(digit, NB, mask=cand)
-            at_or_above = (
-                tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
-            )  # candidates with digit >= bin
+            # candidates with a digit >= each bin
+            at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
             b = tl.max(tl.where(at_or_above >= remaining, bins, -1), axis=0)
             remaining -= tl.sum(tl.where(bins > b, hist, 0), axis=0)
             prefix = prefix * NB + b
