@@ -221,8 +221,8 @@ def _sample_kernel(
     EMBED_ADD: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    RADIX_BITS: tl.constexpr = 4,
-    EARLY_EXIT: tl.constexpr = False,
+    RADIX_BITS: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)

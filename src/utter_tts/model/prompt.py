@@ -94,7 +94,7 @@ def plan_prompt(
     """Check a prompt (empty text, language) and count its rows, without a tensor op: the layout of
     `make_prompt`, counted (tests/model/test_prompt.py holds the two together for every mode).
     text_ids: the templated assistant ids: 3 role ids, the text, then 5 closing ids."""
-    if len(text_ids) <= 8:
+    if len(text_ids) <= TEMPLATE_IDS:
         raise InvalidInput("text is empty", param="text", code="invalid_text")
     lid = language_id(cfg, language, voice.speaker)
     body = len(text_ids) - TEMPLATE_IDS
