@@ -10,20 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-
-from utter_tts.compat.checks import Limits
-from utter_tts.compat.deploy import BASE_MODEL, DESIGN_MODEL
-from utter_tts.compat.job_runners import JobRunner, LocalJobRunner
-from utter_tts.compat.routes import mount
-from utter_tts.compat.service import CompatService
-from utter_tts.compat.synthesizer import ModelNames
 from utter_tts.server import settings
-from utter_tts.server.app import app_from_args, create_app, serve
-from utter_tts.server.registry import ModelRegistry
-from utter_tts.server.settings import ServerConfig
+
+# The web stack, the models and utter's routes are imported where they are used, so `serve --help` and
+# a bad flag answer at once (they pull in torch).
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from utter_tts.compat.job_runners import JobRunner, LocalJobRunner
+    from utter_tts.compat.service import CompatService
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,16 +46,17 @@ def serve_main(argv: list[str] | None = None) -> int:
     """Entry point of `utter-tts serve` (the top-level CLI passes the arguments after `serve`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    app, config = app_from_args(args, parser)
     if args.compat_auth == "off" and not args.compat:
         parser.error("--compat-auth off goes with --compat")
+    from utter_tts.server.app import app_from_args, serve
+
+    app, config = app_from_args(args, parser)
     runner = mount_on_server(app, auth=args.compat_auth == "on") if args.compat else None
     try:
-        serve(app, config, args.log_level)
+        return serve(app, config, args.log_level)
     finally:
         if runner is not None:
             runner.close()
-    return 0
 
 
 def add_utter_routes(app: FastAPI, service: Any, runner: Any, auth: bool = True) -> FastAPI:
@@ -71,6 +69,8 @@ def add_utter_routes(app: FastAPI, service: Any, runner: Any, auth: bool = True)
         state.require_ready()
         return await state.pool.run(work)
 
+    from utter_tts.compat.routes import mount
+
     keys = state.keys if auth else None
     return mount(app, service, runner, keys=keys, run=run, health_extra=state.health_fields)
 
@@ -79,6 +79,12 @@ def mount_on_server(app: FastAPI, auth: bool = True) -> LocalJobRunner:
     """`utter-tts serve --compat`: utter's routes over the server's loaded Base and VoiceDesign models
     (once they have loaded), capped by its --max-new-tokens, jobs in this process under
     <data-dir>/compat-jobs. Returns the job runner (close it at exit)."""
+    from utter_tts.compat.checks import Limits
+    from utter_tts.compat.deploy import BASE_MODEL, DESIGN_MODEL
+    from utter_tts.compat.job_runners import LocalJobRunner
+    from utter_tts.compat.service import CompatService
+    from utter_tts.compat.synthesizer import ModelNames
+
     state = app.state.server
     built: list[CompatService] = []
 
@@ -115,6 +121,10 @@ def build_app(
     the already loaded models of `service`, plus utter's routes. API keys are always required to start
     and always guard the server's routes; `compat_auth=False` alone opens utter's routes (logged as a
     warning at start)."""
+    from utter_tts.server.app import create_app
+    from utter_tts.server.registry import ModelRegistry
+    from utter_tts.server.settings import ServerConfig
+
     registry = ModelRegistry()
     if service.base is not None:
         registry.add(service.names.base, service.base)

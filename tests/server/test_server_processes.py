@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
+import pytest
 
 from tests.server.conftest import ALICE, free_port, start_server_process, tone_wav, wait_healthy
 from utter_tts.voices.library import VoiceLibrary, owner_for_key
@@ -125,3 +131,95 @@ def test_restart_kill9_mid_upload_and_two_processes(checkpoints, tmp_path):
         stop(first)
     # SIGTERM shuts down gracefully (uvicorn re-raises the signal once done); -9 would mean we had to kill it
     assert all(code in (0, -signal.SIGTERM) for code in exit_codes), exit_codes
+
+
+def _fail_fast(cmd: list[str], data_dir) -> str:
+    """Run a server command that must refuse to start: status 2 within the timeout, no data directory
+    made; returns its stderr's last line (the one clear line)."""
+    env = dict(os.environ, UTTER_TTS_API_KEYS=ALICE)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert not data_dir.exists()
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr
+    return last
+
+
+def _server_cmd(*args: str, data_dir, port: int, front: str = "server") -> list[str]:
+    head = [sys.executable, "-m", "utter_tts.server"]
+    if front == "cli":
+        head = [sys.executable, "-m", "utter_tts.cli", "serve"]
+    return [*head, *args, "--data-dir", str(data_dir), "--port", str(port), "--device", "cpu"]
+
+
+def test_a_model_that_cannot_load_ends_the_process_before_it_binds(checkpoints, tmp_path):
+    """A missing folder (both fronts) and a folder whose weights are broken: status 2 and one line naming
+    the model, before the port is bound (a server on the port would answer) and before --data-dir exists."""
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["custom_voice"], broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    cases = [
+        ("no-such-model/", "server", "checkpoint folder 'no-such-model/' does not exist"),
+        ("no-such-model/", "cli", "checkpoint folder 'no-such-model/' does not exist"),
+        (str(broken), "server", "model.safetensors"),
+    ]
+    for model, front, says in cases:
+        port, data_dir = free_port(), tmp_path / f"data-{front}"
+        line = _fail_fast(_server_cmd(model, data_dir=data_dir, port=port, front=front), data_dir)
+        assert "error: a model failed to load" in line and says in line, line
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_a_taken_port_ends_the_process_before_the_data_dir_is_made(checkpoints, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port, data_dir = taken.getsockname()[1], tmp_path / "data"
+        line = _fail_fast(
+            _server_cmd(str(checkpoints["custom_voice"]), data_dir=data_dir, port=port), data_dir
+        )
+    assert f"argument --port: cannot bind 127.0.0.1:{port}" in line, line
+
+
+def test_on_load_error_serve_keeps_running_and_reports_unhealthy(tmp_path):
+    """The opt-in old behaviour: the port is bound at once, /health says why, requests get 503."""
+    port = free_port()
+    proc = start_server_process(
+        [tmp_path / "no-such-model"], tmp_path / "data", port, "--on-load-error", "serve"
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                health = httpx.get(f"{url}/health", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            if health.json()["status"] == "failed":
+                break
+            time.sleep(0.1)
+        assert health.status_code == 503 and "does not exist" in health.json()["error"]
+        r = speak(url, "vivian")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_an_embedded_server_whose_models_fail_in_the_background_exits_non_zero(tmp_path):
+    """create_app + serve with the default policy and models still to load (an embedder's path): the
+    background load fails, the server stops itself and `serve` returns 1."""
+    from utter_tts.server.app import create_app, serve
+    from utter_tts.server.settings import ServerConfig
+
+    config = ServerConfig(
+        models=[str(tmp_path / "no-such-model")], port=free_port(), data_dir=tmp_path / "data", auth="off"
+    )
+    result = []
+    thread = threading.Thread(target=lambda: result.append(serve(create_app(config), config, "warning")))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and result == [1]

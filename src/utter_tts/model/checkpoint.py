@@ -56,7 +56,8 @@ def resolve(
     if p.is_dir():
         return p
     name = str(path_or_id)
-    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    # a hub id is exactly "owner/name": anything else (a path, a trailing slash) names a folder
+    if p.exists() or name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") != 1:
         raise CheckpointError(
             f"checkpoint folder {name!r} does not exist (and is not a hub id like 'Qwen/...')"
         )

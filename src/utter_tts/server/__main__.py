@@ -10,8 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m utter_tts.server")
     args = parser.parse_args(argv)
     app, config = app_from_args(args, parser)
-    serve(app, config, args.log_level)
-    return 0
+    return serve(app, config, args.log_level)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -58,6 +59,16 @@ class ServerState:
             config.openai_voices,
         )
         self.jobs = JobManager(self, config.data_dir / "jobs")
+        # A fatal failure sets a non-zero status and asks the running server to stop (see `serve`).
+        self.exit_code = 0
+        self.request_stop = lambda: None
+
+    def stop_with(self, code: int, why: str) -> None:
+        """End the process with status `code` after the usual graceful shutdown: for failures that
+        serving on would only hide from a supervisor."""
+        log.error("stopping: %s", why)
+        self.exit_code = code
+        self.request_stop()
 
     @property
     def sample_rate(self) -> int:
@@ -89,16 +100,21 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
     registry = registry or ModelRegistry()
     state = ServerState(config, registry)
 
+    def load_models() -> None:
+        registry.load(
+            config.models,
+            config.device,
+            config.dtype,
+            engine=config.engine,
+            engine_streams=config.engine_streams,
+        )
+        if registry.load_error and config.on_load_error == "exit":
+            state.stop_with(1, f"model loading failed: {registry.load_error}")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if not registry.ready.is_set() and config.models:
-            threading.Thread(
-                target=registry.load,
-                args=(config.models, config.device, config.dtype),
-                kwargs=dict(engine=config.engine, engine_streams=config.engine_streams),
-                name="utter-load",
-                daemon=True,
-            ).start()
+            threading.Thread(target=load_models, name="utter-load", daemon=True).start()
         elif not config.models and registry.models:
             registry.ready.set()
         elif not config.models and not registry.models:
@@ -168,26 +184,69 @@ def _version() -> str:
 
 
 def app_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[FastAPI, ServerConfig]:
-    """Logging set up, then the app the parsed flags ask for; a bad setting ends in `parser.error`."""
+    """Logging set up, then the app the parsed flags ask for. A bad setting ends in `parser.error`; a
+    taken port, and (with --on-load-error exit) a model that cannot load, end the process with status 2
+    and one line, before the port is bound or the data directory is created."""
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         config = config_from_args(args)
-        return create_app(config), config
+        config.check()
     except ValueError as e:
         parser.error(str(e))
+    why = port_taken(config.host, config.port)
+    if why:
+        parser.exit(
+            2, f"{parser.prog}: error: argument --port: cannot bind {config.host}:{config.port}: {why}\n"
+        )
+    registry = None
+    if config.on_load_error == "exit":
+        registry = ModelRegistry()
+        try:
+            registry.load_all(
+                config.models, config.device, config.dtype, config.engine, config.engine_streams
+            )
+        except Exception as e:
+            parser.exit(2, f"{parser.prog}: error: a model failed to load: {type(e).__name__}: {e}\n")
+    return create_app(config, registry), config
 
 
-def serve(app: FastAPI, config: ServerConfig, log_level: str = "info") -> None:
-    """Run `app` under uvicorn on the configured address until it is stopped."""
+def port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now (None if it can). Checked before the slow start-up; the real
+    bind comes later, so a race stays possible and uvicorn then reports it."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return str(e)
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def serve(app: FastAPI, config: ServerConfig, log_level: str = "info") -> int:
+    """Run `app` under uvicorn on the configured address until it is stopped; returns the exit status
+    (non-zero when the server stopped itself over a failure, e.g. models that failed to load)."""
     import uvicorn
 
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
-        ws_max_size=4 * 1024 * 1024,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
+            ws_max_size=4 * 1024 * 1024,
+        )
     )
+    state = app.state.server
+    state.request_stop = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if state.exit_code:
+        return state.exit_code
+    return 0 if server.started else 1  # uvicorn could not bind (it has logged why)

@@ -69,36 +69,43 @@ class ModelRegistry:
         self.models[mid] = loaded
         return loaded
 
+    def load_all(
+        self, sources: list[str], device: str, dtype: str, engine: str = "off", engine_streams: int = 16
+    ) -> None:
+        """Load every checkpoint (blocking) and set `ready`; the first failure raises."""
+        from utter_tts.api import TTS
+        from utter_tts.device import resolve_device
+
+        for src in sources:
+            log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
+            use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
+            tts = TTS.from_pretrained(
+                src,
+                device=device,
+                dtype=dtype,
+                engine={"max_streams": engine_streams} if use_engine else False,
+            )
+            if tts.engine is not None:
+                tts.engine.warmup()
+            loaded = self.add(src, tts)
+            log.info(
+                "loaded %s as %r (%s) on %s in %s",
+                src,
+                loaded.id,
+                loaded.model_type,
+                tts.device,
+                str(tts.dtype).removeprefix("torch."),
+            )
+        self.ready.set()
+
     def load(
         self, sources: list[str], device: str, dtype: str, engine: str = "off", engine_streams: int = 16
     ) -> None:
-        """Load every checkpoint (blocking); failures are logged and leave the server not ready."""
+        """`load_all` for a server already listening: a failure is logged and kept in `load_error` (what
+        /health reports) instead of raised."""
         try:
-            from utter_tts.api import TTS
-            from utter_tts.device import resolve_device
-
-            for src in sources:
-                log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
-                use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
-                tts = TTS.from_pretrained(
-                    src,
-                    device=device,
-                    dtype=dtype,
-                    engine={"max_streams": engine_streams} if use_engine else False,
-                )
-                if tts.engine is not None:
-                    tts.engine.warmup()
-                loaded = self.add(src, tts)
-                log.info(
-                    "loaded %s as %r (%s) on %s in %s",
-                    src,
-                    loaded.id,
-                    loaded.model_type,
-                    tts.device,
-                    str(tts.dtype).removeprefix("torch."),
-                )
-            self.ready.set()
-        except Exception as e:  # reported by /health; the process stays up so operators can see why
+            self.load_all(sources, device, dtype, engine, engine_streams)
+        except Exception as e:
             log.exception("model loading failed")
             self.load_error = f"{type(e).__name__}: {e}"
 

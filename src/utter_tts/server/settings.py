@@ -47,6 +47,9 @@ class ServerConfig:
     max_concurrency: int = 2
     engine: str = "auto"  # continuous batching: "on", "off", or "auto" (on for CUDA devices)
     engine_streams: int = 16
+    # "exit": models load before the port is bound and a failure ends the process (status 2);
+    # "serve": bind first, load in the background, and report a failure on /health (503)
+    on_load_error: str = "exit"
     max_queue: int = 16
     max_voices_per_key: int = 1000
     max_jobs_per_key: int = 8
@@ -80,6 +83,8 @@ class ServerConfig:
                 f"API keys are required when binding to {self.host!r}: pass --api-key or set "
                 "UTTER_TTS_API_KEYS (comma-separated), or --auth off to serve without keys"
             )
+        if self.on_load_error not in ("exit", "serve"):
+            raise ValueError(f"on_load_error must be exit or serve, not {self.on_load_error!r}")
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
 
@@ -88,8 +93,17 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
     """The server's flags (`python -m utter_tts.server`); `utter-tts serve` adds utter's routes' flags."""
     p = argparse.ArgumentParser(prog=prog, description="Serve Qwen3-TTS over an OpenAI-compatible HTTP API.")
     p.add_argument("models", nargs="+", help="checkpoint folders or hub ids (Base, VoiceDesign, CustomVoice)")
-    p.add_argument("--host", default=os.environ.get("UTTER_TTS_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("UTTER_TTS_PORT", "8000")))
+    p.add_argument(
+        "--host",
+        default=os.environ.get("UTTER_TTS_HOST", "127.0.0.1"),
+        help="address to bind (env UTTER_TTS_HOST; default: %(default)s)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("UTTER_TTS_PORT", "8000")),
+        help="port to bind (env UTTER_TTS_PORT; default: %(default)s)",
+    )
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -126,11 +140,44 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         default="auto",
         help="continuous batching engine (auto: on when the device is CUDA)",
     )
-    p.add_argument("--engine-streams", type=int, default=16, help="streams batched per model by the engine")
-    p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
-    p.add_argument("--max-input-chars", type=int, default=4096)
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument("--max-ref-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--engine-streams",
+        type=int,
+        default=16,
+        help="streams batched per model by the engine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--on-load-error",
+        choices=["exit", "serve"],
+        default=os.environ.get("UTTER_TTS_ON_LOAD_ERROR", "exit"),
+        help="exit: load the models before binding the port and exit with status 2 if one fails, so a "
+        "supervisor sees it; serve: bind at once, load in the background, report a failure on /health "
+        "(503) and keep running (env UTTER_TTS_ON_LOAD_ERROR; default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        help="requests waiting for a slot before 429 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-input-chars",
+        type=int,
+        default=4096,
+        help="longest input text of one speech request, in characters (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=20.0,
+        help="largest reference-audio upload, in MiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-ref-seconds",
+        type=float,
+        default=30.0,
+        help="longest reference audio, in seconds (default: %(default)s)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated frames per request")
     p.add_argument(
         "--openai-voice",
@@ -186,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_concurrency=args.max_concurrency or default_concurrency(args),
         engine=args.engine,
         engine_streams=args.engine_streams,
+        on_load_error=args.on_load_error,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
