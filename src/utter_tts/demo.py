@@ -635,8 +635,8 @@ def main(argv: list[str] | None = None) -> None:
         "--shape",
         default="tiny-1.7b",
         choices=list(SHAPES),
-        help="tiny-* for tests and demos (a few MB, fast on a CPU); 1.7b / 0.6b: the real models' shapes, "
-        "for benchmarks (default: tiny-1.7b)",
+        help="tiny-* for tests and demos (about 70 MiB, fast on a CPU); 1.7b / 0.6b: the real models' "
+        "shapes, for benchmarks (default: tiny-1.7b)",
     )
     ap.add_argument("--seed", type=int, default=0, help="weights' random seed (default: 0)")
     ap.add_argument(
