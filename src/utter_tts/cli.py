@@ -296,7 +296,7 @@ def _synthesis_options(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="FILE",
-        help="output audio file: .wav (16-bit PCM), .flac, .mp3, .ogg, .aac",
+        help="output audio file: .wav (16-bit PCM), .flac, .mp3, .ogg or .opus (Opus), .aac",
     )
     g.add_argument("--language", default="auto", help="english, chinese, ... or auto (default)")
     g.add_argument(
