@@ -424,6 +424,17 @@ def test_bad_subtalker_dosample_names_itself(base, voice):
         base.clone("Hello.", voice, subtalker_dosample="no")
 
 
+def test_sampling_setting_as_a_request_keyword_says_where_it_goes():
+    """TTS.clone takes max_new_tokens=...; a Request takes it in sampling={...} and says so."""
+    with pytest.raises(TypeError) as info:
+        Request("Hello.", "clone", max_new_tokens=8)
+    assert "put max_new_tokens in sampling={...}, e.g. sampling={'max_new_tokens': 8}" in str(info.value)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):  # any other: as before
+        Request("Hello.", colour=1)
+    positional = Request("Hello.", "clone", "english", None, None, None, 7, {"max_new_tokens": 8})
+    assert positional.seed == 7 and positional.sampling == {"max_new_tokens": 8}
+
+
 @pytest.mark.parametrize("seed", [-1, 2**63, "7", 1.5, True])
 def test_bad_seed(base, voice, seed):
     with raises(InvalidInput, "seed", "seed must be an integer in [0, 2^63)"):

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tests.model.test_parity import GREEDY, Oracle, assert_codes_equal, reference_clip
 from tests.support.official import install_oracle_stubs
 from utter_tts.api import TTS
-from utter_tts.demo import build_checkpoint
+from utter_tts.demo import MARKER, build_checkpoint, main
 from utter_tts.files import default_mode
 
 
@@ -65,6 +65,54 @@ def test_written_keys_are_the_official_models(model_type, tmp_path):
     assert _keys(path / "speech_tokenizer" / "model.safetensors") == set(codec.state_dict())
     mode = default_mode()
     assert {p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()} == {mode}
+
+
+def plant(folder: Path) -> dict[str, bytes]:
+    """Files someone else keeps in `folder`, by relative path."""
+    files = {"important.txt": b"do not delete\n", "sub/notes.txt": bytes(range(256))}
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return files
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["folder", "dot", "file"])
+def test_demo_refuses_to_replace_what_it_did_not_write(target, tmp_path, monkeypatch, capsys):
+    """A folder of someone else's files (given by name or as `.`), or a file, is left byte for byte as it
+    was: status 2 and a message naming the path and --force."""
+    files = plant(tmp_path)
+    out = {"folder": str(tmp_path), "dot": ".", "file": "important.txt"}[target]  # the last two relative
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main([out, "--shape", "tiny-0.6b"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    named = tmp_path / "important.txt" if target == "file" else tmp_path
+    assert f"error: {named} " in err and "--force" in err, err
+    assert tree(tmp_path) == files
+
+
+def test_demo_replaces_its_own_folder_and_with_force_any(tmp_path, capsys):
+    """An empty folder is written; a folder the writer made is replaced, files it did not write gone
+    (rebuilt, not merged); `--force` replaces a folder of someone else's files."""
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    main([str(out), "--shape", "tiny-0.6b"])
+    written = tree(out)
+    assert MARKER in written and "config.json" in written
+    (out / "stale.txt").write_text("left over")
+    main([str(out), "--shape", "tiny-0.6b"])
+    assert tree(out) == written
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    plant(foreign)
+    main([str(foreign), "--shape", "tiny-0.6b", "--force"])
+    assert tree(foreign) == written
+    assert capsys.readouterr().err == ""
 
 
 def test_official_code_agrees_with_us_on_a_demo_checkpoint(demo_base):

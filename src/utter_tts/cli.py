@@ -296,7 +296,8 @@ def _synthesis_options(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="FILE",
-        help="output audio file: .wav (16-bit PCM), .flac, .mp3, .ogg, .aac",
+        help="output audio file: .wav (16-bit PCM), .flac, .mp3, .ogg or .opus (Opus), .aac; "
+        "its folder is created if missing",
     )
     g.add_argument("--language", default="auto", help="english, chinese, ... or auto (default)")
     g.add_argument(
@@ -387,7 +388,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _model_options(p, "voice create")
     p.add_argument("--ref", required=True, metavar="AUDIO", help="reference audio (1 to 30 s)")
     p.add_argument("--ref-text", help="the words spoken in --ref (better cloning)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the voice file to write (.safetensors)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the voice file to write (.safetensors); its folder is created if missing",
+    )
 
     # listed for --help only: main() hands `serve ...` to the server's own parser
     sub.add_parser("serve", help="run the HTTP server (utter-tts serve --help)", add_help=False)

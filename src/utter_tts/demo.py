@@ -520,6 +520,36 @@ def write_side_files(out: Path, st_cfg: dict[str, Any]) -> None:
     write_tokenizer(out)
 
 
+# Left in every folder build_checkpoint writes: the one kind of non-empty folder it may replace unasked.
+MARKER = ".utter-tts-demo"
+MARKER_TEXT = (
+    "Written by `python -m utter_tts.demo`: a Qwen3-TTS checkpoint with random weights. The demo writer\n"
+    "replaces this folder when asked to write here again; without this file it refuses to.\n"
+)
+
+
+def check_replaceable(out: Path, force: bool = False) -> None:
+    """Raise FileExistsError unless `out` may be replaced: missing, an empty folder, a folder this writer
+    made (it holds MARKER), or anything at all with `force`. Replacing used to delete whatever path it
+    was given, a mistyped `.` included."""
+    if force or not (out.exists() or out.is_symlink()):
+        return
+    hint, name = "pass --force (force=True) to replace it", out.absolute()  # `.` named in full
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{name} exists and is not a folder; {hint}")
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise FileExistsError(
+            f"{name} is not empty and was not written by python -m utter_tts.demo (no {MARKER} in it); {hint}"
+        )
+
+
+def _remove(out: Path) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        out.unlink()  # a link is replaced, never what it points to
+    elif out.exists():
+        shutil.rmtree(out)
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"format": "pt"})
     write_atomic(path, data)
@@ -532,10 +562,12 @@ def build_checkpoint(
     seed: int = 0,
     dtype: str = "float32",
     device: str = "cpu",
+    force: bool = False,
 ) -> Path:
     """Write a random checkpoint of `model_type` (base / voice_design / custom_voice) and `shape` (see
-    SHAPES) to `out_dir` (replaced). The talker (and the speaker encoder of Base) in `dtype`, the codec in
-    float32, as the hub's checkpoints are."""
+    SHAPES) to `out_dir`. An existing `out_dir` is replaced only if it is empty or this function wrote it
+    (see check_replaceable); `force` replaces anything there. The talker (and the speaker encoder of Base)
+    in `dtype`, the codec in float32, as the hub's checkpoints are."""
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer, SpeechTokenizerConfig
     from utter_tts.model.config import TTSConfig
     from utter_tts.model.speaker_encoder import SpeakerEncoder
@@ -546,8 +578,11 @@ def build_checkpoint(
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
     out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)
+    check_replaceable(out, force)
+    _remove(out)
     out.mkdir(parents=True)
+    # first, so a folder left half-written by a crash is still ours to replace
+    (out / MARKER).write_text(MARKER_TEXT, "utf-8")
     gen = torch.Generator(device=device).manual_seed(seed)
     cfg = checkpoint_config(shape, model_type, dtype)
     tts_cfg = TTSConfig.from_dict(cfg)
@@ -584,7 +619,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Write a checkpoint with RANDOM weights in the official Qwen3-TTS layout (offline demos, "
         "benchmarks). It loads like a real one, but speaks noise until its text-length cap.",
     )
-    ap.add_argument("out", help="folder to write (replaced if it exists)")
+    ap.add_argument(
+        "out",
+        help="folder to write; an existing one is replaced only if it is empty or this command wrote it "
+        "(--force to replace anything)",
+    )
     ap.add_argument(
         "--model-type",
         default="base",
@@ -596,16 +635,22 @@ def main(argv: list[str] | None = None) -> None:
         "--shape",
         default="tiny-1.7b",
         choices=list(SHAPES),
-        help="tiny-* for tests and demos (a few MB, fast on a CPU); 1.7b / 0.6b: the real models' shapes, "
-        "for benchmarks (default: tiny-1.7b)",
+        help="tiny-* for tests and demos (about 70 MiB, fast on a CPU); 1.7b / 0.6b: the real models' "
+        "shapes, for benchmarks (default: tiny-1.7b)",
     )
     ap.add_argument("--seed", type=int, default=0, help="weights' random seed (default: 0)")
     ap.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="talker weights"
     )
     ap.add_argument("--device", default="cpu", help="where to draw the weights (cuda is faster for 1.7b)")
+    ap.add_argument("--force", action="store_true", help="replace OUT whatever it holds")
     args = ap.parse_args(argv)
-    path = build_checkpoint(args.out, args.model_type, args.shape, args.seed, args.dtype, args.device)
+    try:
+        path = build_checkpoint(
+            args.out, args.model_type, args.shape, args.seed, args.dtype, args.device, force=args.force
+        )
+    except FileExistsError as e:
+        ap.error(str(e))
     print(f"{path}: random {args.shape} {args.model_type} checkpoint")
 
 

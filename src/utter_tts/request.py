@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -22,10 +24,34 @@ MAX_INSTRUCT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 
 
+SAMPLING_SETTINGS = frozenset(f.name for f in dataclasses.fields(SamplingConfig))
+
+
+def _sampling_keywords_refused_clearly(cls):
+    """A sampling setting passed as a keyword (`Request(text, max_new_tokens=8)`, as `TTS.clone` takes
+    it) would get the dataclass's bare "unexpected keyword argument"; say where it goes instead."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        misplaced = {k: kwargs[k] for k in kwargs if k in SAMPLING_SETTINGS}
+        if misplaced:
+            raise TypeError(
+                f"Request() got unexpected keyword argument(s) {', '.join(map(repr, misplaced))}: "
+                f"put {', '.join(misplaced)} in sampling={{...}}, e.g. sampling={misplaced!r}"
+            )
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_sampling_keywords_refused_clearly
 @dataclass
 class Request:
     """What to say and how. `voice` (clone), `instruct` (design description or preset style) and
-    `speaker` (preset) are used by the mode that needs them."""
+    `speaker` (preset) are used by the mode that needs them; sampling settings (temperature, top_k,
+    max_new_tokens, ...) go in `sampling`, a dict of SamplingConfig fields."""
 
     text: str
     mode: str = "clone"

@@ -89,3 +89,29 @@ def test_generate_speech_from_the_page_and_play_it(server, browser, tmp_path, fm
     assert duration > 0
     assert not browser.find_element(By.ID, "download").get_attribute("hidden")
     browser.save_screenshot(str(artifact_dir(tmp_path) / f"web-page-{fmt}.png"))
+
+
+def test_schema_docs_page_lists_every_route(server, browser, tmp_path):
+    """/docs renders, from /openapi.json alone, every method and path with the speech request's fields."""
+    import httpx
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+    expected = [f"{m.upper()} {path}" for path, item in spec["paths"].items() for m in item]
+    browser.get(server.url + "/docs")
+    heads = "return Array.from(document.querySelectorAll('section h2'), (h) => h.textContent)"
+    WebDriverWait(browser, 30, poll_frequency=0.1).until(
+        lambda d: d.execute_script(heads) or d.find_elements("css selector", ".error")
+    )
+    assert not browser.find_elements("css selector", ".error")
+    shown = browser.execute_script(heads)
+    assert set(expected) <= set(shown), set(expected) - set(shown)
+    speech = browser.execute_script(
+        "const h = Array.from(document.querySelectorAll('section h2'))"
+        ".find((h) => h.textContent === 'POST /v1/audio/speech');"
+        "return h.parentNode.textContent"
+    )
+    assert "Request body (application/json)" in speech
+    for field in ("input", "voice", "response_format", "stream_format"):
+        assert field in speech
+    browser.save_screenshot(str(artifact_dir(tmp_path) / "docs-page.png"))

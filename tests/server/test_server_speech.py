@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import httpx
@@ -343,6 +344,19 @@ def test_web_page_is_served(server):
     r = httpx.get(server.url + "/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/v1/audio/speech" in r.text and "<script>" in r.text
+
+
+def test_schema_docs_page_needs_no_other_host(server):
+    """/docs works offline: our own page, which reads /openapi.json and names no other host (FastAPI's
+    Swagger UI loads from a CDN)."""
+    r = httpx.get(server.url + "/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'fetch("/openapi.json")' in r.text
+    page = r.text.lower()
+    assert "://" not in page and not re.search(r"""["'(=]\s*//""", page)  # no URL, protocol-relative either
+    assert not any(word in page for word in ("cdn", "jsdelivr", "unpkg"))
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert "/v1/audio/speech" in spec["paths"] and "/docs" not in spec["paths"]
 
 
 def test_per_frame_delay_streams_early_and_feeds_the_decoder_only_new_frames(client, monkeypatch):

@@ -128,7 +128,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
         await asyncio.sleep(0)
         state.pool.shutdown()
 
-    app = FastAPI(title="utter-tts", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # /docs is our own page (below): FastAPI's Swagger UI loads from another host, blank offline
+    app = FastAPI(title="utter-tts", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     install_error_handlers(app)
     # Room for a reference clip sent inline as base64 (4/3 of its size) plus the JSON around it.
@@ -170,6 +171,11 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         page = resources.files("utter_tts.server").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        page = resources.files("utter_tts.server").joinpath("static/docs.html").read_text("utf-8")
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     return app
