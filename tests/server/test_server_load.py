@@ -89,3 +89,25 @@ def test_graceful_shutdown_finishes_in_flight_streams(registry, tmp_path):
     assert not srv.thread.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/health", timeout=2)
+
+
+def test_a_client_that_leaves_before_its_whole_file_is_made_frees_its_slot(busy_server):
+    """A WAV request is answered as one whole file, so nothing is sent before the end: the server still
+    notices the client leaving and cancels its generation."""
+    pool = busy_server.state.pool
+    pool.chunk_delay_s = 3.0
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while the file is being made
+            httpx.post(
+                busy_server.url + "/v1/audio/speech",
+                json={**BODY, "response_format": "wav"},
+                headers=AUTH,
+                timeout=httpx.Timeout(60, read=1.0),
+            )
+        assert pool.active == 1
+        deadline = time.monotonic() + 2.0
+        while pool.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.active == 0, "a slot is still held by a client that left"
+    finally:
+        pool.chunk_delay_s = 0.0

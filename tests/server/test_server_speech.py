@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import time
@@ -57,6 +58,58 @@ def test_openai_sdk_every_format_decodes_to_the_right_length_and_rate(oa, refere
     assert abs(len(audio) / rate - len(reference_pcm) / SR) < 0.1
     if fmt in ("wav", "flac", "pcm"):
         assert np.max(np.abs(audio[: len(reference_pcm)] - reference_pcm)) < 1e-4  # lossless: same samples
+
+
+def _read_with_soundfile(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if fmt == "pcm":  # headerless: the reader must be told what it is
+        return sf.read(io.BytesIO(data), dtype="float32", format="RAW", subtype="PCM_16", samplerate=SR,
+                       channels=1)  # fmt: skip
+    info = sf.info(io.BytesIO(data))
+    assert info.frames < 10 * SR, f"{fmt}: header length {info.frames}"  # a sane length, not "unknown"
+    return sf.read(io.BytesIO(data), dtype="float32")
+
+
+# The lossy formats' decoders add encoder delay/padding; 0.1 s is far below one model frame's worth.
+LENGTH_SLACK_S = {"mp3": 0.1, "opus": 0.1, "aac": 0.1, "flac": 0.0, "wav": 0.0, "pcm": 0.0}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_non_streamed_file_is_complete_and_read_by_soundfile_and_pyav(client, reference_pcm, fmt):
+    """`stream: false` (and a plain WAV or FLAC request) gives the whole file with its Content-Length and
+    exact header sizes: soundfile (libsndfile) and PyAV both read it at the right length. soundfile reads
+    no AAC at all, so that one is checked with PyAV alone."""
+    bodies = ([{}] if fmt in ("wav", "flac") else []) + [{"stream": False}]
+    for extra in bodies:
+        body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan", "response_format": fmt, "seed": 7}
+        r = client.post("/v1/audio/speech", json={**body, **extra})
+        assert r.status_code == 200, r.text
+        assert int(r.headers["content-length"]) == len(r.content) and "chunked" not in r.headers.get(
+            "transfer-encoding", ""
+        )
+        readers = [decode_audio] if fmt == "aac" else [decode_audio, _read_with_soundfile]
+        for read in readers:
+            audio, rate = read(r.content, fmt)
+            seconds = len(audio) / rate
+            assert abs(seconds - len(reference_pcm) / SR) <= LENGTH_SLACK_S[fmt], (read.__name__, seconds)
+            if LENGTH_SLACK_S[fmt] == 0.0:
+                assert np.max(np.abs(audio - reference_pcm)) < 1e-4
+
+
+def test_a_streamed_wav_or_flac_says_its_length_is_unknown(client, reference_pcm):
+    """Asking for a stream keeps WAV and FLAC streaming: chunked, and a header whose length is not
+    known (PyAV reads all of it; see the README for what readers can expect)."""
+    for fmt in ("wav", "flac"):
+        body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan", "response_format": fmt, "seed": 7}
+        for extra in ({"stream": True}, {"stream_format": "audio"}):
+            r = client.post("/v1/audio/speech", json={**body, **extra})
+            assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+            assert "content-length" not in r.headers
+            audio, _ = decode_audio(r.content, fmt)
+            assert np.max(np.abs(audio - reference_pcm)) < 1e-4
+    r = client.post("/v1/audio/speech", json={**body, "stream": False, "stream_format": "sse"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "wav"])
@@ -281,11 +334,12 @@ def test_websocket_rejects_bad_key(server):
         assert event["type"] == "error" and event["error"]["code"] == "invalid_api_key"
 
 
-def test_long_job_submit_poll_fetch(client):
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_long_job_submit_poll_fetch(client, fmt):
     text = " ".join(f"Sentence number {i} of the document." for i in range(3))
     r = client.post(
         "/v1/audio/speech/jobs",
-        json={"model": "tts-1", "input": text, "voice": "ryan", "response_format": "wav", "seed": 1},
+        json={"model": "tts-1", "input": text, "voice": "ryan", "response_format": fmt, "seed": 1},
     )
     assert r.status_code == 202, r.text
     job = r.json()
@@ -297,8 +351,9 @@ def test_long_job_submit_poll_fetch(client):
     assert job["status"] == "succeeded", job
     assert job["progress"]["fraction"] == 1.0 and job["progress"]["frames_done"] > 0
     r = client.get(f"/v1/audio/speech/jobs/{job['id']}/content")
-    audio, rate = decode_audio(r.content, "wav")
-    assert abs(len(audio) / rate - job["progress"]["frames_done"] / 12.5) < 0.1
+    for read in (decode_audio, _read_with_soundfile):  # a complete file: its header holds its length
+        audio, rate = read(r.content, fmt)
+        assert abs(len(audio) / rate - job["progress"]["frames_done"] / 12.5) < 0.1
     assert client.get("/v1/audio/speech/jobs").json()["data"][0]["id"] == job["id"]
     assert client.delete(f"/v1/audio/speech/jobs/{job['id']}").json()["deleted"] is True
     assert client.get(f"/v1/audio/speech/jobs/{job['id']}").status_code == 404

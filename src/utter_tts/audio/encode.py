@@ -138,12 +138,38 @@ class _SeekableSink(_Sink):
         return bytes(self._buf)
 
 
+class _FileSink:
+    """Seekable sink over a real file: the muxer patches headers in place, nothing is kept in memory."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, data) -> int:
+        return self.file.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def take(self) -> bytes:
+        return b""
+
+
 class AudioEncoder:
     """Incremental encoder: `feed()` float32 chunks, get back the bytes that are ready; `finish()` the rest.
 
     Streaming mode (the default) never seeks, so every byte returned is final and can be sent to a
     client at once; wav headers then carry the "unknown length" size that streaming players accept.
-    With `streaming=False` all bytes come from `finish()` and headers hold exact sizes.
+    With `streaming=False` all bytes come from `finish()` and headers hold exact sizes; with a seekable
+    `file` too, they go into it instead (`feed` and `finish` return nothing).
     """
 
     def __init__(
@@ -153,7 +179,10 @@ class AudioEncoder:
         sample_rate: int | None = None,
         speed: float = 1.0,
         streaming: bool = True,
+        file=None,
     ) -> None:
+        if file is not None and streaming:
+            raise ValueError("an encoder writes into a file only when not streaming")
         self.format = audio_format(format)
         self.speed = check_speed(speed)
         self.input_rate = int(input_rate)
@@ -166,7 +195,7 @@ class AudioEncoder:
                 code="unsupported_sample_rate",
             )
         self.streaming = streaming
-        self._sink = _Sink() if streaming else _SeekableSink()
+        self._sink = _Sink() if streaming else _FileSink(file) if file is not None else _SeekableSink()
         # flush_packets makes the muxer hand every packet to our sink at once instead of filling a
         # 32 KiB buffer first, which is what gives streamed responses a low time to first byte.
         self._container = av.open(
@@ -188,6 +217,14 @@ class AudioEncoder:
         self._pts = 0
         self._closed = False
         self.samples_in = 0
+
+    def to_file(self, file) -> AudioEncoder:
+        """An encoder of the same settings that writes one complete file (exact header sizes) into the
+        seekable `file`; this one is closed. For outputs validated early and written later (jobs)."""
+        self.close()
+        return AudioEncoder(
+            self.format.name, self.input_rate, self.sample_rate, self.speed, streaming=False, file=file
+        )
 
     def _container_options(self) -> dict[str, str]:
         # bitexact: no encoder-version tag, so a wav file is the plain 44-byte header and the samples

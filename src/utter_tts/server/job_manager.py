@@ -195,7 +195,8 @@ class JobManager:
         rate = self.state.sample_rate
         samples = 0
         try:
-            with open(job.path, "wb") as out:
+            with open(job.path, "w+b") as out:
+                encoder = encoder.to_file(out)  # a complete file: WAV and FLAC headers hold the length
                 # One casting for every piece: an inline voice is built once, for the first.
                 for piece in split_sentences(plan.text, SEGMENT_CHARS):
                     speech = SpeechStream(
@@ -208,10 +209,10 @@ class JobManager:
                         async for chunk in speech.chunks():
                             samples += chunk.size
                             job.frames_done = int(samples / rate * FRAME_RATE_HZ)
-                            out.write(encoder.feed(chunk))
+                            encoder.feed(chunk)
                     finally:
                         await speech.aclose()
-                out.write(encoder.finish())
+                encoder.finish()
             job.status = "succeeded"
         except asyncio.CancelledError:
             job.status = "cancelled"

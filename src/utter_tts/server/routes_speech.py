@@ -7,6 +7,7 @@ import json
 import logging
 import time
 
+import anyio
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -14,7 +15,7 @@ from utter_tts.audio.encode import AudioEncoder
 from utter_tts.server.openai_errors import error_body
 from utter_tts.server.planner import FRAME_RATE_HZ
 from utter_tts.server.schemas import SpeechRequest
-from utter_tts.server.streaming import CancellingStreamingResponse, SpeechStream
+from utter_tts.server.streaming import CancellingStreamingResponse, SpeechStream, WholeFileResponse
 from utter_tts.service.http_errors import APIError, internal_error
 
 log = logging.getLogger("utter_tts.server")
@@ -37,15 +38,15 @@ def casting_args(body) -> dict:
     )
 
 
-def stream_encoder(state, body) -> AudioEncoder:
-    """The streaming encoder the request's output settings ask for; building it validates them, so do it
-    before any work is queued."""
+def stream_encoder(state, body, streaming: bool = True) -> AudioEncoder:
+    """The encoder the request's output settings ask for; building it validates them, so do it before
+    any work is queued. Not `streaming`: all bytes at the end, headers with exact sizes."""
     return AudioEncoder(
         body.response_format,
         input_rate=state.sample_rate,
         sample_rate=body.sample_rate,
         speed=body.speed,
-        streaming=True,
+        streaming=streaming,
     )
 
 
@@ -69,7 +70,9 @@ async def create_speech(request: Request, body: SpeechRequest):
     started = time.monotonic()
     state.require_ready()
     owner = state.keys.owner(request)
-    encoder = stream_encoder(state, body)
+    if body.stream is False and body.stream_format == "sse":
+        raise APIError(400, "stream_format sse is a stream; drop stream: false", "invalid_value", "stream")
+    encoder = stream_encoder(state, body, streaming=body.streamed)
     plan = await plan_speech(state, owner, body)
     speech = SpeechStream(state, plan, owner, started)
     try:
@@ -84,9 +87,22 @@ async def create_speech(request: Request, body: SpeechRequest):
             _sse_body(speech, encoder, body), media_type="text/event-stream", headers=headers
         )
     headers["Content-Disposition"] = f'inline; filename="speech.{fmt.extension}"'
+    if not body.streamed:
+        return WholeFileResponse(lambda: _whole_file(speech, encoder), fmt.media_type, headers)
     return CancellingStreamingResponse(
         _audio_body(speech, encoder), media_type=fmt.media_type, headers=headers
     )
+
+
+async def _whole_file(speech: SpeechStream, encoder: AudioEncoder) -> bytes:
+    try:
+        async for _ in speech.encoded(encoder):
+            pass  # a whole-file encoder hands out nothing before finish()
+        return encoder.finish()
+    finally:
+        encoder.close()
+        with anyio.CancelScope(shield=True):  # a client that left cancelled us: still free the slot
+            await speech.aclose()
 
 
 async def _audio_body(speech: SpeechStream, encoder: AudioEncoder):

@@ -47,6 +47,9 @@ class SpeechRequest(Sampling):
     speed: StrictFloat = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     # extensions
+    # False: the whole file at once with exact sizes in its header; True: bytes as they are made.
+    # Unset: streamed, except WAV and FLAC without an explicit stream_format (see `streamed`).
+    stream: StrictBool | None = None
     language: StrictStr = "auto"
     seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     sample_rate: StrictInt | None = None
@@ -56,6 +59,15 @@ class SpeechRequest(Sampling):
     @property
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the response streams. WAV and FLAC record their length in their header, which a
+        stream cannot know yet, so a plain request for one gets the whole file; asking for a stream
+        (`stream`, or any `stream_format`) gets one with "length unknown" headers."""
+        if self.stream is not None:
+            return self.stream
+        return "stream_format" in self.model_fields_set or self.response_format not in ("wav", "flac")
 
 
 class DesignRequest(Sampling):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import numpy as np
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from utter_tts.audio.encode import AudioEncoder
-from utter_tts.server.openai_errors import as_api_error
+from utter_tts.server.openai_errors import as_api_error, error_response
 from utter_tts.server.planner import Plan
 
 
@@ -97,3 +97,35 @@ class CancellingStreamingResponse(StreamingResponse):
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
+
+
+class WholeFileResponse(Response):
+    """A file sent only once all of it exists, with its Content-Length, so its headers can hold exact
+    sizes (WAV, FLAC). A failure before then still gets its real error status; a client that leaves
+    while it is made cancels the work (its generation frees its slot)."""
+
+    def __init__(self, make: Callable[[], Awaitable[bytes]], media_type: str, headers: dict[str, str]):
+        super().__init__(media_type=media_type)
+        self.make, self.file_headers = make, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome: list[Response] = []
+        async with anyio.create_task_group() as tg:
+
+            async def make() -> None:
+                try:
+                    data = await self.make()
+                    outcome.append(Response(data, media_type=self.media_type, headers=self.file_headers))
+                except Exception as e:
+                    outcome.append(error_response(as_api_error(e, "generation failed")))
+                tg.cancel_scope.cancel()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(make)
+            tg.start_soon(watch)
+        if outcome:
+            await outcome[0](scope, receive, send)
