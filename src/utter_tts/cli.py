@@ -335,7 +335,12 @@ def _synthesis_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-p", type=float)
     s.add_argument("--repetition-penalty", type=float)
     s.add_argument("--greedy", action="store_true", help="no sampling (talker and code predictor)")
-    s.add_argument("--max-new-tokens", type=int, help="cap on generated frames per chunk (12.5 per second)")
+    s.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="cap on first-codebook tokens per chunk, as the official code counts them: N gives at most "
+        "N - 1 frames of 80 ms (the last token sampled makes no frame)",
+    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
