@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores shared by the pytest-xdist workers: more threads than cores would only contend.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
 
 

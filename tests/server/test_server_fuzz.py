@@ -105,7 +105,8 @@ SAMPLING = [
 @pytest.fixture(scope="module")
 def live(registry, tmp_path_factory):
     """All three model types, keys on, utter's routes mounted (keys on too)."""
-    app = create_app(make_config(tmp_path_factory.mktemp("fuzz"), max_queue=32), registry)
+    # two frames a request: the fuzz is about what the server accepts and refuses, not how long it speaks
+    app = create_app(make_config(tmp_path_factory.mktemp("fuzz"), max_queue=32, max_new_tokens=2), registry)
     runner = mount_on_server(app, auth=True)
     with ServerThread(app) as srv:
         yield srv

@@ -18,6 +18,7 @@ the GPU computes. Our kernels do every other bf16 op in fp32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -27,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 from triton import knobs
+from triton.language import core as _tl_core
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
@@ -117,9 +119,13 @@ def _call_interpreted(self, *args, **kwargs):
 def _run_helper(f: InterpretedFunction, args, kwargs):
     """InterpretedFunction.__call__ without its leak: it patches triton.language's builtins for the
     helper's module (tl.core for triton.language's own helpers) and never undoes it, which would leave
-    later *compiled* kernels in this process calling the interpreter's semantics."""
+    later *compiled* kernels in this process calling the interpreter's semantics. Inside an interpreted
+    launch both are patched already (`_helpers_interpreted`), so a helper just runs: patching per call
+    (every helper call of every program) was most of an interpreted frame's time."""
     from triton.runtime import interpreter as ti
 
+    if _LANG_PATCHED:
+        return f.rewrite()(*args, **kwargs)
     scope = ti._patch_lang(f.fn)
     try:
         return f.rewrite()(*args, **kwargs)
@@ -127,16 +133,33 @@ def _run_helper(f: InterpretedFunction, args, kwargs):
         scope.restore()
 
 
+_LANG_PATCHED = False
+
+
+def _both_langs():
+    """Names triton.language and tl.core in its globals, so `_patch_lang` of it patches both."""
+    return tl, _tl_core
+
+
 @contextlib.contextmanager
 def _helpers_interpreted():
     """While an interpreted kernel runs, a compiled helper it calls (JITFunction.__call__, which would
-    raise "Cannot call @triton.jit'd outside of the scope of a kernel") runs interpreted instead."""
+    raise "Cannot call @triton.jit'd outside of the scope of a kernel") runs interpreted instead, with
+    triton.language patched for the interpreter once for the whole launch (undone after it)."""
+    global _LANG_PATCHED
+    from triton.runtime import interpreter as ti
+
     with _HELPERS_LOCK:
-        saved = JITFunction.__call__
+        saved, outer = JITFunction.__call__, _LANG_PATCHED
         JITFunction.__call__ = _call_interpreted
+        scope = None if outer else ti._patch_lang(_both_langs)
+        _LANG_PATCHED = True
         try:
             yield
         finally:
+            _LANG_PATCHED = outer
+            if scope is not None:
+                scope.restore()
             JITFunction.__call__ = saved
 
 
@@ -209,6 +232,12 @@ def _patch_interpreter() -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 
     ti._patch_lang_tensor = patch_lang_tensor
+    # The interpreter checks every int32 add/mul for overflow (widen, compare, assert: ~7 extra ops each,
+    # a third of an interpreted kernel's time). Interpreted runs are the tests' tiny tensors, far below
+    # 2**31 elements, where it can never fire; the GPU never checks. Off, as in compiled kernels.
+    ti.interpreter_builder.options = dataclasses.replace(
+        ti.interpreter_builder.options, sanitize_overflow=False
+    )
     builder.cast_impl = cast_impl
     builder.create_fp_trunc = cast_impl
     builder.create_fp_to_fp = create_fp_to_fp
