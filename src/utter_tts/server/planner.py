@@ -11,7 +11,7 @@ import numpy as np
 
 from utter_tts.errors import AudioError, InvalidInput, UnsupportedForModel
 from utter_tts.request import Request
-from utter_tts.server.registry import GENERIC_MODEL_NAMES, LoadedModel, ModelRegistry
+from utter_tts.server.registry import LoadedModel, ModelRegistry, is_generic_model
 from utter_tts.service.inline_voices import InlineVoices
 from utter_tts.service.reference import decode_base64, probe_duration
 from utter_tts.textcheck import check_text
@@ -182,7 +182,7 @@ class Planner:
             # A blank transcript means "none" (x-vector cloning), as it does in the upload form.
             ref_text = self.optional_text(ref_text, "ref_text")
         voice = check_text(voice, "voice", MAX_VOICE_CHARS, allow_empty=ref_audio is not None).strip()
-        if model and model.lower() not in GENERIC_MODEL_NAMES and model.lower() not in self.registry.models:
+        if model and not is_generic_model(model) and model.lower() not in self.registry.models:
             self.registry.pick(model, "base")  # raises model_not_found, naming the loaded models
         if ref_audio is not None:
             return self._inline_clone(owner, model, voice, instructions, language, ref_audio, ref_text)
@@ -257,7 +257,7 @@ class Planner:
         record = self.library.find(owner, name, param="voice")
         if record is not None:
             made_with = self.registry.models.get(str(record.meta.get("model", "")))
-            generic = not model or model.lower() in GENERIC_MODEL_NAMES
+            generic = not model or is_generic_model(model)
             if generic and made_with and made_with.model_type == "base":
                 m = made_with  # the checkpoint the voice was built with, when several are loaded
             else:
