@@ -1,18 +1,24 @@
 """What agent frameworks' OpenAI TTS plugins (LiveKit Agents, Pipecat) send and expect: OpenAI's newer
-voice names and dated model names."""
+voice names, dated model names, and an x-request-id on every response."""
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
+import string
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.server.conftest import ServerThread, make_config
 from utter_tts.errors import InvalidInput
+from utter_tts.server.app import create_app, request_id
 from utter_tts.server.planner import OPENAI_VOICES, Planner
 from utter_tts.server.registry import ModelRegistry
 from utter_tts.service.inline_voices import InlineVoices
@@ -129,3 +135,94 @@ def test_names_outside_the_rule_stay_unknown_over_http(client, name):
         "/v1/audio/speech", json={"model": name, "input": "Hi.", "voice": "ryan", "response_format": "pcm"}
     )
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+# ---- x-request-id --------------------------------------------------------------------------------------
+TOKEN_CHARS = string.ascii_letters + string.digits + "._:@/+=-"
+NEW_ID = re.compile(r"req_[0-9a-f]{32}")
+
+
+@settings(max_examples=300, **EXAMPLES)
+@given(
+    st.one_of(
+        st.text(TOKEN_CHARS, min_size=1, max_size=140),
+        st.text(),
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),  # header bytes as Starlette reads them
+        st.tuples(st.text(TOKEN_CHARS), st.sampled_from(" \t\r\n\x00\x7f\"'<>;,é"), st.text(TOKEN_CHARS)).map(
+            "".join
+        ),
+    )
+)
+def test_a_request_id_is_the_clients_plain_token_or_a_new_one(sent):
+    rid = request_id(sent)
+    plain = 1 <= len(sent) <= 128 and all(c in TOKEN_CHARS for c in sent)
+    assert rid == sent if plain else NEW_ID.fullmatch(rid)
+
+
+def raw_request(port: int, head: bytes) -> dict[str, str]:
+    """Send a request as bytes (an HTTP client refuses control characters in headers); its response's
+    status and headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(head + b"Host: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, *lines = data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    return {"status": status.split()[1], **{k.lower(): v for k, v in (x.split(": ", 1) for x in lines)}}
+
+
+def test_every_response_carries_a_request_id(client):
+    echoed = client.get("/health", headers={"x-request-id": "lk-8f2e:turn/1"})
+    assert echoed.status_code == 200 and echoed.headers["x-request-id"] == "lk-8f2e:turn/1"
+    first, second = client.get("/v1/models"), client.get("/v1/models")
+    assert NEW_ID.fullmatch(first.headers["x-request-id"]) and NEW_ID.fullmatch(
+        second.headers["x-request-id"]
+    )
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_streamed_response_carries_the_request_id(client):
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan", "response_format": "pcm"}
+    with client.stream("POST", "/v1/audio/speech", json=body, headers={"x-request-id": "stream-1"}) as r:
+        assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
+        assert r.headers["x-request-id"] == "stream-1" and b"".join(r.iter_bytes())
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, status",
+    [
+        ("GET", "/no/such/route", {}, 404),
+        ("POST", "/v1/audio/speech", {"json": {"model": "tts-1", "input": "", "voice": "ryan"}}, 400),
+        ("POST", "/v1/audio/speech", {"json": {"model": "tts-2", "input": "Hi.", "voice": "ryan"}}, 404),
+        ("GET", "/v1/voices", {"headers": {"Authorization": "Bearer sk-wrong"}}, 401),
+        ("POST", "/v1/audio/speech", {"content": b"x" * 3_000_000}, 413),
+    ],
+)
+def test_an_error_response_carries_the_request_id(client, method, path, kwargs, status):
+    headers = {"x-request-id": f"err-{status}", **kwargs.pop("headers", {})}
+    r = client.request(method, path, headers=headers, **kwargs)
+    assert r.status_code == status and r.headers["x-request-id"] == f"err-{status}"
+
+
+@pytest.mark.parametrize(
+    "value", [b"a" * 129, b"ab\x01cd", b"ab\x7f", b"caf\xc3\xa9", b"a b", b'"quoted"', b"x;y"]
+)
+def test_a_hostile_request_id_is_replaced(server, value):
+    headers = raw_request(server.port, b"GET /health HTTP/1.1\r\nx-request-id: " + value + b"\r\n")
+    assert headers["status"] == "200" and NEW_ID.fullmatch(headers["x-request-id"])
+    sane = raw_request(server.port, b"GET /health HTTP/1.1\r\nx-request-id: " + b"a" * 128 + b"\r\n")
+    assert sane["x-request-id"] == "a" * 128
+
+
+def test_an_internal_error_carries_the_request_id_into_the_response_and_the_log(registry, tmp_path, caplog):
+    app = create_app(make_config(tmp_path), registry)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    with ServerThread(app) as srv, caplog.at_level(logging.ERROR, "utter_tts.server"):
+        r = httpx.get(f"{srv.url}/boom", headers={"x-request-id": "boom-7"}, timeout=60)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] == "boom-7"
+    assert any("boom-7" in rec.getMessage() for rec in caplog.records if rec.name == "utter_tts.server")
