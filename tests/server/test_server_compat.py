@@ -1,12 +1,16 @@
 """What agent frameworks' OpenAI TTS plugins (LiveKit Agents, Pipecat) send and expect: OpenAI's newer
-voice names, dated model names, and an x-request-id on every response."""
+voice names, dated model names, an x-request-id on every response, and instructions sent with every
+request, which a voice that cannot take them ignores (saying so) instead of refusing the request."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import re
 import socket
 import string
+import time
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +19,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.sync.client import connect as ws_connect
 
-from tests.server.conftest import ServerThread, make_config
+from tests.server.conftest import ALICE, ServerThread, make_config, tone_wav
 from utter_tts.errors import InvalidInput
 from utter_tts.server.app import create_app, request_id
 from utter_tts.server.planner import OPENAI_VOICES, Planner
@@ -226,3 +231,108 @@ def test_an_internal_error_carries_the_request_id_into_the_response_and_the_log(
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert r.headers["x-request-id"] == "boom-7"
     assert any("boom-7" in rec.getMessage() for rec in caplog.records if rec.name == "utter_tts.server")
+
+
+# ---- instructions a voice cannot take ------------------------------------------------------------------
+CLONE_IGNORES = "cloned voice: the Base model takes no instructions"
+SMALL_IGNORES = "preset speaker of a 0.6B CustomVoice model, which takes no instructions"
+STYLE = "Speak cheerfully, a little faster."
+
+
+@pytest.fixture(scope="module")
+def saved_voice(server):
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    r = httpx.post(
+        f"{server.url}/v1/voices",
+        headers=headers,
+        files={"file": ("r.wav", tone_wav(), "audio/wav")},
+        data={"name": "compat-clone", "ref_text": "hello there"},
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+    yield r.json()["id"]
+    httpx.delete(f"{server.url}/v1/voices/{r.json()['id']}", headers=headers, timeout=60)
+
+
+def speak(client, **fields) -> httpx.Response:
+    body = {"model": "tts-1", "input": "Hello there.", "response_format": "pcm", "seed": 7, **fields}
+    r = client.post("/v1/audio/speech", json=body)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def clone_fields(kind: str, saved_voice: str) -> dict:
+    if kind == "saved":
+        return {"voice": saved_voice}
+    return {"voice": "clone", "ref_audio": base64.b64encode(tone_wav()).decode(), "ref_text": "hello there"}
+
+
+@pytest.mark.parametrize("kind", ["saved", "inline"])
+def test_a_cloned_voice_ignores_instructions_and_says_so(client, saved_voice, kind):
+    """LiveKit and Pipecat send their instructions with every request: a clone (saved or inline) speaks
+    as it would without them, and the response says they were dropped, and why."""
+    plain = speak(client, **clone_fields(kind, saved_voice))
+    styled = speak(client, **clone_fields(kind, saved_voice), instructions=STYLE)
+    assert styled.headers["x-utter-instructions-ignored"] == CLONE_IGNORES
+    assert "x-utter-instructions-ignored" not in plain.headers
+    assert styled.content == plain.content and len(plain.content) > 0
+
+
+def test_a_small_custom_voice_models_speakers_ignore_instructions(client, registry, monkeypatch):
+    """The 0.6B CustomVoice refuses instructions: its preset speakers speak without them. (The tiny
+    checkpoint is a 1.7B one; told it is a 0.6B, it refuses an instruction as the real one does.)"""
+    styled_big = speak(client, voice="ryan", instructions=STYLE)
+    assert "x-utter-instructions-ignored" not in styled_big.headers  # the 1.7B takes them
+    monkeypatch.setattr(registry.models["custom_voice"].tts.pipeline.config, "tts_model_size", "0b6")
+    plain = speak(client, voice="ryan")
+    styled = speak(client, voice="ryan", instructions=STYLE)
+    assert styled.headers["x-utter-instructions-ignored"] == SMALL_IGNORES
+    assert styled.content == plain.content and len(plain.content) > 0
+
+
+def test_design_still_needs_instructions(client):
+    r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "design"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "instructions"
+
+
+def test_a_websocket_session_says_which_instructions_it_ignores(server, saved_voice):
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    cases = [(saved_voice, STYLE, CLONE_IGNORES), (saved_voice, None, None), ("ryan", STYLE, None)]
+    for voice, instructions, ignored in cases:
+        with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+            start = {"type": "session.start", "voice": voice, "instructions": instructions, "seed": 3}
+            ws.send(json.dumps(start))
+            started = json.loads(ws.recv(timeout=60))
+            assert started["type"] == "session.started", started
+            assert started.get("instructions_ignored") == ignored
+            ws.send(json.dumps({"type": "input.append", "text": "Hello there."}))
+            ws.send(json.dumps({"type": "input.flush"}))
+            audio, events = b"", []
+            while not events or events[-1]["type"] not in ("session.done", "error"):
+                msg = ws.recv(timeout=60)
+                if isinstance(msg, bytes):
+                    audio += msg
+                else:
+                    events.append(json.loads(msg))
+            assert events[-1]["type"] == "session.done" and audio
+
+
+def test_a_job_says_which_instructions_it_ignores(client, saved_voice):
+    """The 202 of a job carries the same header; its audio is that of the speech without instructions."""
+    body = {
+        "model": "tts-1",
+        "input": "Hello there.",
+        "voice": saved_voice,
+        "response_format": "pcm",
+        "seed": 7,
+    }
+    r = client.post("/v1/audio/speech/jobs", json={**body, "instructions": STYLE})
+    assert r.status_code == 202 and r.headers["x-utter-instructions-ignored"] == CLONE_IGNORES
+    job, deadline = r.json(), time.monotonic() + 120
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/v1/audio/speech/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded", job
+    content = client.get(f"/v1/audio/speech/jobs/{job['id']}/content").content
+    assert content == speak(client, voice=saved_voice).content
+    client.delete(f"/v1/audio/speech/jobs/{job['id']}")

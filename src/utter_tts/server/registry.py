@@ -48,6 +48,15 @@ class LoadedModel:
     def speakers(self) -> list[str]:
         return list(getattr(self.tts, "speakers", None) or [])
 
+    @property
+    def takes_instructions(self) -> bool:
+        """Whether its voices can be styled by instructions: not Base's clones, nor the preset speakers of
+        a 0.6B CustomVoice checkpoint (it refuses them)."""
+        if self.model_type == "base":
+            return False
+        config = getattr(getattr(self.tts, "pipeline", None), "config", None)
+        return not (self.model_type == "custom_voice" and getattr(config, "tts_model_size", "") == "0b6")
+
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
