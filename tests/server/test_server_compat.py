@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect as ws_connect
 
-from tests.server.conftest import ALICE, ServerThread, make_config, tone_wav
+from tests.server.conftest import ALICE, BOB, ServerThread, make_config, tone_wav
 from utter_tts.errors import InvalidInput
 from utter_tts.server.app import create_app, request_id
 from utter_tts.server.planner import OPENAI_VOICES, Planner
@@ -60,6 +60,29 @@ def test_every_openai_voice_is_a_speaker_of_the_real_custom_voice_model(real_spe
         "alice", model="gpt-4o-mini-tts", voice=name.upper(), instructions=None, language="auto"
     )
     assert casting.mode == "speak" and casting.speaker == OPENAI_VOICES[name]
+
+
+def test_a_saved_voice_named_like_an_openai_voice_is_reached_by_that_name(registry, tmp_path):
+    """For frameworks that send only OpenAI's names (Pipecat): the key's saved voice named "alloy" is what
+    voice="alloy" speaks, over the preset speaker the name maps to; other keys still get the preset."""
+    app = create_app(make_config(tmp_path), registry)
+    body = {"model": "gpt-4o-mini-tts", "input": "Hi.", "response_format": "pcm", "seed": 7}
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        alice, bob = ({"Authorization": f"Bearer {key}"} for key in (ALICE, BOB))
+        preset = c.post("/v1/audio/speech", json={**body, "voice": "alloy"}, headers=alice)
+        r = c.post(
+            "/v1/voices",
+            files={"file": ("r.wav", tone_wav(), "audio/wav")},
+            data={"name": "alloy"},
+            headers=alice,
+        )
+        assert r.status_code == 201, r.text
+        saved = c.post("/v1/audio/speech", json={**body, "voice": r.json()["id"]}, headers=alice)
+        by_name = c.post("/v1/audio/speech", json={**body, "voice": "alloy"}, headers=alice)
+        others = c.post("/v1/audio/speech", json={**body, "voice": "alloy"}, headers=bob)
+    assert preset.status_code == saved.status_code == by_name.status_code == others.status_code == 200
+    assert by_name.content == saved.content != preset.content
+    assert others.content == preset.content
 
 
 def test_the_newer_openai_voices_are_known(client):
