@@ -359,16 +359,6 @@ CASES = [
         "instructions",
     ),
     (
-        "instructions on a cloned voice",
-        "POST",
-        "/v1/audio/speech",
-        lambda v: {"json": speech(voice=v["alice"], instructions="whisper")},
-        ALICE,
-        400,
-        "unsupported_for_model",
-        "instructions",
-    ),
-    (
         "ref_audio not base64",
         "POST",
         "/v1/audio/speech",

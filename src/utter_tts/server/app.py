@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import socket
 import threading
 import time
+import uuid
 from contextlib import asynccontextmanager
 from importlib import metadata, resources
 from typing import Any
@@ -30,6 +32,16 @@ from utter_tts.service.keys import KeyChecker, redact_server_logs
 from utter_tts.voices.library import VoiceLibrary
 
 log = logging.getLogger("utter_tts.server")
+
+# A client's own x-request-id is echoed only when it is a plain token: it goes into a header and the log.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id(sent: str | None) -> str:
+    """The id a response carries: the client's x-request-id when it is a plain token, else a new one."""
+    if sent is not None and REQUEST_ID.fullmatch(sent):
+        return sent
+    return f"req_{uuid.uuid4().hex}"
 
 
 class ServerState:
@@ -138,11 +150,15 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
         started = time.monotonic()
+        # Every response names its request (LiveKit warns on each one that does not); an internal error,
+        # answered outside this middleware, reads it from the request's state.
+        request.state.request_id = request_id(request.headers.get("x-request-id"))
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         state.metrics.requests.labels(route=path, status=str(response.status_code)).inc()
         response.headers.setdefault("X-Process-Time", f"{time.monotonic() - started:.3f}")
+        response.headers["X-Request-Id"] = request.state.request_id
         return response
 
     app.include_router(routes_speech.router)

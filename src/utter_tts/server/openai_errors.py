@@ -111,5 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return error_response(internal_error(), request)
+        # answered outside the app's middleware: the request id it set is carried over here
+        rid = getattr(request.state, "request_id", None)
+        log.exception("internal error on %s %s (request %s)", request.method, request.url.path, rid)
+        response = error_response(internal_error(), request)
+        if rid is not None:
+            response.headers["X-Request-Id"] = rid
+        return response

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from utter_tts.errors import AudioError, InvalidInput, UnsupportedForModel
+from utter_tts.errors import AudioError, InvalidInput
 from utter_tts.request import Request
-from utter_tts.server.registry import GENERIC_MODEL_NAMES, LoadedModel, ModelRegistry
+from utter_tts.server.registry import LoadedModel, ModelRegistry, is_generic_model
 from utter_tts.service.inline_voices import InlineVoices
 from utter_tts.service.reference import decode_base64, probe_duration
 from utter_tts.textcheck import check_text
@@ -30,15 +30,32 @@ OPENAI_VOICES = {
     "alloy": "vivian",
     "ash": "aiden",
     "ballad": "ryan",
+    "cedar": "aiden",
     "coral": "serena",
     "echo": "ryan",
     "fable": "ryan",
+    "marin": "serena",
     "nova": "vivian",
     "onyx": "uncle_fu",
     "sage": "serena",
     "shimmer": "vivian",
     "verse": "aiden",
 }
+
+# Why a request's instructions were dropped, by the type of the model whose voice cannot take them.
+INSTRUCTIONS_IGNORED = {
+    "base": "cloned voice: the Base model takes no instructions",
+    "custom_voice": "preset speaker of a 0.6B CustomVoice model, which takes no instructions",
+}
+
+
+def usable_instructions(model: LoadedModel, instructions: str | None) -> tuple[str | None, str | None]:
+    """The instructions the model's voices can take, and why they were dropped when they cannot.
+    Dropped, not refused: LiveKit's and Pipecat's OpenAI plugins send their configured instructions
+    with every request, whatever the voice. (`voice="design"` still needs them: they are the voice.)"""
+    if not instructions or model.takes_instructions:
+        return instructions, None
+    return None, INSTRUCTIONS_IGNORED.get(model.model_type, "this voice takes no instructions")
 
 
 @dataclass
@@ -53,6 +70,7 @@ class Casting:
     speaker: str | None = None  # speak
     instruct: str | None = None  # design / speak
     pending_ref: tuple[bytes, str | None] | None = None  # inline reference still to be turned into a voice
+    instructions_ignored: str | None = None  # why the request's instructions were dropped
 
 
 @dataclass
@@ -180,7 +198,7 @@ class Planner:
             # A blank transcript means "none" (x-vector cloning), as it does in the upload form.
             ref_text = self.optional_text(ref_text, "ref_text")
         voice = check_text(voice, "voice", MAX_VOICE_CHARS, allow_empty=ref_audio is not None).strip()
-        if model and model.lower() not in GENERIC_MODEL_NAMES and model.lower() not in self.registry.models:
+        if model and not is_generic_model(model) and model.lower() not in self.registry.models:
             self.registry.pick(model, "base")  # raises model_not_found, naming the loaded models
         if ref_audio is not None:
             return self._inline_clone(owner, model, voice, instructions, language, ref_audio, ref_text)
@@ -207,10 +225,16 @@ class Planner:
                 "with ref_audio, set voice to 'clone'", param="voice", code="conflicting_voice"
             )
         m = self.registry.pick(model, "base")
-        self._no_instructions(instructions)
+        _, ignored = usable_instructions(m, instructions)
         raw = decode_base64(ref_audio)
         cached = self.inline_voices.find(owner, m.id, raw, ref_text)
-        casting = Casting(model=m, mode="clone", language=self.check_language(m, language), voice=cached)
+        casting = Casting(
+            model=m,
+            mode="clone",
+            language=self.check_language(m, language),
+            voice=cached,
+            instructions_ignored=ignored,
+        )
         if cached is None:
             self.check_reference(raw, "ref_audio")
             casting.pending_ref = (raw, ref_text)
@@ -255,26 +279,34 @@ class Planner:
         record = self.library.find(owner, name, param="voice")
         if record is not None:
             made_with = self.registry.models.get(str(record.meta.get("model", "")))
-            generic = not model or model.lower() in GENERIC_MODEL_NAMES
+            generic = not model or is_generic_model(model)
             if generic and made_with and made_with.model_type == "base":
                 m = made_with  # the checkpoint the voice was built with, when several are loaded
             else:
                 m = self.registry.pick(model, "base")
-            self._no_instructions(instructions)
+            _, ignored = usable_instructions(m, instructions)
             stored = self.library.load_record(owner, record, param="voice")
-            return Casting(model=m, mode="clone", language=self.check_language(m, language), voice=stored)
+            return Casting(
+                model=m,
+                mode="clone",
+                language=self.check_language(m, language),
+                voice=stored,
+                instructions_ignored=ignored,
+            )
         preset = self.registry.preset_speaker(name)
         if preset is None:
             return None
         m, speaker = preset
         if model and model.lower() != m.id and model.lower() in self.registry.models:
             m = self.registry.pick(model, "custom_voice")
+        instructions, ignored = usable_instructions(m, instructions)
         return Casting(
             model=m,
             mode="speak",
             language=self.check_language(m, language),
             speaker=speaker,
             instruct=instructions,
+            instructions_ignored=ignored,
         )
 
     # ---- checks --------------------------------------------------------------------------------------
@@ -287,13 +319,6 @@ class Planner:
                 code="unsupported_language",
             )
         return lang
-
-    def _no_instructions(self, instructions: str | None) -> None:
-        if instructions:
-            raise UnsupportedForModel(
-                "cloned voices cannot take instructions (the Base model has no instruction input)",
-                param="instructions",
-            )
 
     def check_reference(self, raw: bytes, param: str) -> float:
         seconds = probe_duration(raw, param)

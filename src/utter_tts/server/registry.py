@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,17 @@ log = logging.getLogger("utter_tts.server")
 
 # Names OpenAI clients send; they mean "whichever loaded model can do what the voice asks".
 GENERIC_MODEL_NAMES = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "auto", "utter-tts", "qwen3-tts"}
+# OpenAI's dated snapshots of its own TTS models (gpt-4o-mini-tts-2025-03-20, tts-1-1106) mean the same:
+# one of its names, then -YYYY-MM-DD (month 01-12, day 01-31) or -NNNN. Our own names take no suffix.
+DATED_OPENAI_MODEL = re.compile(
+    r"(?:tts-1|tts-1-hd|gpt-4o-mini-tts)-(?:[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])|[0-9]{4})"
+)
+
+
+def is_generic_model(name: str) -> bool:
+    """Whether `name` asks for no model in particular: a generic name or a dated OpenAI one."""
+    name = name.lower()
+    return name in GENERIC_MODEL_NAMES or DATED_OPENAI_MODEL.fullmatch(name) is not None
 
 
 @dataclass
@@ -35,6 +47,15 @@ class LoadedModel:
     @property
     def speakers(self) -> list[str]:
         return list(getattr(self.tts, "speakers", None) or [])
+
+    @property
+    def takes_instructions(self) -> bool:
+        """Whether its voices can be styled by instructions: not Base's clones, nor the preset speakers of
+        a 0.6B CustomVoice checkpoint (it refuses them)."""
+        if self.model_type == "base":
+            return False
+        config = getattr(getattr(self.tts, "pipeline", None), "config", None)
+        return not (self.model_type == "custom_voice" and getattr(config, "tts_model_size", "") == "0b6")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -123,7 +144,7 @@ class ModelRegistry:
 
     def pick(self, requested: str | None, model_type: str, param: str = "model") -> LoadedModel:
         """The model for a request: the named one if it is of the needed type, else the first of that type."""
-        if requested and requested.lower() not in GENERIC_MODEL_NAMES:
+        if requested and not is_generic_model(requested):
             m = self.models.get(requested.lower())
             if m is None:
                 raise InvalidInput(

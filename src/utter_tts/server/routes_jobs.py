@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from utter_tts.audio.encode import audio_format
-from utter_tts.server.routes_speech import plan_speech, stream_encoder
+from utter_tts.server.routes_speech import casting_headers, plan_speech, stream_encoder
 from utter_tts.server.schemas import JobRequest
 from utter_tts.service.http_errors import APIError
 
@@ -21,7 +21,7 @@ def _state(request: Request):
 
 
 @router.post("/v1/audio/speech/jobs", status_code=202)
-async def submit_job(request: Request, body: JobRequest):
+async def submit_job(request: Request, response: Response, body: JobRequest):
     state = _state(request)
     state.require_ready()
     owner = state.keys.owner(request)
@@ -34,6 +34,7 @@ async def submit_job(request: Request, body: JobRequest):
     except BaseException:
         encoder.close()
         raise
+    response.headers.update(casting_headers(plan.casting))
     return job.public()
 
 

@@ -38,6 +38,13 @@ def casting_args(body) -> dict:
     )
 
 
+def casting_headers(casting) -> dict[str, str]:
+    """What the response tells of how the voice was cast: the instructions it dropped, and why."""
+    if casting.instructions_ignored is None:
+        return {}
+    return {"X-Utter-Instructions-Ignored": casting.instructions_ignored}
+
+
 def stream_encoder(state, body, streaming: bool = True) -> AudioEncoder:
     """The encoder the request's output settings ask for; building it validates them, so do it before
     any work is queued. Not `streaming`: all bytes at the end, headers with exact sizes."""
@@ -81,7 +88,7 @@ async def create_speech(request: Request, body: SpeechRequest):
         encoder.close()
         raise
     fmt = encoder.format
-    headers = {"X-Utter-Model": plan.model.id, "Cache-Control": "no-store"}
+    headers = {"X-Utter-Model": plan.model.id, "Cache-Control": "no-store", **casting_headers(plan.casting)}
     if body.stream_format == "sse":
         return CancellingStreamingResponse(
             _sse_body(speech, encoder, body), media_type="text/event-stream", headers=headers

@@ -63,16 +63,17 @@ class Session:
             encoder = stream_encoder(state, start)
             casting = await run_in_threadpool(state.planner.cast, owner, **casting_args(start))
             session = cls(ws, owner, start, casting, encoder)
-            await ws.send_json(
-                {
-                    "type": "session.started",
-                    "model": casting.model.id,
-                    "mode": casting.mode,
-                    "response_format": encoder.format.name,
-                    "sample_rate": encoder.sample_rate,
-                    "seed": session.seed,
-                }
-            )
+            started = {
+                "type": "session.started",
+                "model": casting.model.id,
+                "mode": casting.mode,
+                "response_format": encoder.format.name,
+                "sample_rate": encoder.sample_rate,
+                "seed": session.seed,
+            }
+            if casting.instructions_ignored is not None:  # what the HTTP routes say in a header
+                started["instructions_ignored"] = casting.instructions_ignored
+            await ws.send_json(started)
             return session
         except Exception as e:
             if encoder is not None:
