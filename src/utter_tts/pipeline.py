@@ -25,8 +25,17 @@ from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, rea
 from utter_tts.model.config import SamplingConfig, TTSConfig
 from utter_tts.model.denormals import flush_denormals, flush_each
 from utter_tts.model.frame import FrameBatch, Trace
-from utter_tts.model.prompt import Prompt, PromptPlan, VoiceSpec, make_prompts, plan_prompt
+from utter_tts.model.prompt import (
+    Prompt,
+    PromptPlan,
+    VoiceSpec,
+    make_prompts,
+    open_text_missing,
+    plan_prompt,
+    trailing_ids,
+)
 from utter_tts.model.speaker_encoder import SpeakerEncoder, speaker_embedding
+from utter_tts.model.text_feed import ROLE_IDS, TextFeed
 from utter_tts.request import MAX_TEXT_CHARS, Request, validate
 from utter_tts.textcheck import check_text
 from utter_tts.voices.voice import Voice
@@ -40,6 +49,9 @@ REF_MAX_SECONDS = 30.0
 # token is twice the slowest reading; the constant covers short texts and trailing silence.
 FRAMES_PER_TOKEN = 8
 FRAMES_BASE = 25
+# The most text rows one generation whose text is still arriving takes (its frames' static text rows): a
+# longer text goes on in a new generation (the WebSocket's sessions roll over at a sentence end).
+LIVE_TEXT_ROWS = 1024
 
 AudioInput = Any  # path | bytes | (np.ndarray, sample_rate)
 
@@ -59,6 +71,48 @@ def frame_budget(sampling: SamplingConfig, n_text_tokens: int, limit: int | None
 
 
 @dataclass
+class LiveText:
+    """The text of a generation still being written (dual-track streaming), as the frames need it: the
+    prompt once enough of it is final, then one token a frame as they become final, then the end token.
+    The rows it hands out are always those of the whole text's streaming-text plan, so the codes equal
+    those of the whole text given at once (a frame that needs a token not yet final waits for it)."""
+
+    feed: TextFeed
+    cfg: TTSConfig
+    language: str
+    voice: VoiceSpec
+    ends: tuple[list[int], list[int]]  # the template's ids before the role's and after the text's
+    sent: int = 0  # trailing rows handed to the frames so far
+    complete: bool = False  # the text is closed and every row (its end token too) handed out
+    max_rows: int = LIVE_TEXT_ROWS  # the frames' static text rows (an engine's may be fewer)
+
+    def plan(self) -> PromptPlan | None:
+        """The prompt's plan from the text final so far (closed: the whole text's), or None while its
+        prompt still needs more of it. A closed empty text raises InvalidInput."""
+        ids, closed = self.feed.snapshot()
+        if closed:
+            check_text(self.feed.text, "text")  # what a whole text must be: not empty or blank
+        elif len(ids) < ROLE_IDS:
+            return None
+        head, tail = self.ends
+        plan = plan_prompt(self.cfg, head + ids + tail, self.language, self.voice, False, not closed)
+        return None if plan.text_open and open_text_missing(plan) else plan
+
+    def more(self, plan: PromptPlan) -> list[int]:
+        """The trailing ids of `plan` not handed out yet (marked handed out)."""
+        ids = trailing_ids(self.cfg, plan)[self.sent :]
+        if self.sent + len(ids) > self.max_rows:
+            raise InvalidInput(
+                f"a text still arriving may take {self.max_rows} tokens in one generation; start a new one",
+                param="text",
+                code="text_too_long",
+            )
+        self.sent += len(ids)
+        self.complete = not plan.text_open
+        return ids
+
+
+@dataclass
 class Prepared:
     """A request checked and ready to run: its prompt (planned: checked and counted; its embeddings made
     at first use), sampling settings and frame budget."""
@@ -69,6 +123,40 @@ class Prepared:
     frames: int  # the most frames it may make (`frame_budget`)
     make: Callable[[list[PromptPlan]], list[Prompt]] = field(repr=False, compare=False)  # plans' prompts
     _prompt: Prompt | None = field(default=None, repr=False, compare=False)
+    live: LiveText | None = field(default=None, repr=False, compare=False)  # text still arriving
+    limit: int | None = None  # the caller's frame limit (a live text's budget is counted again at its end)
+
+    def start(self) -> bool:
+        """For a live text: plan the prompt from the text final so far, if that is enough (True; always
+        True for a whole text). Its rows beyond the prompt then come from `more_text`."""
+        if self.live is None or self.live.sent:
+            return True
+        plan = self.live.plan()
+        if plan is None:
+            return False
+        self.plan = plan
+        self.live.sent = len(trailing_ids(self.live.cfg, plan))  # the prompt's `trailing`
+        self.live.complete = not plan.text_open
+        self._recount()
+        return True
+
+    def more_text(self) -> list[int]:
+        """A live text's ids for the frames beyond those handed out, as far as they are final (the end
+        token once the text is closed); [] for a whole text."""
+        if self.live is None or self.live.complete:
+            return []
+        ids = self.live.more(self.live.plan())
+        self._recount()
+        return ids
+
+    def has_text_for(self, frame: int) -> bool:
+        """Whether frame `frame` (0-based) of this generation can be made: its text token is final."""
+        return self.live is None or self.live.complete or frame < self.live.sent
+
+    def _recount(self) -> None:
+        # a closed text's frame budget, as the whole text's would be; an open one's cannot be less
+        if self.live.complete:
+            self.frames = frame_budget(self.sampling, self.plan.text_tokens, self.limit)
 
     @property
     def prompt(self) -> Prompt:
@@ -195,20 +283,37 @@ class Pipeline:
         return Voice(speaker_embedding=emb, ref_codes=codes, ref_text=ref_text, meta=meta)
 
     # ---- requests ----------------------------------------------------------------------------------
-    def prepare(self, request: Request, limit: int | None = None) -> Prepared:
+    def prepare(self, request: Request, limit: int | None = None, feed: TextFeed | None = None) -> Prepared:
         """Check a request against this checkpoint (seed drawn when unset), plan its prompt (its
         embeddings are made at first use: `Prepared.prompt`) and give it its frame budget (at most
-        `limit` frames, when the caller has a limit)."""
-        req, sampling = validate(request, self.config, self.defaults)
-        plan = self.plan_prompt(req)
-        # the text counted from its prompt ids: a second encode was a third of a request's planning
-        frames = frame_budget(sampling, plan.text_tokens, limit)
-        return Prepared(req, plan, sampling, frames, self.make_prompts)
+        `limit` frames, when the caller has a limit). With a `feed`, the text arrives through it
+        (dual-track streaming; `request.text` is ''): see `Prepared.start`."""
+        req, sampling = validate(request, self.config, self.defaults, live=feed is not None)
+        if feed is None:
+            plan = self.plan_prompt(req)
+            # the text counted from its prompt ids: a second encode was a third of a request's planning
+            frames = frame_budget(sampling, plan.text_tokens, limit)
+            return Prepared(req, plan, sampling, frames, self.make_prompts, limit=limit)
+        template = self.tokenizer.assistant_text("")
+        live = LiveText(feed, self.config, req.language, self.voice_spec(req), ([template[0]], template[-5:]))
+        # until the prompt is made: the rows of an empty text, the frames of the longest one
+        plan = plan_prompt(self.config, template, req.language, live.voice, False, text_open=True)
+        frames = frame_budget(sampling, LIVE_TEXT_ROWS, limit)
+        return Prepared(req, plan, sampling, frames, self.make_prompts, live=live, limit=limit)
 
     def make_prompts(self, plans: list[PromptPlan]) -> list[Prompt]:
         return make_prompts(self.talker, self.config, plans)
 
     def plan_prompt(self, req: Request) -> PromptPlan:
+        # the official defaults: text fed frame by frame when cloning, all in the prompt otherwise
+        text_in_prompt = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
+        spec = self.voice_spec(req)
+        return plan_prompt(
+            self.config, self.tokenizer.assistant_text(req.text), req.language, spec, text_in_prompt
+        )
+
+    def voice_spec(self, req: Request) -> VoiceSpec:
+        """The voice part of a validated request's prompt (clone, design or preset)."""
         tok = self.tokenizer
         spec = VoiceSpec()
         if req.mode == "clone":
@@ -223,9 +328,7 @@ class Pipeline:
             spec.speaker = req.speaker
             if req.instruct:
                 spec.instruct_ids = tok.instruct_text(req.instruct)
-        # the official defaults: text fed frame by frame when cloning, all in the prompt otherwise
-        text_in_prompt = req.non_streaming_mode if req.non_streaming_mode is not None else req.mode != "clone"
-        return plan_prompt(self.config, tok.assistant_text(req.text), req.language, spec, text_in_prompt)
+        return spec
 
     # ---- the plain loop ----------------------------------------------------------------------------
     def frames(
@@ -233,12 +336,15 @@ class Pipeline:
     ) -> Iterator[list[torch.Tensor | None]]:
         """Frame by frame, each request's codes [16] (on the CPU), or None for a request that has ended.
         All requests run as one batch through the frame step until every one has ended."""
+        for job in jobs:  # a text still arriving: its prompt needs its first final tokens
+            if job.live is not None:
+                job.live.feed.wait(job.start)
         batch = FrameBatch(
             self.talker,
             self.eos_id,
             slots=len(jobs),
             max_len=max(j.prompt.embeds.shape[0] + j.frames + 1 for j in jobs),
-            max_text=max(1, max(j.prompt.trailing.shape[0] for j in jobs)),
+            max_text=max(1, max(LIVE_TEXT_ROWS if j.live else j.prompt.trailing.shape[0] for j in jobs)),
         )
         first_logits = Trace() if trace is not None else None
         tokens = [
@@ -249,6 +355,9 @@ class Pipeline:
         alive = [bool(t != self.eos_id) and j.frames > 0 for t, j in zip(tokens, jobs)]
         made = [0] * len(jobs)
         while any(alive):
+            for i, job in enumerate(jobs):
+                if alive[i] and job.live is not None:
+                    self._wait_for_text(batch, i, job, made[i])
             batch.step(len(jobs), trace=trace)
             out = to_host(batch.out[: len(jobs)])
             frame = []
@@ -258,6 +367,18 @@ class Pipeline:
                     made[i] += 1
                     alive[i] = int(out[i, -1]) != self.eos_id and made[i] < job.frames
             yield frame
+
+    @staticmethod
+    def _wait_for_text(batch: FrameBatch, slot: int, job: Prepared, frame: int) -> None:
+        """Until frame `frame` of a live text's job has its token (the others in the batch wait too:
+        the plain loop runs its jobs in step; the engine lets them go on)."""
+        feed = job.live.feed
+        while True:
+            version = feed.version
+            batch.append_text(slot, job.more_text())
+            if job.has_text_for(frame):
+                return
+            feed.wait(lambda v=version: feed.version != v)
 
     @_flushing_denormals
     def generate_codes(self, jobs: Sequence[Prepared], trace: Trace | None = None) -> list[torch.Tensor]:

@@ -69,11 +69,12 @@ def new_seed() -> int:
 
 
 def validate(
-    req: Request, cfg: TTSConfig, defaults: SamplingConfig, check_voice: bool = True
+    req: Request, cfg: TTSConfig, defaults: SamplingConfig, check_voice: bool = True, live: bool = False
 ) -> tuple[Request, SamplingConfig]:
     """Check a request against the checkpoint; return it normalised (seed set) with its sampling settings.
     `check_voice=False` checks a clone request whose voice is not made yet (the CLI checks everything
-    else before it loads the model that makes the voice)."""
+    else before it loads the model that makes the voice). `live`: its text comes later, through a
+    TextFeed (dual-track streaming): `text` must be empty, and the text is fed in streaming-text mode."""
     if req.mode not in MODES:
         raise InvalidInput(f"unknown mode {req.mode!r}; use one of {', '.join(MODES)}", param="mode")
     needed = MODE_OF_MODEL[cfg.tts_model_type]
@@ -86,7 +87,14 @@ def validate(
         raise UnsupportedForModel(
             f"this is a {cfg.tts_model_type} checkpoint; {req.mode} needs {what}", param="mode"
         )
-    text = check_text(req.text, "text", MAX_TEXT_CHARS)
+    if live:
+        if req.text != "":
+            raise InvalidInput("a request whose text comes through a feed has text ''", param="text")
+        if req.non_streaming_mode:
+            raise InvalidInput(
+                "text that is still arriving is fed in streaming-text mode", param="non_streaming_mode"
+            )
+    text = req.text if live else check_text(req.text, "text", MAX_TEXT_CHARS)
     instruct = req.instruct
     if not isinstance(req.language, str):
         raise InvalidInput("language must be a string", param="language", code="invalid_type")

@@ -18,6 +18,7 @@ from utter_tts.engine.decoding import DecodeBatcher
 from utter_tts.engine.runner import Runner, attention_backend
 from utter_tts.engine.scheduler import Generation, Scheduler
 from utter_tts.errors import InvalidInput
+from utter_tts.model.text_feed import TextFeed
 from utter_tts.pipeline import Pipeline, check_chunk_sizes
 from utter_tts.request import Request
 from utter_tts.text import split_sentences
@@ -104,10 +105,16 @@ class Engine:
         self.decoding.close()
 
     # ---- requests ----------------------------------------------------------------------------------
-    def submit(self, request: Request) -> Generation:
-        """Check and start one request; returns its running generation."""
+    def submit(self, request: Request, feed: TextFeed | None = None) -> Generation:
+        """Check and start one request; returns its running generation. With a `feed` its text arrives
+        through it while it is spoken (dual-track streaming; `request.text` is ''): the stream starts once
+        its first tokens are final, and a frame whose text token is not final yet waits for it while the
+        other streams go on; `feed.close()` ends the text."""
         with self.scheduler.preparing_one():  # a burst of requests is admitted together
-            job = self.pipeline.prepare(request, limit=self.runner.max_frames)
+            job = self.pipeline.prepare(request, limit=self.runner.max_frames, feed=feed)
+            if job.live is not None:
+                job.live.max_rows = min(job.live.max_rows, self.runner.batch.max_text)
+                feed.on_change(self.scheduler.text_changed)
             try:
                 return self.scheduler.submit(job)
             except ValueError as e:  # the prompt does not fit the engine's static shapes

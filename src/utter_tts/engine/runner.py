@@ -146,9 +146,15 @@ class Runner:
         """Advance the first n slots by one frame and wait for its results."""
         return self.collect(self.launch(n))
 
-    def launch(self, n: int) -> Launched:
+    def launch(self, n: int, hold: list[int] | None = None) -> Launched:
         """Start a frame of the first n slots; its results come back through `collect`. The host may keep
-        books (and launch the next frame) meanwhile: work enqueued later on the stream runs after it."""
+        books (and launch the next frame) meanwhile: work enqueued later on the stream runs after it.
+        `hold`: slots among them whose stream waits for its text (dual-track): the frame runs them as
+        padding and puts their state back (the cache column it wrote is written again when they go on)."""
+        saved = None
+        if hold:
+            index = torch.tensor(hold, dtype=torch.long).to(self.device, non_blocking=True)
+            saved = [t.index_select(0, index) for t in self._mutable()]
         B = bucket(n, self.batch_buckets)
         # fused attention reads only the columns written: one graph per batch serves every length
         span = self.max_len if self.fused else span_bucket(max(self.host_col[:n]) + 1, self.max_len)
@@ -158,8 +164,11 @@ class Runner:
         else:
             self._step(B, span)
         [host], done = start_copy([self.batch.out[:n]])
+        if saved is not None:
+            for t, kept in zip(self._mutable(), saved):
+                t.index_copy_(0, index, kept)
         for i in range(n):
-            self.host_col[i] += 1
+            self.host_col[i] += 0 if hold and i in hold else 1
         return Launched(n, host, done)
 
     def collect(self, launched: Launched) -> StepResult:

@@ -47,6 +47,9 @@ PREFILL_ROWS = 512
 # while the codec's high-priority kernels held the SMs). An ended stream runs up to this many padding
 # frames, ignored.
 AHEAD = 2
+# A loop whose every stream waits for its text sleeps at most this long between looks (an append or a
+# close wakes it at once).
+TEXT_WAIT_S = 0.05
 
 
 class Busy(UtterTTSError):
@@ -71,6 +74,7 @@ class Generation:
     admitted_at: float | None = None  # prefilled into a slot (its first token sampled)
     first_frame_at: float | None = None
     frames: int = 0
+    launched: int = 0  # frames launched for it (ahead of `frames` by those in flight)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     error: BaseException | None = None
@@ -227,8 +231,8 @@ class Scheduler:
         while True:
             with self.lock:
                 while not self.closed and not self.live and not in_flight:
-                    if not self.pending:
-                        self.lock.wait()
+                    if not any(self._startable(g) for g in self.pending):
+                        self.lock.wait()  # a text's append or close notifies too
                     elif wait := self._gathering(time.perf_counter()):
                         self.lock.wait(wait)  # idle: wait for the burst's other prompts
                     else:
@@ -238,17 +242,27 @@ class Scheduler:
                 admit = []
                 if self.closed or not self._gathering(time.perf_counter()):
                     rows = 0
-                    while self.pending and len(self.live) + len(admit) < self.runner.max_slots:
-                        rows += self.pending[0].job.plan.rows
+                    for g in list(self.pending):
+                        if len(self.live) + len(admit) >= self.runner.max_slots:
+                            break
+                        if not self._startable(g):
+                            continue  # its text's first tokens are still to come
+                        rows += g.job.plan.rows
                         if admit and self.live and rows > PREFILL_ROWS:
                             break  # the rest after the running streams' next frame
-                        admit.append(self.pending.pop(0))
+                        admit.append(g)
+                        self.pending.remove(g)
             try:
                 with self._on_cuda_stream():
                     self._admit(admit)
                     self._retire_cancelled()
-                    if self.live:
-                        in_flight.append((list(self.live), self.runner.launch(len(self.live))))
+                    hold = self._feed_text()
+                    if self.live and len(hold) < len(self.live):
+                        rows = [None if i in hold else g for i, g in enumerate(self.live)]
+                        in_flight.append((rows, self.runner.launch(len(self.live), hold)))
+                        for g in rows:
+                            if g is not None:
+                                g.launched += 1
                     # read the oldest frame's results once AHEAD newer ones are queued behind it (all of
                     # them when nothing runs any more)
                     while in_flight and (len(in_flight) > AHEAD or not self.live):
@@ -270,6 +284,45 @@ class Scheduler:
                 self.on_step()
             if self.closed:
                 return
+            if self.live and not in_flight:  # every stream waits for its text: until some comes
+                with self.lock:
+                    if not self.closed and all(not g.job.has_text_for(g.launched) for g in self.live):
+                        self.lock.wait(TEXT_WAIT_S)
+
+    def _startable(self, g: Generation) -> bool:
+        """Whether a waiting generation can be prefilled (a text still arriving: enough of it is final);
+        a text closed empty fails it."""
+        try:
+            return g.job.start()
+        except UtterTTSError as e:
+            self.pending.remove(g)
+            g._finish(e)
+            return False
+
+    def _feed_text(self) -> list[int]:
+        """The text final since the last frame into the running streams' slots (dual-track); returns the
+        slots whose next frame's text token is not final yet (they wait; the others go on)."""
+        hold = []
+        for slot in range(len(self.live) - 1, -1, -1):  # from the back: a failure retires its slot
+            g = self.live[slot]
+            if g.job.live is None:
+                continue
+            try:
+                self.runner.batch.append_text(slot, g.job.more_text())
+            except UtterTTSError as e:  # its text outgrew the engine's text rows: fail it alone
+                last = len(self.live) - 1
+                self._retire(slot)  # the last slot's stream moves into this one
+                g._finish(e)
+                hold = [slot if h == last else h for h in hold]
+                continue
+            if not g.job.has_text_for(g.launched):
+                hold.append(slot)
+        return hold
+
+    def text_changed(self) -> None:
+        """A generation's text grew or closed (called on the appending thread): wake the loop."""
+        with self.lock:
+            self.lock.notify()
 
     def _on_cuda_stream(self):
         cuda_stream = self.runner.cuda_stream
@@ -323,12 +376,12 @@ class Scheduler:
                 self._retire(i)
                 g._finish(Cancelled("cancelled"))
 
-    def _update(self, rows: list[Generation], result: StepResult) -> None:
+    def _update(self, rows: list[Generation | None], result: StepResult) -> None:
         """Hand each generation its frame (`rows`: the generations of the frame's rows when it was
-        launched); retire the finished and the failed."""
+        launched, None where a stream waited for its text); retire the finished and the failed."""
         self.frames_run += 1
         for row, g in enumerate(rows):
-            if g.done:  # ended, failed or was cancelled while this frame ran: its row was padding
+            if g is None or g.done:  # waiting, ended, failed or cancelled: its row was padding
                 continue
             if not result.valid[row]:
                 # a frame with a control id or an out-of-range code cannot be decoded (and would put a

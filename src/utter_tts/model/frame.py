@@ -211,6 +211,16 @@ class FrameBatch:
         return token[0]
 
     @torch.no_grad()
+    def append_text(self, slot: int, ids: list[int]) -> None:
+        """Text ids for a slot's next frames, after those it has (a text still arriving)."""
+        if not ids:
+            return
+        start = int(self.text_len[slot])
+        ids_t = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+        self.text[slot, start : start + len(ids)] = self.talker.text_embed(ids_t).to(self.dtype)
+        self.text_len[slot] = start + len(ids)
+
+    @torch.no_grad()
     def move(self, src: int, dst: int) -> None:
         """Copy slot `src` into `dst` (the engine keeps its live slots packed at the front)."""
         if src == dst:

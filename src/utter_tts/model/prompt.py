@@ -76,6 +76,9 @@ class PromptPlan:
     non_streaming_mode: bool
     rows: int
     text_rows: int
+    # the text is still arriving (dual-track): `text_ids` hold its final tokens so far, and no end token
+    # follows them yet (the engine feeds the rest, then the end, as they come: model/text_feed.py)
+    text_open: bool = False
 
     @property
     def text_tokens(self) -> int:
@@ -89,12 +92,20 @@ class PromptPlan:
 
 
 def plan_prompt(
-    cfg: TTSConfig, text_ids: list[int], language: str, voice: VoiceSpec, non_streaming_mode: bool
+    cfg: TTSConfig,
+    text_ids: list[int],
+    language: str,
+    voice: VoiceSpec,
+    non_streaming_mode: bool,
+    text_open: bool = False,
 ) -> PromptPlan:
     """Check a prompt (empty text, language) and count its rows, without a tensor op: the layout of
     `make_prompt`, counted (tests/model/test_prompt.py holds the two together for every mode).
-    text_ids: the templated assistant ids: 3 role ids, the text, then 5 closing ids."""
-    if len(text_ids) <= TEMPLATE_IDS:
+    text_ids: the templated assistant ids: 3 role ids, the text, then 5 closing ids. `text_open`: the text
+    so far of one still arriving (streaming-text mode only; its prompt needs `open_text_missing` == 0)."""
+    if text_open and non_streaming_mode:
+        raise InvalidInput("text still arriving needs streaming-text mode", param="non_streaming_mode")
+    if len(text_ids) <= TEMPLATE_IDS and not text_open:
         raise InvalidInput("text is empty", param="text", code="invalid_text")
     lid = language_id(cfg, language, voice.speaker)
     body = len(text_ids) - TEMPLATE_IDS
@@ -103,17 +114,31 @@ def plan_prompt(
     # [the instruction turn], the role (3), the codec prefix but its bos (overlaid on tts_pad ... tts_bos)
     rows = len(voice.instruct_ids or ()) + 3 + (codec - 1)
     if voice.icl:
-        # transcript + text + eos, against bos + the reference's frames
-        text, codes = len(voice.ref_text_ids) + body + 1, 1 + voice.ref_codes.shape[0]
+        # transcript + text + eos (not yet while the text is open), against bos + the reference's frames
+        text, codes = len(voice.ref_text_ids) + body + (0 if text_open else 1), 1 + voice.ref_codes.shape[0]
         if non_streaming_mode:
             rows, text_rows = rows + text + codes, 1
         else:
-            rows, text_rows = rows + codes, text - codes if text > codes else 1
+            rows, text_rows = rows + codes, text - codes if text > codes or text_open else 1
     elif non_streaming_mode:
         rows, text_rows = rows + body + 1 + 1, 1  # text + eos, then pad + bos; tts_pad fed after
-    else:
-        rows, text_rows = rows + 1, body  # the first token with bos; the rest + eos fed one a frame
-    return PromptPlan(text_ids, lid, voice, non_streaming_mode, rows, text_rows)
+    else:  # the first token with bos; the rest + eos fed one a frame
+        rows, text_rows = rows + 1, max(0, body - 1) if text_open else body
+    return PromptPlan(text_ids, lid, voice, non_streaming_mode, rows, text_rows, text_open)
+
+
+def open_text_missing(plan: PromptPlan) -> int:
+    """How many more final text tokens an open plan's prompt needs before it can be made: the first (on
+    the codec's bos), or, for an ICL voice, as many as fill the rows beside its reference frames."""
+    body = len(plan.text_ids) - TEMPLATE_IDS
+    if plan.voice.icl:
+        return max(0, 1 + plan.voice.ref_codes.shape[0] - len(plan.voice.ref_text_ids) - body)
+    return max(0, 1 - body)
+
+
+def trailing_ids(cfg: TTSConfig, plan: PromptPlan) -> list[int]:
+    """The text ids a plan's frames are fed one by one (its prompt's `trailing`), then tts_pad."""
+    return _layout(cfg, plan)[2]
 
 
 # What a prompt row adds to its text embedding, besides codec ids (>= 0): nothing, the voice's x-vector, or
@@ -142,14 +167,15 @@ def _layout(cfg: TTSConfig, plan: PromptPlan) -> tuple[list[int], list[int], lis
     # [the instruction turn], the role, then the codec prefix but its bos on tts_pad ... tts_bos
     text = instruct + list(text_ids[:3]) + [pad] * (len(codec) - 2) + [bos]
     adds = [NO_CODEC] * (len(instruct) + 3) + codec[:-1]
+    end = [] if plan.text_open else [eos]  # an open text's end comes when it is closed
     if voice.icl:
-        spoken = list(voice.ref_text_ids) + body + [eos]  # transcript + text + eos
+        spoken = list(voice.ref_text_ids) + body + end  # transcript + text + eos
         codes = [t.codec_bos_id] + [REF - j for j in range(voice.ref_codes.shape[0])]
         if plan.non_streaming_mode:
             text += spoken + [pad] * len(codes)
             adds += [t.codec_pad_id] * len(spoken) + codes
             trailing = [pad]
-        elif len(spoken) > len(codes):
+        elif len(spoken) > len(codes) or plan.text_open:
             text += spoken[: len(codes)]
             adds += codes
             trailing = spoken[len(codes) :]
@@ -164,7 +190,7 @@ def _layout(cfg: TTSConfig, plan: PromptPlan) -> tuple[list[int], list[int], lis
     else:
         text += body[:1]  # the first token on the codec's bos; the rest + eos fed one a frame
         adds += [t.codec_bos_id]
-        trailing = body[1:] + [eos]
+        trailing = body[1:] + end
     return text, adds, trailing
 
 
