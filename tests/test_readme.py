@@ -82,6 +82,11 @@ def test_api_snippets_run_as_written(index, workdir):
         streamed = np.concatenate(namespace["chunks"])
         np.testing.assert_allclose(streamed, namespace["audio"], atol=1e-4)  # as the comment promises
         assert namespace["book"].size > 0
+        # the live text's chunks are those of the whole text in streaming-text mode (the comment's promise)
+        Request, req = namespace["Request"], namespace["req"]
+        whole = Request(**{**req.__dict__, "non_streaming_mode": False})
+        tts = TTS(namespace["tts"].pipeline)  # the plain loop: the snippet closed the engine
+        np.testing.assert_allclose(np.concatenate(namespace["said"]), tts.synthesize([whole])[0], atol=1e-4)
 
 
 def test_http_client_snippet_runs_as_written(workdir, checkpoints, tmp_path):

@@ -14,6 +14,7 @@ from utter_tts.engine.engine import Engine
 from utter_tts.errors import InvalidInput
 from utter_tts.model.checkpoint import open_checkpoint, parse_dtype
 from utter_tts.model.frame import Trace
+from utter_tts.model.text_feed import TextFeed
 from utter_tts.pipeline import AudioInput, Pipeline, check_chunk_sizes
 from utter_tts.request import Request
 from utter_tts.voices.voice import Voice
@@ -180,15 +181,25 @@ class TTS:
         return self.pipeline.synthesize([self.pipeline.prepare(r) for r in requests])
 
     def stream(
-        self, request: Request, chunk_frames: int = 4, first_chunk_frames: int = 1
+        self,
+        request: Request,
+        chunk_frames: int = 4,
+        first_chunk_frames: int = 1,
+        feed: TextFeed | None = None,
     ) -> Iterator[np.ndarray]:
         """float32 audio chunks as frames are generated: the first after `first_chunk_frames` frames,
         then every `chunk_frames`. The chunks concatenate to the one-shot audio; closing the iterator
-        early stops the generation."""
+        early stops the generation. With a `feed` (`request.text` ''), the text arrives through it while
+        it is spoken (dual-track streaming: `TextFeed.append` pieces, then `close`)."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
         if self.engine is not None:
-            return self.engine.stream(request, chunk_frames, first_chunk_frames)
-        return self.pipeline.stream(self.pipeline.prepare(request), chunk_frames, first_chunk_frames)
+            return self.engine.stream(request, chunk_frames, first_chunk_frames, feed)
+        job = self.pipeline.prepare(request, feed=feed)
+        return self.pipeline.stream(job, chunk_frames, first_chunk_frames)
+
+    def text_feed(self, max_chars: int | None = None) -> TextFeed:
+        """A feed for a text still being written, tokenized as this model does (see `stream`)."""
+        return TextFeed(self.pipeline.tokenizer, max_chars)
 
     def generate_codes(self, requests: Sequence[Request], trace: Trace | None = None) -> list[torch.Tensor]:
         """Codes [F, 16] per request (the talker and code predictor only, no audio); `trace` records the

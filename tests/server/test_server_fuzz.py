@@ -267,13 +267,14 @@ MESSAGE = st.one_of(
 
 
 @examples(30)
-@given(st.lists(MESSAGE, min_size=1, max_size=3))
-def _ws_messages(live, messages):
+@given(st.lists(MESSAGE, min_size=1, max_size=3), st.sampled_from(["sentence", "live"]))
+def _ws_messages(live, messages, text_mode):
     """Each bad message gets an error event (never an internal error); a valid sentence after them is
     still spoken and the session ends normally (1000)."""
     events = []
     with connect(live) as ws:
-        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm"}))
+        start = {"type": "session.start", "voice": "ryan", "response_format": "pcm", "text_mode": text_mode}
+        ws.send(json.dumps(start))
         assert json.loads(ws.recv(timeout=60))["type"] == "session.started"
         tail = [json.dumps({"type": "input.append", "text": " Still here."}), '{"type": "input.flush"}']
         for m in [*messages, *tail]:
@@ -286,7 +287,10 @@ def _ws_messages(live, messages):
             ws.recv(timeout=30)
     errors = [e["error"] for e in events if e["type"] == "error"]
     assert all(e["type"] != "server_error" for e in errors), errors
-    assert any(e["type"] == "sentence.start" and "Still here." in e["text"] for e in events), events
+    if text_mode == "sentence":
+        assert any(e["type"] == "sentence.start" and "Still here." in e["text"] for e in events), events
+    else:
+        assert events[-1]["type"] == "session.done" and events[-1]["audio_seconds"] > 0, events
 
 
 def test_websocket_messages_keep_the_session(live):

@@ -224,7 +224,8 @@ def test_streaming_delivers_audio_before_generation_ends(client, slow_frames, st
 def test_websocket_streams_each_sentence(server, slow_frames):
     url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
     with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm", "seed": 3}))
+        start = {"type": "session.start", "voice": "ryan", "response_format": "pcm", "seed": 3}
+        ws.send(json.dumps({**start, "text_mode": "sentence"}))
         started = json.loads(ws.recv(timeout=30))
         assert started["type"] == "session.started" and started["mode"] == "speak"
         # text arrives in pieces, as from an LLM; the first sentence completes before the rest is sent
@@ -258,7 +259,40 @@ def test_websocket_streams_each_sentence(server, slow_frames):
     assert abs(len(pcm) / SR - spoken) < 0.01
 
 
-def test_websocket_session_survives_bad_messages(server):
+def test_websocket_live_speaks_from_the_first_words_as_the_whole_text(server, registry):
+    """Live mode (the default): audio comes back before the text is complete, and the session's audio is
+    the whole text's, spoken in streaming-text mode with the session's seed (dual-track, exact)."""
+    from utter_tts.request import Request
+
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    text = "Hello there, how are you today?"
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm", "seed": 3}))
+        started = json.loads(ws.recv(timeout=30))
+        assert started["text_mode"] == "live"
+        ws.send(json.dumps({"type": "input.append", "text": text[:15]}))  # "Hello there, ho"
+        first = ws.recv(timeout=60)
+        assert isinstance(first, bytes) and first  # audio before the rest of the text exists
+        ws.send(json.dumps({"type": "input.append", "text": text[15:]}))
+        ws.send(json.dumps({"type": "input.flush"}))
+        audio, events = first, []
+        while not events or events[-1]["type"] not in ("session.done", "error"):
+            msg = ws.recv(timeout=60)
+            if isinstance(msg, bytes):
+                audio += msg
+            else:
+                events.append(json.loads(msg))
+    assert events == [{"type": "session.done", "audio_seconds": round(len(audio) // 2 / SR, 3)}]
+    tts = registry.models["custom_voice"].tts
+    request = Request(text, "speak", speaker="ryan", seed=3, sampling={"max_new_tokens": FRAMES},
+                      non_streaming_mode=False)  # fmt: skip
+    want = tts.pipeline.synthesize([tts.pipeline.prepare(request)])[0]
+    got, _ = decode_audio(audio, "pcm")
+    assert len(got) == len(want) and np.max(np.abs(got - want)) < 2e-4
+
+
+@pytest.mark.parametrize("text_mode", ["sentence", "live"])
+def test_websocket_session_survives_bad_messages(server, text_mode):
     """Each bad message gets an error event naming the field; the session then speaks as usual."""
     url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
     bad = [
@@ -271,7 +305,8 @@ def test_websocket_session_survives_bad_messages(server):
         (b"\x00binary", "invalid_message", "type"),
     ]
     with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm"}))
+        start = {"type": "session.start", "voice": "ryan", "response_format": "pcm", "text_mode": text_mode}
+        ws.send(json.dumps(start))
         assert json.loads(ws.recv(timeout=30))["type"] == "session.started"
         for message, code, param in bad:
             ws.send(message)
@@ -287,8 +322,12 @@ def test_websocket_session_survives_bad_messages(server):
                 audio += msg
             else:
                 events.append(json.loads(msg))
-    assert events[0] == {"type": "sentence.start", "index": 0, "text": "Still here."}
-    assert events[-1] == {"type": "session.done", "sentences": 1} and audio
+    if text_mode == "sentence":
+        assert events[0] == {"type": "sentence.start", "index": 0, "text": "Still here."}
+        assert events[-1] == {"type": "session.done", "sentences": 1} and audio
+    else:  # one generation, no sentence events
+        pcm, _ = decode_audio(audio, "pcm")
+        assert events == [{"type": "session.done", "audio_seconds": round(len(pcm) / SR, 3)}] and audio
 
 
 def test_openai_voice_names_are_preset_speakers(oa, reference_pcm):

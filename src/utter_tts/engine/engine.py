@@ -130,12 +130,17 @@ class Engine:
         return [self.pipeline.decode(g.result(), g.job.ref_codes) for g in generations]
 
     def stream(
-        self, request: Request, chunk_frames: int = 4, first_chunk_frames: int = 1
+        self,
+        request: Request,
+        chunk_frames: int = 4,
+        first_chunk_frames: int = 1,
+        feed: TextFeed | None = None,
     ) -> Iterator[np.ndarray]:
         """Audio chunks as frames are generated: the first after `first_chunk_frames` frames, then every
-        `chunk_frames`. Closing the iterator early cancels the request and frees its slot."""
+        `chunk_frames`. Closing the iterator early cancels the request and frees its slot. A `feed`: the
+        text arrives through it (see `submit`)."""
         check_chunk_sizes(chunk_frames, first_chunk_frames)
-        return self.audio(self.submit(request), chunk_frames, first_chunk_frames)
+        return self.audio(self.submit(request, feed), chunk_frames, first_chunk_frames)
 
     def audio(
         self, generation: Generation, chunk_frames: int = 4, first_chunk_frames: int = 1

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from utter_tts.errors import AudioError, InvalidInput
+from utter_tts.model.text_feed import TextFeed
 from utter_tts.request import Request
 from utter_tts.server.registry import LoadedModel, ModelRegistry, is_generic_model
 from utter_tts.service.inline_voices import InlineVoices
@@ -81,6 +82,7 @@ class Plan:
     text: str
     seed: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
+    feed: TextFeed | None = None  # the text still arriving through it (`text` is then '')
 
     @property
     def model(self) -> LoadedModel:
@@ -104,7 +106,7 @@ class Plan:
         """Audio as the model makes it (the model's frame stream, through its engine when it has one)."""
         c = self.casting
         request = Request(
-            self.text,
+            "" if self.feed is not None else self.text,
             mode=c.mode,
             language=c.language,
             voice=c.voice,
@@ -113,7 +115,7 @@ class Plan:
             seed=self.seed,
             sampling=dict(self.sampling),
         )
-        for chunk in c.model.tts.stream(request):
+        for chunk in c.model.tts.stream(request, feed=self.feed):
             yield np.asarray(chunk, dtype=np.float32).reshape(-1)
 
 
@@ -154,6 +156,12 @@ class Planner:
         """The plan of one request; `voice` holds `cast`'s arguments. The text is checked first."""
         text = self.check_input(text, text_param, max_chars)
         return Plan(self.cast(owner, **voice), text, seed, self.sampling(sampling))
+
+    def plan_live(self, casting: Casting, seed: int, sampling: dict[str, Any]) -> Plan:
+        """A generation whose text arrives while it is spoken (a WebSocket session's, dual-track): its
+        feed takes the text, checked piece by piece, up to the input limit."""
+        feed = casting.model.tts.text_feed(self.max_input_chars)
+        return Plan(casting, "", seed, self.sampling(sampling), feed)
 
     def plan_sentence(self, casting: Casting, text: str, seed: int | None, sampling: dict[str, Any]) -> Plan:
         """The plan of one more text spoken by a casting made earlier (a WebSocket session's sentences)."""

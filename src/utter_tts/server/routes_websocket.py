@@ -1,4 +1,5 @@
-"""WS /v1/audio/speech/stream: text arrives piece by piece, audio for each finished sentence streams back."""
+"""WS /v1/audio/speech/stream: text arrives piece by piece; audio streams back as it is spoken, from the
+first words on (live: one dual-track generation) or sentence by sentence."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Session:
         # One seed for the whole session: with the voice fixed up front, every sentence sounds alike.
         self.seed = start.seed if start.seed is not None else secrets.randbits(62)
         self.sampling = start.settings()
+        self.live = start.text_mode == "live"
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self.sending = asyncio.Lock()  # the receiver's error events and the speaker's audio share the socket
 
@@ -70,6 +72,7 @@ class Session:
                 "response_format": encoder.format.name,
                 "sample_rate": encoder.sample_rate,
                 "seed": session.seed,
+                "text_mode": start.text_mode,
             }
             if casting.instructions_ignored is not None:  # what the HTTP routes say in a header
                 started["instructions_ignored"] = casting.instructions_ignored
@@ -83,8 +86,9 @@ class Session:
             return None
 
     async def run(self) -> None:
-        receiver = asyncio.create_task(self.receive())
-        speaker = asyncio.create_task(self.speak())
+        plan = self.state.planner.plan_live(self.casting, self.seed, self.sampling) if self.live else None
+        receiver = asyncio.create_task(self.receive_live(plan.feed) if plan else self.receive())
+        speaker = asyncio.create_task(self.speak_live(plan) if plan else self.speak())
         try:
             done, _ = await asyncio.wait({receiver, speaker}, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -96,6 +100,8 @@ class Session:
         except Exception as e:
             await _fail(self.ws, e)
         finally:
+            if plan is not None:
+                plan.feed.close()  # a generation waiting for more text ends (the session has)
             for task in (receiver, speaker):
                 task.cancel()
             with contextlib.suppress(BaseException):
@@ -128,6 +134,34 @@ class Session:
             if text is None:
                 await self.sentences.put(None)
                 return
+
+    async def receive_live(self, feed) -> None:
+        """Appended text into the live generation's feed; the flush closes it."""
+        while True:
+            try:
+                text = _appended_text(await _receive_text(self.ws))
+                if text is None:
+                    feed.close()
+                    return
+                feed.append(text)
+            except InvalidInput as e:
+                await self.refuse(e)
+
+    async def speak_live(self, plan) -> None:
+        """The live generation's audio as it is made, then its end."""
+        speech = SpeechStream(self.state, plan, self.owner)
+        await speech.start()
+        try:
+            async for data in speech.encoded(self.encoder):
+                await self.send(data)
+        finally:
+            await speech.aclose()
+        tail = self.encoder.finish()
+        if tail:
+            await self.send(tail)
+        seconds = round(speech.samples / self.state.sample_rate, 3)
+        await self.send({"type": "session.done", "audio_seconds": seconds})
+        await self.ws.close(1000)
 
     async def speak(self) -> None:
         index = 0

@@ -100,6 +100,9 @@ class WsStart(Sampling):
     """First message on WS /v1/audio/speech/stream: the voice and output settings for the whole session."""
 
     type: Literal["session.start"]
+    # live: one generation whose text is fed as it arrives (dual-track), audio from the first words on;
+    # sentence: one generation per finished sentence
+    text_mode: Literal["live", "sentence"] = "live"
     model: StrictStr = "auto"
     voice: StrictStr | VoiceRef
     instructions: StrictStr | None = None
