@@ -35,3 +35,32 @@ class UnsupportedForModel(InvalidInput):
 
 class CheckpointError(UtterTTSError, OSError):
     """A checkpoint folder or hub id that cannot be loaded (missing files, bad config)."""
+
+
+# CUDA errors after which the process's context is unusable: every later kernel fails too, so the only
+# cure is a fresh process (the CUDA runtime's "sticky" errors; torch raises them with these words).
+STICKY_DEVICE_ERRORS = (
+    "illegal memory access",
+    "device-side assert",
+    "uncorrectable ECC error",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "hardware stack error",
+    "CUDA_ERROR_ILLEGAL_ADDRESS",
+    "CUDA_ERROR_LAUNCH_FAILED",
+    "CUDA_ERROR_ECC_UNCORRECTABLE",
+)
+
+
+def sticky_device_error(error: BaseException | None) -> str | None:
+    """The message of a CUDA error that poisons the process's context (in `error` or what caused it), or
+    None for any other error: those fail one request and the process serves on."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if any(words.lower() in text.lower() for words in STICKY_DEVICE_ERRORS):
+            return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+        error = error.__cause__ or error.__context__
+    return None

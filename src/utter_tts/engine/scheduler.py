@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from utter_tts.engine.runner import Launched, Runner, StepResult
-from utter_tts.errors import UtterTTSError
+from utter_tts.errors import UtterTTSError, sticky_device_error
 from utter_tts.model.denormals import flush_denormals
 from utter_tts.pipeline import Prepared, make_job_prompts
 
@@ -157,6 +157,8 @@ class Scheduler:
         self.arrived = 0.0  # when a caller last started building a prompt or submitted
         self.lock = threading.Condition()
         self.closed = False
+        self.fatal: str | None = None  # a sticky device error ended the engine (see `_fail_for_good`)
+        self.on_fatal: Callable[[str], None] | None = None
         self.frames_run = 0
         self.thread = threading.Thread(target=self._loop, name="utter-tts-scheduler", daemon=True)
         self.thread.start()
@@ -173,6 +175,8 @@ class Scheduler:
         self.runner.check_fits(job.plan.rows, job.plan.text_rows)
         generation = Generation(job)
         with self.lock:
+            if self.fatal is not None:
+                raise EngineFault(f"the GPU failed and this process must restart: {self.fatal}")
             if self.closed:
                 raise Cancelled("the engine is shut down")
             self.arrived = time.perf_counter()
@@ -275,6 +279,10 @@ class Scheduler:
                     g._finish(e)
                     self.runner.clear(slot)
                 self.live = []
+                fatal = sticky_device_error(e)
+                if fatal is not None:  # the GPU context is gone: nothing more can run in this process
+                    self._fail_for_good(fatal)
+                    return
             if self.closed:
                 for g in self.live + self.pending:
                     g._finish(Cancelled("the engine is shut down"))
@@ -323,6 +331,17 @@ class Scheduler:
         """A generation's text grew or closed (called on the appending thread): wake the loop."""
         with self.lock:
             self.lock.notify()
+
+    def _fail_for_good(self, reason: str) -> None:
+        """A sticky device error: refuse new work, fail what waits, tell the owner (`on_fatal`)."""
+        with self.lock:
+            self.fatal = reason
+            self.closed = True
+            waiting, self.pending = self.pending, []
+        for g in waiting:
+            g._finish(EngineFault(f"the GPU failed and this process must restart: {reason}"))
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _on_cuda_stream(self):
         cuda_stream = self.runner.cuda_stream

@@ -26,7 +26,7 @@ from utter_tts.server.planner import Planner
 from utter_tts.server.pool import GenerationPool
 from utter_tts.server.registry import ModelRegistry
 from utter_tts.server.settings import ServerConfig, config_from_args
-from utter_tts.service.http_errors import APIError
+from utter_tts.service.http_errors import APIError, device_fault_error
 from utter_tts.service.inline_voices import InlineVoices
 from utter_tts.service.keys import KeyChecker, redact_server_logs
 from utter_tts.voices.library import VoiceLibrary
@@ -74,6 +74,8 @@ class ServerState:
         # A fatal failure sets a non-zero status and asks the running server to stop (see `serve`).
         self.exit_code = 0
         self.request_stop = lambda: None
+        self.fault: str | None = None  # a sticky device error: this process cannot serve any more
+        self.pool.on_device_fault = self.device_fault
 
     def stop_with(self, code: int, why: str) -> None:
         """End the process with status `code` after the usual graceful shutdown: for failures that
@@ -82,6 +84,17 @@ class ServerState:
         self.exit_code = code
         self.request_stop()
 
+    def device_fault(self, reason: str) -> None:
+        """The GPU context is poisoned (illegal memory access, device-side assert, ECC, launch failure):
+        every later kernel would fail too. Refuse new work (503 + Retry-After), say so on /health, and
+        after `fault_drain_s` stop with status 1 so Modal or a supervisor starts a fresh process."""
+        if self.fault is not None:
+            return
+        self.fault = reason
+        self.exit_code = 1
+        log.critical("GPU fault; refusing work and exiting in %.0f s: %s", self.config.fault_drain_s, reason)
+        asyncio.get_running_loop().call_later(self.config.fault_drain_s, self.request_stop)
+
     @property
     def sample_rate(self) -> int:
         for m in self.registry.models.values():
@@ -89,6 +102,8 @@ class ServerState:
         return 24000
 
     def require_ready(self) -> None:
+        if self.fault is not None:
+            raise device_fault_error(self.config.retry_after_s)
         if self.pool.closing:
             raise APIError(503, "server is shutting down", "shutting_down", headers={"Retry-After": "5"})
         if not self.registry.ready.is_set():
@@ -173,6 +188,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             body["status"] = "shutting_down"
         if registry.load_error:
             body["status"], body["error"] = "failed", registry.load_error
+        if state.fault is not None:
+            body["status"], body["error"] = "failed", f"device fault: {state.fault}"
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics")

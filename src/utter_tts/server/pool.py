@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from utter_tts.service.http_errors import APIError
+from utter_tts.errors import sticky_device_error
+from utter_tts.service.http_errors import APIError, device_fault_error
 
 T = TypeVar("T")
 
@@ -35,6 +36,8 @@ class GenerationPool:
         self.active = 0
         self.closing = False
         self._cancels: set[threading.Event] = set()
+        # told (on the event loop) when work failed with a sticky device error: the process must go
+        self.on_device_fault: Callable[[str], None] | None = None
 
     async def _acquire(self) -> None:
         if self.closing:
@@ -67,6 +70,8 @@ class GenerationPool:
         fut = loop.run_in_executor(self._executor, fn)
         try:
             return await asyncio.shield(fut)
+        except Exception as e:
+            raise self._as_device_fault(e) from e
         finally:
             # The thread cannot be interrupted; the slot is freed when it actually finishes.
             fut.add_done_callback(lambda _: self._release())
@@ -124,9 +129,19 @@ class GenerationPool:
                 elif kind == "end":
                     return
                 else:
-                    raise value
+                    raise self._as_device_fault(value)
         finally:
             cancel.set()
+
+    def _as_device_fault(self, error: BaseException) -> BaseException:
+        """`error` as the client sees it: a sticky device error is the server's GPU gone (503, retry,
+        reported to `on_device_fault`); anything else as it is."""
+        reason = sticky_device_error(error)
+        if reason is None:
+            return error
+        if self.on_device_fault is not None:
+            self.on_device_fault(reason)
+        return device_fault_error(self.retry_after_s)
 
     def cancel_all(self) -> None:
         """Ask every running generation to stop at its next chunk (graceful shutdown)."""

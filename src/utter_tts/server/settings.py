@@ -59,6 +59,7 @@ class ServerConfig:
     openai_voices: dict[str, str] = field(default_factory=dict)
     job_ttl_s: float = 3600.0
     shutdown_grace_s: float = 10.0
+    fault_drain_s: float = 2.0  # after a sticky GPU fault: answer 503 this long, then exit with status 1
     retry_after_s: int = 2
     # Sleep after every generated chunk; a diagnostic knob tests use to prove streaming is incremental.
     chunk_delay_s: float = 0.0

@@ -37,6 +37,16 @@ class APIError(Exception):
         self.type = type or TYPE_BY_STATUS.get(status, "invalid_request_error")
 
 
+def device_fault_error(retry_after_s: int) -> APIError:
+    """What a client learns when the server's GPU failed for good: retry (another process, soon)."""
+    return APIError(
+        503,
+        "the server's GPU failed; it is restarting: retry shortly",
+        "device_fault",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def internal_error() -> APIError:
     """What a client learns of a fault of ours: nothing about it."""
     return APIError(500, "internal server error", "internal_error")
