@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utter_tts.errors import InvalidInput
-from utter_tts.service.http_errors import APIError, internal_error
+from utter_tts.service.http_errors import APIError, internal_error, storage_error
 
 log = logging.getLogger("utter_tts.server")
 
@@ -46,6 +46,10 @@ def as_api_error(e: Exception, failed: str) -> APIError:
         return from_invalid_input(e)
     if isinstance(e, ValidationError):
         return validation_error(RequestValidationError(e.errors()))
+    storage = storage_error(e)
+    if storage is not None:
+        log.error("%s: %s", failed, e)
+        return storage
     log.error(failed, exc_info=e)
     return internal_error()
 
@@ -113,8 +117,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception):
         # answered outside the app's middleware: the request id it set is carried over here
         rid = getattr(request.state, "request_id", None)
-        log.exception("internal error on %s %s (request %s)", request.method, request.url.path, rid)
-        response = error_response(internal_error(), request)
+        err = as_api_error(exc, f"internal error on {request.method} {request.url.path} (request {rid})")
+        response = error_response(err, request)
         if rid is not None:
             response.headers["X-Request-Id"] = rid
         return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from utter_tts.textcheck import printable
 
 # OpenAI's error `type` for a status (its SDKs map the pair to their exception classes).
@@ -45,6 +47,29 @@ def device_fault_error(retry_after_s: int) -> APIError:
         "device_fault",
         headers={"Retry-After": str(retry_after_s)},
     )
+
+
+# Storage failures a client can be told of: the server's disk is full (507) or cannot be written (503).
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(e: BaseException) -> APIError | None:
+    """A write that failed for lack of space or permission (OSError, or SQLite's words for them), as what
+    the client is told; None for any other error. The data already stored is untouched by such a failure
+    (every write is whole-or-nothing), which the message says so a client can retry safely later."""
+    number = e.errno if isinstance(e, OSError) else None
+    text = str(e).lower()
+    if number in _DISK_FULL or "database or disk is full" in text:
+        why, status, code = "the server's disk is full", 507, "insufficient_storage"
+    elif number in _READ_ONLY or "readonly database" in text or "read-only file system" in text:
+        why, status, code = "the server's data directory cannot be written", 503, "storage_unavailable"
+    else:
+        return None
+    return APIError(
+        status, f"{why}; nothing was stored and what was stored is intact: retry later", code,
+        headers={"Retry-After": "30"},
+    )  # fmt: skip
 
 
 def internal_error() -> APIError:
