@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -223,3 +224,66 @@ def test_an_embedded_server_whose_models_fail_in_the_background_exits_non_zero(t
     thread.start()
     thread.join(timeout=60)
     assert not thread.is_alive() and result == [1]
+
+
+DOCUMENT = " ".join(f"Sentence number {i} of a long document that goes on." for i in range(60))
+
+
+def _job_body(seed: int = 5) -> dict:
+    return {"model": "tts-1", "input": DOCUMENT, "voice": "ryan", "response_format": "wav", "seed": seed}
+
+
+def _finished(url: str, job_id: str, seen: list[str] | None = None) -> dict:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/v1/audio/speech/jobs/{job_id}", headers=AUTH, timeout=30).json()
+        if seen is not None:
+            seen.append(job["status"])
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError("the job did not finish")
+
+
+def test_a_job_goes_on_after_kill_9_and_its_audio_is_the_uninterrupted_one(checkpoints, tmp_path):
+    """A 60-sentence job, its server killed with SIGKILL once a piece is on disk, the server started again
+    on the same data directory: the job completes from its first unfinished piece (its status reads
+    running meanwhile, never failed) and its file is byte for byte an uninterrupted run's."""
+    model = [checkpoints["custom_voice"]]
+    port = free_port()
+    proc = start_server_process(model, tmp_path / "whole", port, "--max-new-tokens", "10")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        job = httpx.post(f"{url}/v1/audio/speech/jobs", json=_job_body(), headers=AUTH, timeout=30).json()
+        assert _finished(url, job["id"])["status"] == "succeeded"
+        whole = httpx.get(f"{url}/v1/audio/speech/jobs/{job['id']}/content", headers=AUTH, timeout=30).content
+    finally:
+        stop(proc)
+
+    data = tmp_path / "killed"
+    proc = start_server_process(model, data, port, "--max-new-tokens", "10")
+    try:
+        wait_healthy(url, proc)
+        job = httpx.post(f"{url}/v1/audio/speech/jobs", json=_job_body(), headers=AUTH, timeout=30).json()
+        record = data / "jobs" / f"{job['id']}.json"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and json.loads(record.read_text())["pieces_done"] < 1:
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: no shutdown, no cleanup
+        proc.wait()
+        done = json.loads(record.read_text())["pieces_done"]
+        assert done >= 1 and json.loads(record.read_text())["status"] == "running"
+    finally:
+        stop(proc)
+    proc = start_server_process(model, data, port, "--max-new-tokens", "10")
+    try:
+        wait_healthy(url, proc)
+        seen: list[str] = []
+        assert _finished(url, job["id"], seen)["status"] == "succeeded", seen
+        assert set(seen) <= {"queued", "running", "succeeded"}
+        r = httpx.get(f"{url}/v1/audio/speech/jobs/{job['id']}/content", headers=AUTH, timeout=30)
+        assert r.content == whole
+        assert not list((data / "jobs").glob("*.part0*"))  # the parts are gone with the job's end
+    finally:
+        stop(proc)

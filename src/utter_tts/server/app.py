@@ -146,6 +146,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             registry.ready.set()
         elif not config.models and not registry.models:
             registry.load_error = "no models configured"
+        state.jobs.resume_interrupted()  # jobs a dead process left half done go on once the models are in
         yield
         # Graceful shutdown: refuse new work, let running generations finish briefly, then cancel.
         state.pool.closing = True

@@ -25,12 +25,14 @@ async def submit_job(request: Request, response: Response, body: JobRequest):
     state = _state(request)
     state.require_ready()
     owner = state.keys.owner(request)
+    if body.seed is None:
+        # one seed for every segment: it keeps a designed voice steady, and a job resumed after a restart
+        # makes exactly the audio it would have made (randomness is keyed on seed, frame and codebook)
+        body = body.model_copy(update={"seed": secrets.randbits(62)})
     encoder = stream_encoder(state, body)
     try:
         plan = await plan_speech(state, owner, body, max_chars=state.config.max_job_chars)
-        if plan.seed is None and plan.mode == "design":
-            plan.seed = secrets.randbits(62)  # one seed for every segment keeps the designed voice steady
-        job = state.jobs.submit(owner, plan, encoder)
+        job = state.jobs.submit(owner, plan, encoder, body)
     except BaseException:
         encoder.close()
         raise
