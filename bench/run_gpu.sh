@@ -18,6 +18,8 @@ quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|p
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"
+  # the stack the deployment runs (src/utter_tts/stack.json): numbers measured on another are labelled so
+  python3 -m utter_tts.stack
 } | tee "$OUT/env.txt"
 
 T0=$(date +%s)

@@ -13,6 +13,7 @@ See docs/deploy-modal.md.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -21,16 +22,29 @@ from typing import Any
 import modal
 
 APP_NAME = "utter-qwen-tts"
-PYTHON_VERSION = "3.12"
-# The image's torch, and the FlashAttention 2 prebuilt release wheel built for exactly it: torch 2.8,
-# CUDA 12, CPython 3.12, the C++11 ABI (every PyTorch Linux wheel since 2.7 uses it). flash-attn has no
-# PyPI wheel; tests/modal_app/test_image.py parses this URL and checks its tags against these pins.
-TORCH_VERSION = "2.8.0"
-TORCH_CUDA = "cu128"  # CUDA 12.8 build; sm_86 (A10G) is among its targets, nothing here needs Hopper
-FLASH_ATTN_WHEEL = (
-    "https://github.com/Dao-AILab/flash-attention/releases/download/v2.8.3/"
-    "flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl"
-)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The stack the engine is developed and measured on, named once (read as data: no utter_tts import here).
+# torch's CUDA 12.8 build runs on the A10G's driver and ships the Triton the fused kernels are written
+# for. No flash-attn: the engine attends with its own Triton kernel (and SDPA where the kernels are off),
+# and the flash-attn wheel pinned before was built for torch 2.8; docs/deploy-modal.md says what a GPU run
+# must still decide.
+REMOTE_ROOT = Path("/opt/utter-tts")  # where the image holds the project
+
+
+def _stack() -> dict[str, str]:
+    # the checkout when deploying; inside a container (this file alone at /root) the image's copy
+    for root in (PROJECT_ROOT, REMOTE_ROOT):
+        path = root / "src" / "utter_tts" / "stack.json"
+        if path.is_file():
+            return json.loads(path.read_text("utf-8"))
+    raise FileNotFoundError("src/utter_tts/stack.json, beside this app or in the image")
+
+
+STACK = _stack()
+PYTHON_VERSION = STACK["python"]
+TORCH_VERSION = STACK["torch"]
+TORCH_CUDA = STACK["torch_cuda"]
+TRITON_VERSION = STACK["triton"]
 
 GPU = "A10G"  # 24 GB, sm_86: both 1.7B models in bf16 (~9 GB) stay resident
 CLASS_TIMEOUT_S = 600  # the plan's sketch (its prose says 300): one call never needs more
@@ -51,15 +65,17 @@ HF_CACHE_DIR = "/cache"  # HF_HOME: the weights are downloaded once, not at ever
 VOICES_DIR = "/voices"
 DATA_DIR = "/tmp/utter-tts"  # per container: server state that must not be shared through a Volume
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _IGNORE = [".git", ".venv", "**/__pycache__", "**/*.pyc", "tests", "bench", "shared", "docs", "*.wav"]
 
 image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .apt_install("git", "ffmpeg")
-    .pip_install(f"torch=={TORCH_VERSION}", index_url=f"https://download.pytorch.org/whl/{TORCH_CUDA}")
-    .pip_install(FLASH_ATTN_WHEEL)
-    .add_local_dir(PROJECT_ROOT, "/opt/utter-tts", copy=True, ignore=_IGNORE)
+    .pip_install(
+        f"torch=={TORCH_VERSION}",
+        f"triton=={TRITON_VERSION}",
+        index_url=f"https://download.pytorch.org/whl/{TORCH_CUDA}",
+    )
+    .add_local_dir(PROJECT_ROOT, str(REMOTE_ROOT), copy=True, ignore=_IGNORE)
     # torch is in already and the project asks only torch>=2.4, so this pulls no second torch
     .run_commands("pip install /opt/utter-tts")
     .env(
@@ -67,6 +83,9 @@ image = (
             "HF_HOME": f"{HF_CACHE_DIR}/huggingface",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # Triton's compiled kernels on the cache volume: a fresh container loads them instead of
+            # compiling every variant again
+            "TRITON_CACHE_DIR": f"{HF_CACHE_DIR}/triton",
         }
     )
 )

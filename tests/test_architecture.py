@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "utter_tts"
 
 # Floors, lowest first: a module may import from its own floor and the floors below it.
 FLOORS = [
-    ("base", ["errors", "files", "device", "text", "textcheck", "audio"]),
+    ("base", ["errors", "files", "device", "text", "textcheck", "audio", "stack"]),
     ("model", ["model", "codec", "kernels"]),
     ("pipeline", ["voices", "request", "pipeline"]),
     ("engine", ["engine"]),

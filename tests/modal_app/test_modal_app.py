@@ -125,9 +125,7 @@ def test_image_steps(qwen):
     text = "\n".join(steps)
     assert re.search(r"^FROM python:3\.12[\d.]*-slim", text, re.M)
     assert "RUN apt-get install -y git ffmpeg" in steps
-    torch_line = next(s for s in steps if "torch==" in s)
-    assert "torch==2.8.0" in torch_line and "--index-url https://download.pytorch.org/whl/cu128" in torch_line
-    assert any(qwen.FLASH_ATTN_WHEEL in s for s in steps)
+    assert not stack_problems(steps, qwen.STACK)  # the stack's torch build and Triton, and nothing else
     [copied] = [e for _, entries in image_layers(qwen.image) for e in entries]
     assert copied.local_dir == qwen.PROJECT_ROOT and str(copied.remote_path) == "/opt/utter-tts"
     for kept in ("pyproject.toml", "README.md", "src/utter_tts/api.py"):
@@ -141,29 +139,52 @@ def test_image_steps(qwen):
         assert copied.ignore(Path(dropped))
     assert "RUN pip install /opt/utter-tts" in steps
     assert any(s.startswith("ENV") and "HF_HOME=/cache/huggingface" in s for s in steps)
-    # order: torch first, then flash-attn (built against it), then the project (which must not move torch)
-    order = [text.index(x) for x in ("torch==2.8.0", "flash_attn-", "pip install /opt/utter-tts")]
+    # order: torch first, then the project (which must not move torch)
+    order = [text.index(x) for x in (f"torch=={qwen.TORCH_VERSION}", "pip install /opt/utter-tts")]
     assert order == sorted(order)
 
 
-WHEEL_RE = re.compile(
-    r"/v(?P<release>[\w.]+)/flash_attn-(?P<version>[\d.]+(?:\.post\d+)?)\+cu(?P<cuda>\d+)torch(?P<torch>\d+\.\d+)"
-    r"cxx11abi(?P<abi>TRUE|FALSE)-cp(?P<py>\d+)-cp(?P=py)-linux_x86_64\.whl$"
-)
+def stack_problems(steps: list[str], stack: dict, pyproject: str | None = None, run_gpu: str | None = None):
+    """How the image's steps (and the test extra's pins, and the GPU bench script) disagree with the stack
+    file: its torch release from its CUDA variant's index, its Triton, no flash-attn."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = (root / "pyproject.toml").read_text() if pyproject is None else pyproject
+    run_gpu = (root / "bench" / "run_gpu.sh").read_text() if run_gpu is None else run_gpu
+    problems = []
+    torch_line = next((s for s in steps if "torch==" in s), "")
+    if f"torch=={stack['torch']} " not in torch_line + " ":
+        problems.append(f"image torch: {torch_line!r}")
+    if f"--index-url https://download.pytorch.org/whl/{stack['torch_cuda']}" not in torch_line:
+        problems.append(f"image torch index: {torch_line!r}")
+    if not any(f"triton=={stack['triton']}" in s for s in steps):
+        problems.append("image triton")
+    if any("flash" in s.lower() for s in steps):
+        problems.append("image installs flash-attn, which the engine never calls")
+    if f'"triton=={stack["triton"]}"' not in pyproject:
+        problems.append("pyproject test extra's triton")
+    if "python3 -m utter_tts.stack" not in run_gpu:
+        problems.append("bench/run_gpu.sh does not check the GPU machine against the stack")
+    return problems
 
 
-def test_flash_attn_wheel_matches_pinned_torch(qwen):
-    m = WHEEL_RE.search(qwen.FLASH_ATTN_WHEEL)
-    assert m, qwen.FLASH_ATTN_WHEEL
-    assert qwen.FLASH_ATTN_WHEEL.startswith("https://github.com/Dao-AILab/flash-attention/releases/download/")
-    assert m["release"] == m["version"]
-    major, minor = qwen.TORCH_VERSION.split(".")[:2]
-    assert m["torch"] == f"{major}.{minor}"
-    cuda = re.fullmatch(r"cu(\d+)", qwen.TORCH_CUDA)[1]
-    assert cuda.startswith(m["cuda"])  # wheel tag cu12 = any CUDA 12.x build of torch
-    assert m["py"] == qwen.PYTHON_VERSION.replace(".", "")
-    # PyTorch's Linux wheels use the C++11 ABI from 2.7 on; the extension must match it
-    assert m["abi"] == ("TRUE" if (int(major), int(minor)) >= (2, 7) else "FALSE")
+def test_one_stack_named_once(qwen):
+    """The stack file is what the image installs, what the CPU kernel tests run (the installed Triton),
+    what the test extra pins and what the GPU bench checks; a planted mismatch is caught."""
+    import triton
+
+    from utter_tts.stack import stack
+
+    steps = image_steps(qwen.image)
+    assert qwen.STACK == stack() and qwen.PYTHON_VERSION == stack()["python"]
+    assert not stack_problems(steps, stack())
+    assert triton.__version__ == stack()["triton"]  # the interpreter the kernel tests use
+    planted = dict(stack(), triton="3.4.0")
+    assert stack_problems(steps, planted) == [
+        "image triton", "pyproject test extra's triton"
+    ]  # fmt: skip
+    assert stack_problems(steps, dict(stack(), torch_cuda="cu130"))
+    assert stack_problems(steps, stack(), run_gpu="echo no check")
+    assert stack_problems([*steps, "RUN pip install flash_attn-2.8.3.whl"], stack())
 
 
 def test_method_names_and_defaults(qwen):

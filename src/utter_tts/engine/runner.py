@@ -18,6 +18,7 @@ from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
 from utter_tts.model.prompt import Prompt
 from utter_tts.model.talker import Talker
+from utter_tts.stack import installed_triton_problem
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,11 @@ MIN_SPAN = 256
 
 
 def kernels_available(device: torch.device) -> bool:
-    """Whether the fused kernels run on `device`: a CUDA device (Ampere or newer) with Triton installed."""
+    """Whether the fused kernels run on `device`: a CUDA device (Ampere or newer) with the Triton they
+    are written for (utter_tts/stack.json; an older or missing one: one log line, the eager engine)."""
     if device.type != "cuda":
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if installed_triton_problem() is not None:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
