@@ -306,6 +306,7 @@ def test_a_failing_push_fails_only_its_stream(tts):
 def test_non_finite_audio_fails_only_its_stream(tts, monkeypatch):
     """A pass whose audio holds inf/NaN for one stream (an fp16 overflow in the mixed codec on unusual
     weights) fails that stream with NonFiniteAudio; the other stream of the pass gets its audio."""
+
     from utter_tts.codec.speech_tokenizer import NonFiniteAudio
     from utter_tts.engine.decoding import CodecSlots, DecodeBatcher, _Job
 
@@ -567,3 +568,66 @@ def test_a_prompt_that_fails_to_build_fails_alone(tts, voices, monkeypatch):
         assert eng.scheduler.active == 0 or all(g is not bad for g in eng.scheduler.live)
     finally:
         eng.close()
+
+
+def test_a_background_warm_up_serves_requests_while_it_captures(tts, voices, monkeypatch):
+    """`warmup(background=True)` captures the one-stream graphs and returns; requests are answered while
+    the other captures wait for idle moments (each made slow on purpose here; their frames and codec
+    passes run eagerly meanwhile), their audio equal to the plain model's; then every graph exists."""
+    from utter_tts.engine.decoding import CodecSlots
+    from utter_tts.engine.runner import Runner
+
+    captured = []
+
+    class Replay:  # a captured graph replays the same step (the CPU has no CUDA graphs)
+        def __init__(self, run):
+            self.replay = run
+
+    def frame_capture(self, B, span):
+        captured.append(("frame", B, threading.current_thread().name))
+        time.sleep(0.3)
+        graph = self.graphs[(B, span)] = Replay(lambda: self._step(B, span))
+        return graph
+
+    def codec_capture(self, size, n):
+        captured.append(("codec", size, threading.current_thread().name))
+        time.sleep(0.3)
+        index = torch.full((size,), self.slots, dtype=torch.long)
+        codes = torch.zeros(size, n, 16, dtype=torch.long)
+        audio = self._pass(index, codes)
+        entry = self.graphs[(size, n)] = (
+            Replay(lambda: audio.copy_(self._pass(index, codes))),
+            index,
+            codes,
+            audio,
+        )
+        return entry
+
+    monkeypatch.setattr(Runner, "_capture", frame_capture)
+    monkeypatch.setattr(CodecSlots, "_capture", codec_capture)
+    requests = _requests(voices)[:3]
+    want = tts.pipeline.synthesize([tts.pipeline.prepare(r) for r in requests])
+    engine = Engine(
+        tts.pipeline, max_streams=4, max_frames=64, max_prompt=128, max_text_tokens=128, use_graphs=True
+    )
+    engine.decoding.slots.use_graphs = True
+    try:
+        engine.warmup(background=True)
+        # before it returns, on the caller's thread: what a first request needs, and nothing else
+        now = {(kind, size) for kind, size, thread in captured if thread == "MainThread"}
+        assert now == {("frame", 1), ("codec", 1)}
+        streams = [engine.stream(r) for r in requests]
+        first = [next(s) for s in streams]  # each stream's first chunk...
+        assert engine.runner.deferred or engine.decoding.slots.deferred  # ...while the warm-up goes on
+        got = [np.concatenate([f, *s]) for f, s in zip(first, streams)]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+        deadline = time.monotonic() + 30
+        while (engine.runner.deferred or engine.decoding.slots.deferred) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {B for B, _ in engine.runner.graphs} == set(engine.runner.batch_buckets)
+        assert {size for size, _ in engine.decoding.slots.graphs} == set(engine.decoding.slots.buckets)
+        later = {thread for _, _, thread in captured if thread != "MainThread"}
+        assert later == {"utter-tts-scheduler", "utter-tts-decoder"}  # in the idle moments of each
+    finally:
+        engine.close()

@@ -76,6 +76,10 @@ def load_service(
             dtype=settings.dtype,
             engine=engine if settings.use_engine else False,
         )
+        if tts.engine is not None:
+            # the one-stream graphs now, the others while the engine is idle: a cold container answers
+            # its first request after those few captures instead of all of them
+            tts.engine.warmup(background=True)
         return tts, tts.engine
 
     base, base_engine = load(settings.base_model)

@@ -92,6 +92,7 @@ class CodecSlots:
         max_pass = max_pass or slots  # streams in one pass at most
         self.buckets = tuple(b for b in BATCH_BUCKETS if b < max_pass) + (max_pass,)
         self.graphs: dict[tuple[int, int], tuple] = {}
+        self.deferred: list[tuple[int, int]] = []  # graphs a background warm-up has still to capture
         self.pool = None
 
     def acquire(self, timeout: float = 60.0) -> int:
@@ -157,6 +158,8 @@ class CodecSlots:
         B, n = codes.shape[:2]
         size = bucket(B, self.buckets)
         entry = self.graphs.get((size, n))
+        if entry is None and (size, n) in self.deferred:  # a background warm-up captures it when idle
+            return self._pass(torch.tensor(slots), codes)
         if entry is None:
             try:
                 entry = self._capture(size, n)
@@ -172,15 +175,28 @@ class CodecSlots:
         graph.replay()
         return audio[:B].clone()  # the static output is overwritten by the next replay
 
-    def warmup(self) -> int:
+    def warmup(self, now: int | None = None) -> int:
         """Capture every (batch bucket, frames) graph before serving: a capture mid-serving stalls every
-        stream's audio (~0.5 s each on an H200)."""
+        stream's audio (~0.5 s each on an H200). With `now`, only those of buckets up to `now` streams; the
+        others decode eagerly until `capture_deferred` (the decoder's thread, while idle) captures them."""
         if not self.use_graphs:
             return 0
         missing = [(size, n) for size in self.buckets for n in GRAPH_FRAMES if (size, n) not in self.graphs]
-        for size, n in missing:
-            self._capture(size, n)
-        return len(missing)
+        later = [key for key in missing if now is not None and key[0] > now]
+        for key in missing:
+            if key not in later:
+                self._capture(*key)
+        self.deferred += later  # only now: the decoder's thread takes them from here when idle
+        return len(missing) - len(later)
+
+    def capture_deferred(self) -> bool:
+        """Capture the next deferred graph; False when none is left."""
+        while self.deferred:
+            key = self.deferred.pop(0)
+            if key not in self.graphs:
+                self._capture(*key)
+                return True
+        return False
 
     def _capture(self, size: int, n: int) -> tuple:
         device = self.codec.device
@@ -482,9 +498,14 @@ class DecodeBatcher:
     def _take_batches(self) -> None:
         seen, tick = 0, 0  # wake-ups seen; the clock's tick last decoded on
         while True:
+            if self.slots.deferred and not (self.jobs or self.streams or self.closed):
+                # idle, with a warm-up still under way: one more codec graph (on the decoder's stream)
+                with torch.cuda.stream(self.cuda_stream) if self.cuda else contextlib.nullcontext():
+                    self.slots.capture_deferred()
+                continue
             with self.wake:
                 while not self.jobs and self.ticks == seen and not self.detached and not self.closed:
-                    if not self.wake.wait(POLL_S if self.streams else None):
+                    if not self.wake.wait(POLL_S if self.streams or self.slots.deferred else None):
                         break  # the poll: look at the attached streams anyway
                 if self.closed:
                     self._close_streams()

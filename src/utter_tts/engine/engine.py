@@ -79,16 +79,22 @@ class Engine:
             else f"eager, attention {attention_backend(pipeline.device)}",
         )
 
-    def warmup(self, spans: tuple[int, ...] = (256,)) -> int:
+    def warmup(self, spans: tuple[int, ...] = (256,), background: bool = False) -> int:
         """Capture the CUDA graphs of every batch size up front, the frame's and the audio decoder's (first
         requests then pay no capture), and move the process's objects out of the garbage collector's full
-        passes (`gc.freeze`); returns how many graphs were captured."""
+        passes (`gc.freeze`); returns how many graphs were captured. `background`: capture only the
+        one-stream frame graph now and the other frame graphs while the engine is idle, serving requests
+        meanwhile (their frames run eagerly until their batch size's graph exists): a cold start serves
+        its first request after one capture instead of all of them."""
         with self.scheduler.lock:  # the scheduler thread is idle while we hold its lock and nothing waits
             if self.scheduler.live or self.scheduler.pending:
                 raise RuntimeError("warm up before serving requests")
-            n = self.runner.warmup(spans)
+            n = self.runner.warmup(spans, now=1 if background else None)
+            self.scheduler.lock.notify()  # a deferred warm-up goes on in the scheduler's thread
         with torch.cuda.stream(self.decoding.cuda_stream) if self.decoding.cuda else contextlib.nullcontext():
-            n += self.decoding.slots.warmup()
+            n += self.decoding.slots.warmup(now=1 if background else None)
+        with self.decoding.wake:
+            self.decoding.wake.notify()  # a deferred warm-up goes on in the decoder's thread
         # everything alive now (models, tokenizers, graphs) lives as long as the process: keep it out of
         # the garbage collector's full passes, which otherwise walked all of it mid-serving and stopped
         # every stream (a 150-250 ms pass in a 64-stream run on an H200)

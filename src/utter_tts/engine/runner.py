@@ -102,6 +102,7 @@ class Runner:
         self.batch_buckets = tuple(b for b in BATCH_BUCKETS if b < max_slots) + (max_slots,)
         self.codebook_size = talker.cfg.code_predictor.vocab_size
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.deferred: list[tuple[int, int]] = []  # graphs a background warm-up has still to capture
         self.pool = None
         # the scheduler's work runs on its own CUDA stream: on one stream, a player's codec kernels queue
         # behind whole frame graphs (seen on an H100: the first 80 ms chunk waited ~0.9 s)
@@ -158,10 +159,12 @@ class Runner:
         B = bucket(n, self.batch_buckets)
         # fused attention reads only the columns written: one graph per batch serves every length
         span = self.max_len if self.fused else span_bucket(max(self.host_col[:n]) + 1, self.max_len)
-        if self.use_graphs:
-            graph = self.graphs.get((B, span)) or self._capture(B, span)
+        graph = self.graphs.get((B, span)) if self.use_graphs else None
+        if graph is None and self.use_graphs and (B, span) not in self.deferred:
+            graph = self._capture(B, span)
+        if graph is not None:
             graph.replay()
-        else:
+        else:  # no graphs, or its capture is deferred (warm-up in the background): the same kernels, eagerly
             self._step(B, span)
         [host], done = start_copy([self.batch.out[:n]])
         if saved is not None:
@@ -207,19 +210,35 @@ class Runner:
             self.graphs[(B, span)] = graph
             return graph
 
-    def warmup(self, spans: tuple[int, ...] = (MIN_SPAN,)) -> int:
-        """Capture the graphs of every batch bucket for these column spans before serving."""
+    def warmup(self, spans: tuple[int, ...] = (MIN_SPAN,), now: int | None = None) -> int:
+        """Capture the graphs of every batch bucket for these column spans before serving; with `now`, only
+        those of the buckets up to `now` rows, the others deferred: frames of those run eagerly until
+        `capture_deferred` (called while the engine is idle) has captured them."""
         if self.fused is not None:
             self.fused.warm_prefill(self.max_slots * self.max_prompt)
         if not self.use_graphs:
             return 0
-        n = 0
-        for span in {self.max_len} if self.fused else {span_bucket(s, self.max_len) for s in spans}:
+        n, later = 0, []
+        for span in sorted({self.max_len} if self.fused else {span_bucket(s, self.max_len) for s in spans}):
             for B in self.batch_buckets:
-                if (B, span) not in self.graphs:
-                    self._capture(B, span)
-                    n += 1
+                if (B, span) in self.graphs:
+                    continue
+                if now is not None and B > now:
+                    later.append((B, span))
+                    continue
+                self._capture(B, span)
+                n += 1
+        self.deferred += later  # only now: the scheduler's thread takes them from here when idle
         return n
+
+    def capture_deferred(self) -> bool:
+        """Capture the next deferred graph (smallest batch first); False when none is left."""
+        while self.deferred:
+            key = self.deferred.pop(0)
+            if key not in self.graphs:
+                self._capture(*key)
+                return True
+        return False
 
     def _mutable(self) -> list[torch.Tensor]:
         b = self.batch

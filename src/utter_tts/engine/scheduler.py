@@ -233,9 +233,17 @@ class Scheduler:
     def _serve(self) -> None:
         in_flight: deque[tuple[list[Generation], Launched]] = deque()  # launched, oldest first
         while True:
+            if self.runner.deferred and not (self.live or in_flight or self.pending or self.closed):
+                # idle, with a warm-up still under way: one more graph (a request arriving meanwhile waits
+                # for at most this one capture; frames of buckets not captured yet run eagerly)
+                with self._on_cuda_stream():
+                    self.runner.capture_deferred()
+                continue
             with self.lock:
                 while not self.closed and not self.live and not in_flight:
                     if not any(self._startable(g) for g in self.pending):
+                        if self.runner.deferred:
+                            break  # idle: capture a deferred graph (top of the loop)
                         self.lock.wait()  # a text's append or close notifies too
                     elif wait := self._gathering(time.perf_counter()):
                         self.lock.wait(wait)  # idle: wait for the burst's other prompts

@@ -106,8 +106,8 @@ class ModelRegistry:
                 dtype=dtype,
                 engine={"max_streams": engine_streams} if use_engine else False,
             )
-            if tts.engine is not None:
-                tts.engine.warmup()
+            if tts.engine is not None:  # the one-stream graphs now, the others while it is idle
+                tts.engine.warmup(background=True)
             loaded = self.add(src, tts)
             log.info(
                 "loaded %s as %r (%s) on %s in %s",
