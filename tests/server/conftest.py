@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -191,3 +192,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
             pass
         time.sleep(0.2)
     raise RuntimeError("server did not become healthy")
+
+
+def session_rest(ws, audio: bytes = b"") -> tuple[bytes, list[dict]]:
+    """A WebSocket session's remaining binary audio and events, up to its `session.done` (or `error`)."""
+    events: list[dict] = []
+    while not events or events[-1]["type"] not in ("session.done", "error"):
+        msg = ws.recv(timeout=60)
+        if isinstance(msg, bytes):
+            audio += msg
+        else:
+            events.append(json.loads(msg))
+    return audio, events

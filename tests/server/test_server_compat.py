@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect as ws_connect
 
-from tests.server.conftest import ALICE, BOB, ServerThread, make_config, tone_wav
+from tests.server.conftest import ALICE, BOB, ServerThread, make_config, session_rest, tone_wav
 from utter_tts.errors import InvalidInput
 from utter_tts.server.app import create_app, request_id
 from utter_tts.server.planner import OPENAI_VOICES, Planner
@@ -330,13 +330,7 @@ def test_a_websocket_session_says_which_instructions_it_ignores(server, saved_vo
             assert started.get("instructions_ignored") == ignored
             ws.send(json.dumps({"type": "input.append", "text": "Hello there."}))
             ws.send(json.dumps({"type": "input.flush"}))
-            audio, events = b"", []
-            while not events or events[-1]["type"] not in ("session.done", "error"):
-                msg = ws.recv(timeout=60)
-                if isinstance(msg, bytes):
-                    audio += msg
-                else:
-                    events.append(json.loads(msg))
+            audio, events = session_rest(ws)
             assert events[-1]["type"] == "session.done" and audio
 
 

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 from websockets.sync.client import connect as ws_connect
 
-from tests.server.conftest import ALICE, FRAMES, decode_audio
+from tests.server.conftest import ALICE, FRAMES, decode_audio, session_rest
 
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 SR = 24000
@@ -275,13 +275,7 @@ def test_websocket_live_speaks_from_the_first_words_as_the_whole_text(server, re
         assert isinstance(first, bytes) and first  # audio before the rest of the text exists
         ws.send(json.dumps({"type": "input.append", "text": text[15:]}))
         ws.send(json.dumps({"type": "input.flush"}))
-        audio, events = first, []
-        while not events or events[-1]["type"] not in ("session.done", "error"):
-            msg = ws.recv(timeout=60)
-            if isinstance(msg, bytes):
-                audio += msg
-            else:
-                events.append(json.loads(msg))
+        audio, events = session_rest(ws, first)
     assert events == [{"type": "session.done", "audio_seconds": round(len(audio) // 2 / SR, 3)}]
     tts = registry.models["custom_voice"].tts
     request = Request(text, "speak", speaker="ryan", seed=3, sampling={"max_new_tokens": FRAMES},
@@ -315,13 +309,7 @@ def test_websocket_session_survives_bad_messages(server, text_mode):
             assert event["error"]["param"] == param
         ws.send(json.dumps({"type": "input.append", "text": "Still here."}))
         ws.send(json.dumps({"type": "input.flush"}))
-        events, audio = [], b""
-        while not events or events[-1]["type"] not in ("session.done", "error"):
-            msg = ws.recv(timeout=60)
-            if isinstance(msg, bytes):
-                audio += msg
-            else:
-                events.append(json.loads(msg))
+        audio, events = session_rest(ws)
     if text_mode == "sentence":
         assert events[0] == {"type": "sentence.start", "index": 0, "text": "Still here."}
         assert events[-1] == {"type": "session.done", "sentences": 1} and audio

@@ -34,7 +34,7 @@ import torch
 from utter_tts.codec.decoder import map_states
 from utter_tts.codec.speech_tokenizer import NonFiniteAudio, SpeechTokenizer, StreamingDecoder
 from utter_tts.device import to_device, to_host_all
-from utter_tts.engine.runner import BATCH_BUCKETS, bucket
+from utter_tts.engine.runner import BATCH_BUCKETS, bucket, capture_next
 from utter_tts.model.denormals import flush_denormals
 
 if TYPE_CHECKING:
@@ -191,12 +191,7 @@ class CodecSlots:
 
     def capture_deferred(self) -> bool:
         """Capture the next deferred graph; False when none is left."""
-        while self.deferred:
-            key = self.deferred.pop(0)
-            if key not in self.graphs:
-                self._capture(*key)
-                return True
-        return False
+        return capture_next(self.deferred, self.graphs, self._capture)
 
     def _capture(self, size: int, n: int) -> tuple:
         device = self.codec.device

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,17 @@ def kernels_available(device: torch.device) -> bool:
     if installed_triton_problem() is not None:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def capture_next(deferred: list[tuple[int, int]], graphs: dict, capture: Callable[..., object]) -> bool:
+    """Capture the first of a background warm-up's deferred graphs not captured yet (taking it off the
+    list); False when none is left. The frame's graphs and the codec's keep their own lists."""
+    while deferred:
+        key = deferred.pop(0)
+        if key not in graphs:
+            capture(*key)
+            return True
+    return False
 
 
 def bucket(n: int, buckets: tuple[int, ...]) -> int:
@@ -233,12 +245,7 @@ class Runner:
 
     def capture_deferred(self) -> bool:
         """Capture the next deferred graph (smallest batch first); False when none is left."""
-        while self.deferred:
-            key = self.deferred.pop(0)
-            if key not in self.graphs:
-                self._capture(*key)
-                return True
-        return False
+        return capture_next(self.deferred, self.graphs, self._capture)
 
     def _mutable(self) -> list[torch.Tensor]:
         b = self.batch

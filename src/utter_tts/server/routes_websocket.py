@@ -149,6 +149,10 @@ class Session:
 
     async def speak_live(self, plan) -> None:
         """The live generation's audio as it is made, then its end."""
+        await self.finish(audio_seconds=await self.say(plan))
+
+    async def say(self, plan) -> float:
+        """One generation's audio through the session's encoder to the client; its length in seconds."""
         speech = SpeechStream(self.state, plan, self.owner)
         await speech.start()
         try:
@@ -156,12 +160,7 @@ class Session:
                 await self.send(data)
         finally:
             await speech.aclose()
-        tail = self.encoder.finish()
-        if tail:
-            await self.send(tail)
-        seconds = round(speech.samples / self.state.sample_rate, 3)
-        await self.send({"type": "session.done", "audio_seconds": seconds})
-        await self.ws.close(1000)
+        return round(speech.samples / self.state.sample_rate, 3)
 
     async def speak(self) -> None:
         index = 0
@@ -172,20 +171,17 @@ class Session:
                 await self.refuse(e)
                 continue
             await self.send({"type": "sentence.start", "index": index, "text": sentence})
-            speech = SpeechStream(self.state, plan, self.owner)
-            await speech.start()
-            try:
-                async for data in speech.encoded(self.encoder):
-                    await self.send(data)
-            finally:
-                await speech.aclose()
-            seconds = round(speech.samples / self.state.sample_rate, 3)
+            seconds = await self.say(plan)
             await self.send({"type": "sentence.done", "index": index, "audio_seconds": seconds})
             index += 1
+        await self.finish(sentences=index)
+
+    async def finish(self, **done) -> None:
+        """The encoder's last bytes, `session.done` with `done`'s fields, and the normal close."""
         tail = self.encoder.finish()
         if tail:
             await self.send(tail)
-        await self.send({"type": "session.done", "sentences": index})
+        await self.send({"type": "session.done", **done})
         await self.ws.close(1000)
 
 
