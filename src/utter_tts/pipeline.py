@@ -82,9 +82,11 @@ class LiveText:
     language: str
     voice: VoiceSpec
     ends: tuple[list[int], list[int]]  # the template's ids before the role's and after the text's
+    started: bool = False  # its prompt is planned (and the text it holds handed out)
     sent: int = 0  # trailing rows handed to the frames so far
     complete: bool = False  # the text is closed and every row (its end token too) handed out
     max_rows: int = LIVE_TEXT_ROWS  # the frames' static text rows (an engine's may be fewer)
+    version: int = -1  # the feed's version last planned from (the engine asks every frame)
 
     def plan(self) -> PromptPlan | None:
         """The prompt's plan from the text final so far (closed: the whole text's), or None while its
@@ -129,22 +131,24 @@ class Prepared:
     def start(self) -> bool:
         """For a live text: plan the prompt from the text final so far, if that is enough (True; always
         True for a whole text). Its rows beyond the prompt then come from `more_text`."""
-        if self.live is None or self.live.sent:
+        if self.live is None or self.live.started:
             return True
+        self.live.version = self.live.feed.version  # read before the text it plans from
         plan = self.live.plan()
         if plan is None:
             return False
         self.plan = plan
         self.live.sent = len(trailing_ids(self.live.cfg, plan))  # the prompt's `trailing`
-        self.live.complete = not plan.text_open
+        self.live.complete, self.live.started = not plan.text_open, True
         self._recount()
         return True
 
     def more_text(self) -> list[int]:
         """A live text's ids for the frames beyond those handed out, as far as they are final (the end
         token once the text is closed); [] for a whole text."""
-        if self.live is None or self.live.complete:
+        if self.live is None or self.live.complete or self.live.feed.version == self.live.version:
             return []
+        self.live.version = self.live.feed.version
         ids = self.live.more(self.live.plan())
         self._recount()
         return ids
