@@ -18,7 +18,7 @@ FLOORS = [
     ("engine", ["engine"]),
     ("api", ["api"]),
     ("service", ["service"]),
-    ("faces", ["server", "compat"]),
+    ("faces", ["server", "compat", "wyoming_server"]),
     ("top", ["cli", "serve", "demo", "__init__", "__main__"]),
 ]
 BESIDE = [("server", "compat")]  # same floor, and neither may import the other

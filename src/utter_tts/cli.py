@@ -402,6 +402,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     # listed for --help only: main() hands `serve ...` to the server's own parser
     sub.add_parser("serve", help="run the HTTP server (utter-tts serve --help)", add_help=False)
+    sub.add_parser(
+        "wyoming", help="serve Home Assistant's Wyoming protocol (utter-tts wyoming --help)", add_help=False
+    )
     return parser, commands
 
 
@@ -445,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    if argv[:1] == ["wyoming"]:
+        from utter_tts.wyoming_server import main as wyoming_main
+
+        return wyoming_main(argv[1:])
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     if args.command == "clone" and args.voice is not None and args.ref_text is not None:
