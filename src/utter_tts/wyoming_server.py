@@ -64,9 +64,14 @@ def voices_of(models: list[Any], saved: dict[str, Path]) -> dict[str, WyomingVoi
 
 
 def info_event(voices: dict[str, WyomingVoice]):
+    from importlib import metadata
+
     from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 
-    from utter_tts import __version__
+    try:
+        version = metadata.version("utter-tts")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        version = None
 
     attribution = Attribution(*ATTRIBUTION)
     return Info(
@@ -76,7 +81,7 @@ def info_event(voices: dict[str, WyomingVoice]):
                 attribution=attribution,
                 installed=True,
                 description="Qwen3-TTS: preset speakers and cloned voices, text streamed as it arrives",
-                version=__version__,
+                version=version,
                 voices=[
                     TtsVoice(
                         name=v.name,
