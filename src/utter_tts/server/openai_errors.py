@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,12 +114,17 @@ def install_error_handlers(app: FastAPI) -> None:
             APIError(exc.status_code, message, code, headers=getattr(exc, "headers", None)), request
         )
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        # answered outside the app's middleware: the request id it set is carried over here
+    async def _failed(request: Request, exc: Exception):
         rid = getattr(request.state, "request_id", None)
         err = as_api_error(exc, f"internal error on {request.method} {request.url.path} (request {rid})")
         response = error_response(err, request)
-        if rid is not None:
+        if rid is not None:  # the catch-all is answered outside the app's middleware: carry its id over
             response.headers["X-Request-Id"] = rid
         return response
+
+    # Storage failures (a full disk, a read-only directory: 507 / 503) are answered like the other
+    # handled errors; the catch-all below would also re-raise them to the server, which then drops the
+    # connection a client may still be using.
+    app.add_exception_handler(OSError, _failed)
+    app.add_exception_handler(sqlite3.Error, _failed)
+    app.add_exception_handler(Exception, _failed)
