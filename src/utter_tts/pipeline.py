@@ -157,6 +157,10 @@ class Prepared:
         """Whether frame `frame` (0-based) of this generation can be made: its text token is final."""
         return self.live is None or self.live.complete or frame < self.live.sent
 
+    def waits_for_text(self, frame: int) -> bool:
+        """Frame `frame` cannot be made yet, and no text came since the last look (`more_text`)."""
+        return not self.has_text_for(frame) and self.live.feed.version == self.live.version
+
     def _recount(self) -> None:
         # a closed text's frame budget, as the whole text's would be; an open one's cannot be less
         if self.live.complete:

@@ -241,7 +241,7 @@ class Scheduler:
                 continue
             with self.lock:
                 while not self.closed and not self.live and not in_flight:
-                    if not any(self._startable(g) for g in self.pending):
+                    if not any(self._startable(g) for g in list(self.pending)):  # it may drop some
                         if self.runner.deferred:
                             break  # idle: capture a deferred graph (top of the loop)
                         self.lock.wait()  # a text's append or close notifies too
@@ -301,8 +301,8 @@ class Scheduler:
             if self.closed:
                 return
             if self.live and not in_flight:  # every stream waits for its text: until some comes
-                with self.lock:
-                    if not self.closed and all(not g.job.has_text_for(g.launched) for g in self.live):
+                with self.lock:  # (an append notifies under this lock: checked here, none is missed)
+                    if not self.closed and all(g.job.waits_for_text(g.launched) for g in self.live):
                         self.lock.wait(TEXT_WAIT_S)
 
     def _startable(self, g: Generation) -> bool:
