@@ -303,7 +303,9 @@ class Pipeline:
             frames = frame_budget(sampling, plan.text_tokens, limit)
             return Prepared(req, plan, sampling, frames, self.make_prompts, limit=limit)
         template = self.tokenizer.assistant_text("")
-        live = LiveText(feed, self.config, req.language, self.voice_spec(req), ([template[0]], template[-5:]))
+        # an empty text's template: <|im_start|>, the role's ids, then the closing ones
+        ends = (template[:1], template[1 + ROLE_IDS :])
+        live = LiveText(feed, self.config, req.language, self.voice_spec(req), ends)
         # until the prompt is made: the rows of an empty text, the frames of the longest one
         plan = plan_prompt(self.config, template, req.language, live.voice, False, text_open=True)
         frames = frame_budget(sampling, LIVE_TEXT_ROWS, limit)

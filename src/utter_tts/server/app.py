@@ -204,15 +204,19 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        page = resources.files("utter_tts.server").joinpath("static/index.html").read_text("utf-8")
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+        return _static_page("index.html")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs() -> HTMLResponse:
-        page = resources.files("utter_tts.server").joinpath("static/docs.html").read_text("utf-8")
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+        return _static_page("docs.html")
 
     return app
+
+
+def _static_page(name: str) -> HTMLResponse:
+    """One of the package's own pages (server/static), never cached by the browser."""
+    page = resources.files("utter_tts.server").joinpath(f"static/{name}").read_text("utf-8")
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 def _version() -> str:
