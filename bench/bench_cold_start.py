@@ -5,11 +5,11 @@ graph captures, ready, first audio of a clone request, all graphs captured.
                                    [--runs empty warm] [--streams 8] [--frames 2048] [--tag NAME]
 
 Each run is a new Python process started by this one (so import and CUDA initialisation count) with
-TRITON_CACHE_DIR pointing at OUT_DIR/triton-cache: `empty` deletes it first (a container whose cache is not
-kept), `warm` keeps what the run before it compiled (the cache on the Modal volume). The child loads the
-models as the deployment does (`compat.deploy.load_service`: Base + VoiceDesign, an engine each, warm-up
-in the background), streams a clone request built from reference audio, and reports when every graph of
-both engines exists. Writes OUT_DIR/cold_start_TAG.json.
+TRITON_CACHE_DIR at --cache (default /tmp/utter-triton-cache): `empty` deletes it first (a container
+whose cache is not kept), `warm` keeps what the run before it compiled (the cache on the Modal volume).
+The child loads the models as the deployment does (`compat.deploy.load_service`: Base + VoiceDesign, an
+engine each, warm-up in the background), streams a clone request built from reference audio, and
+reports when every graph of both engines exists. Writes OUT_DIR/cold_start_TAG.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CHILD_T0 = "UTTER_COLD_T0"
 
 def parent(args) -> None:
     out = Path(args.out)
-    cache = out / "triton-cache"
+    cache = Path(args.cache)
     runs = {}
     for name in args.runs:
         if name == "empty":
@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=8, help="per engine (the Modal deployment's 8)")
     ap.add_argument("--frames", type=int, default=2048)
     ap.add_argument("--tag", default="deploy")
+    ap.add_argument("--cache", default="/tmp/utter-triton-cache", help="TRITON_CACHE_DIR of the runs")
     ap.add_argument("--timeout", type=float, default=240)
     ap.add_argument("--graph-wait", type=float, default=150)
     ap.add_argument("--child", action="store_true")

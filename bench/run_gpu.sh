@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
-# Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts and their audio deps)
-# and .peer-bench/ (the peers' harness from shared/peer-bench). Results go to $OUT.
+# Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts, qwen3-tts-triton and their
+# audio deps), .peer-bench/ (the peers' harness from shared/peer-bench), and for the stages that run the
+# server or the compat layer (cold, samecall) .whl-serve/ (av, fastapi, uvicorn, pydantic, websockets, ...).
+# Results go to $OUT.
 set -u
 STAGE=${1:-all}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl \
   || { echo "wheel install failed"; exit 1; }
+# one Triton cache for the whole call: the cold-start bench empties it first, later stages find it warm
+export TRITON_CACHE_DIR=/tmp/utter-triton-cache
 export UTTER_T0=$(date +%s)
 export PYTHONPATH=/tmp/site:$PWD/src
 quiet() { grep -v -i 'sox\|flash-attn\|^\*\*\*\|^ *$\|If you do\|double-check\|path variables\|Loading weights'; }
@@ -28,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in samecall) kinds="base" ;; cold) kinds="base voice_design custom_voice" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -48,6 +52,22 @@ peer() {  # peer MODE TIMEOUT args...
 }
 
 case "$STAGE" in
+  cold)   # the deployed configuration from a fresh process, Triton cache empty then warm; FA2 vs ours;
+          # dual-track first audio through the WebSocket; then the engine's steady state if time is left
+          timeout 280 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+            --out "$OUT" --runs empty warm --tag deploy 2>&1 | quiet | tail -8
+          timeout 60 python3 bench/bench_attention.py --out "$OUT" 2>&1 | tail -8
+          timeout 110 python3 bench/bench_dual_track.py --model /tmp/ckpt_custom_voice --device cuda --sessions 32 \
+            --frames 100 --out "$OUT/dual_track.json" 2>&1 | quiet | tail -12
+          left=$(( 560 - ($(date +%s) - UTTER_T0) ))
+          [ "$left" -gt 60 ] && ours ours_cold "$left" --sections env single ttfa concurrency floor ;;
+  samecall) # issue 22's same-call run: ours as the A10G runs it (no PDL, 21 GiB) beside the default, and
+          # the peers on the same warm card (one command, one machine)
+          ours ours 200 --sections env single ttfa concurrency floor
+          UTTER_TTS_PDL=0 ours no_pdl 170 --memory-cap-gib 21 --sections env single concurrency
+          peer faster 90 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
+          timeout 130 python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base --out "$OUT/peer_triton.json" \
+            2>&1 | quiet | tail -15 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
