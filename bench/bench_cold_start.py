@@ -130,25 +130,11 @@ def child(args) -> None:
 
     engines = [e for e in (svc.base_engine, svc.design_engine) if e is not None]
 
-    def expected(e) -> int:  # a fused engine has one frame graph per batch bucket (every span shares it)
-        frame = len(e.runner.batch_buckets) if e.runner.use_graphs else 0
-        codec = (
-            len(e.decoding.slots.buckets) * len(decoding.GRAPH_FRAMES) if e.decoding.slots.use_graphs else 0
-        )
-        return frame + codec
-
-    def have(e) -> int:
-        return len(e.runner.graphs) + len(e.decoding.slots.graphs)
-
     complete: dict = {}
 
     def watch() -> None:  # beside the first request: the moment the last deferred graph exists
-        deadline = time.time() + args.graph_wait
-        while time.time() < deadline:
-            if all(have(e) >= expected(e) for e in engines):
-                complete["at"] = since()
-                return
-            time.sleep(0.02)
+        if all(e.wait_warm(timeout=args.graph_wait) for e in engines):
+            complete["at"] = since()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -177,7 +163,7 @@ def child(args) -> None:
     print(json.dumps(dict(
         ready_s=ready, first_audio_s=first_audio, first_request_s=round(whole, 3),
         first_request_audio_s=round(got / 24000, 2), all_graphs_s=all_graphs,
-        graphs=sum(have(e) for e in engines), graphs_expected=sum(expected(e) for e in engines),
+        graphs=sum(len(e.runner.graphs) + len(e.decoding.slots.graphs) for e in engines),
         parts=parts, torch=torch.__version__,
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         triton=__import__("triton").__version__,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ PROXY_AUTH = os.environ.get("UTTER_QWEN_PROXY_AUTH", "0") == "1"
 HF_CACHE_DIR = "/cache"  # HF_HOME: the weights are downloaded once, not at every cold start
 VOICES_DIR = "/voices"
 DATA_DIR = "/tmp/utter-tts"  # per container: server state that must not be shared through a Volume
+WARM_COMMIT_WAIT_S = 600  # a background warm-up that takes longer leaves its kernels to the next container
 
 _IGNORE = [".git", ".venv", "**/__pycache__", "**/*.pyc", "tests", "bench", "shared", "docs", "*.wav"]
 
@@ -139,6 +141,20 @@ def _commit_cache() -> None:
         print(f"hf cache commit failed: {e}")
 
 
+def _commit_cache_when_warm(service) -> None:
+    """Commit the cache volume now (the weights) and again, from a thread, once the engines' background
+    warm-up has captured every batch size: its Triton kernels (those of the larger batches) are then on
+    the volume, so the next cold container loads them instead of compiling them."""
+    _commit_cache()
+    engines = [e for e in (service.base_engine, service.design_engine) if e is not None]
+
+    def when_warm() -> None:
+        if all(e.wait_warm(timeout=WARM_COMMIT_WAIT_S) for e in engines):
+            _commit_cache()
+
+    threading.Thread(target=when_warm, name="utter-tts-cache-commit", daemon=True).start()
+
+
 def job_backend():
     """(spawn, FunctionCall class, store) of the job runner; tests replace this with a local stand-in."""
     return QwenTTSJobs().run.spawn, modal.FunctionCall, jobs_dict
@@ -160,7 +176,7 @@ class QwenTTS:
         from utter_tts.compat.deploy import load_service
 
         self.service = load_service(_settings())
-        _commit_cache()
+        _commit_cache_when_warm(self.service)
 
     # ---- the plan's methods ----------------------------------------------------------------------------
     @modal.method()

@@ -619,12 +619,11 @@ def test_a_background_warm_up_serves_requests_while_it_captures(tts, voices, mon
         streams = [engine.stream(r) for r in requests]
         first = [next(s) for s in streams]  # each stream's first chunk...
         assert engine.runner.deferred or engine.decoding.slots.deferred  # ...while the warm-up goes on
+        assert not engine.wait_warm(timeout=0)
         got = [np.concatenate([f, *s]) for f, s in zip(first, streams)]
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, atol=1e-4)
-        deadline = time.monotonic() + 30
-        while (engine.runner.deferred or engine.decoding.slots.deferred) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert engine.wait_warm(timeout=60)
         assert {B for B, _ in engine.runner.graphs} == set(engine.runner.batch_buckets)
         assert {size for size, _ in engine.decoding.slots.graphs} == set(engine.decoding.slots.buckets)
         later = {thread for _, _, thread in captured if thread != "MainThread"}

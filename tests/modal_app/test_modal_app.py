@@ -242,6 +242,28 @@ class Loads(list):
         self.order: list[str] = []
 
 
+def test_the_cache_volume_is_committed_again_once_the_warm_up_is_done(qwen, modal_env, loads, monkeypatch):
+    """The web container commits its cache volume after loading (the weights) and once more when every
+    engine's background warm-up has captured all batch sizes (their Triton kernels), not before."""
+    from utter_tts.engine.engine import Engine
+
+    commits, warm = [], threading.Event()
+    monkeypatch.setattr(qwen, "_commit_cache", lambda: commits.append(warm.is_set()))
+    real_wait = Engine.wait_warm
+    monkeypatch.setattr(
+        Engine, "wait_warm", lambda self, timeout=None: warm.wait(timeout) and real_wait(self, 0)
+    )
+    obj = qwen.QwenTTS()
+    assert obj.get_model_info.local()["loaded"] == {"clone": True, "design": True}
+    time.sleep(0.2)
+    assert commits == [False]  # the weights only: the warm-up is still under way
+    warm.set()
+    deadline = time.monotonic() + 10
+    while len(commits) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert commits == [False, True]
+
+
 def test_methods_run_locally_with_enter(qwen, modal_env, loads, ckpts, ref_wav, audio_server):
     obj = qwen.QwenTTS()
     b64 = base64.b64encode(ref_wav).decode()

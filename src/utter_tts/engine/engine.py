@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # paired run (64 streams at once, H200): 479 -> 488 audio-s/s untraced, 468 -> 474 traced; the book-keeping
 # p95 stayed ~11 ms in the traced run, so most of that wait has another cause.
 GIL_SWITCH_S = 0.0005
+WARM_POLL_S = 0.02  # how often `wait_warm` looks at the graphs
 
 
 class Engine:
@@ -69,6 +71,8 @@ class Engine:
         self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
         # after each frame the decoder takes the chunks it completed, all streams' in one pass
         self.scheduler = Scheduler(self.runner, max_queue=max_queue, on_step=self.decoding.frames_ready)
+        self._frame_later: list[tuple[int, int]] = []  # graphs a background warm-up deferred
+        self._codec_later: list[tuple[int, int]] = []
         log.info(
             "engine ready: %d streams x %d frames, graphs %s, frame step %s",
             max_streams,
@@ -90,9 +94,11 @@ class Engine:
             if self.scheduler.live or self.scheduler.pending:
                 raise RuntimeError("warm up before serving requests")
             n = self.runner.warmup(spans, now=1 if background else None)
+            self._frame_later = list(self.runner.deferred)
             self.scheduler.lock.notify()  # a deferred warm-up goes on in the scheduler's thread
         with torch.cuda.stream(self.decoding.cuda_stream) if self.decoding.cuda else contextlib.nullcontext():
             n += self.decoding.slots.warmup(now=1 if background else None)
+            self._codec_later = list(self.decoding.slots.deferred)
         with self.decoding.wake:
             self.decoding.wake.notify()  # a deferred warm-up goes on in the decoder's thread
         # everything alive now (models, tokenizers, graphs) lives as long as the process: keep it out of
@@ -101,6 +107,21 @@ class Engine:
         gc.collect()
         gc.freeze()
         return n
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Wait until every graph a background warm-up deferred exists (at once after a foreground one);
+        False if `timeout` seconds pass first. A deployment persists Triton's compile cache after it, so
+        the next container finds the kernels of every batch size compiled."""
+        slots = self.decoding.slots
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (
+            all(key in self.runner.graphs for key in self._frame_later)
+            and (not slots.use_graphs or all(key in slots.graphs for key in self._codec_later))
+        ):
+            if self.scheduler.closed or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(WARM_POLL_S)
+        return True
 
     @property
     def sample_rate(self) -> int:
