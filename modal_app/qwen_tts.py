@@ -61,6 +61,12 @@ JOB_TIMEOUT_S = 2 * 3600  # 50,000 characters (~55 min of speech) as one job; we
 # by default, set UTTER_QWEN_PROXY_AUTH=1 when deploying to turn it on. Our API keys guard the app either
 # way, utter's routes too unless UTTER_QWEN_COMPAT_AUTH=off (read at container start; docs/deploy-modal.md).
 PROXY_AUTH = os.environ.get("UTTER_QWEN_PROXY_AUTH", "0") == "1"
+# Modal's GPU memory snapshots (alpha) with UTTER_QWEN_GPU_SNAPSHOT=1 at deploy time: the web container's
+# snapshot then holds both models on the GPU and every captured graph, so a restored container serves at
+# once instead of loading, compiling and capturing. UNTESTED here (no Modal GPU can be reached): whether
+# CUDA graphs and Triton's loaded kernels survive Modal's CUDA checkpoint/restore is the first thing to
+# check (docs/deploy-modal.md). Off: the snapshot holds the imports and the models load after restore.
+GPU_SNAPSHOT = os.environ.get("UTTER_QWEN_GPU_SNAPSHOT", "0") == "1"
 
 HF_CACHE_DIR = "/cache"  # HF_HOME: the weights are downloaded once, not at every cold start
 VOICES_DIR = "/voices"
@@ -88,6 +94,8 @@ image = (
             # Triton's compiled kernels on the cache volume: a fresh container loads them instead of
             # compiling every variant again
             "TRITON_CACHE_DIR": f"{HF_CACHE_DIR}/triton",
+            # the container reads it too: which hook loads the models
+            "UTTER_QWEN_GPU_SNAPSHOT": "1" if GPU_SNAPSHOT else "0",
         }
     )
 )
@@ -112,9 +120,11 @@ CLS_OPTIONS: dict[str, Any] = dict(
     volumes={HF_CACHE_DIR: hf_cache},
     secrets=[api_keys],
     # Memory snapshot of the imports (torch, utter_tts, fastapi: seconds at every cold start); the models
-    # load after restore. Modal's GPU snapshots could keep the loaded models too (not enabled: untested).
+    # load after restore, unless GPU_SNAPSHOT keeps them (and the graphs) in the snapshot too.
     enable_memory_snapshot=True,
 )
+if GPU_SNAPSHOT:
+    CLS_OPTIONS["experimental_options"] = {"enable_gpu_snapshot": True}
 JOB_OPTIONS: dict[str, Any] = dict(
     gpu=GPU,
     timeout=JOB_TIMEOUT_S,
@@ -170,12 +180,22 @@ class QwenTTS:
         from utter_tts.serve import warm_imports
 
         warm_imports()  # captured by the memory snapshot; touches no GPU
+        if GPU_SNAPSHOT:  # the models and every graph in the snapshot as well (see GPU_SNAPSHOT)
+            self._load(wait_warm=True)
 
     @modal.enter(snap=False)
     def load(self) -> None:
+        if not GPU_SNAPSHOT:
+            self._load(wait_warm=False)
+
+    def _load(self, wait_warm: bool) -> None:
         from utter_tts.compat.deploy import load_service
 
         self.service = load_service(_settings())
+        if wait_warm:  # a snapshot taken mid-capture would restore a half-warm engine
+            for engine in (self.service.base_engine, self.service.design_engine):
+                if engine is not None:
+                    engine.wait_warm(timeout=WARM_COMMIT_WAIT_S)
         _commit_cache_when_warm(self.service)
 
     # ---- the plan's methods ----------------------------------------------------------------------------

@@ -242,6 +242,40 @@ class Loads(list):
         self.order: list[str] = []
 
 
+def test_gpu_snapshots_load_the_models_before_the_snapshot_when_asked(monkeypatch, modal_env, loads):
+    """UTTER_QWEN_GPU_SNAPSHOT=1 at deploy time: the web class asks Modal for GPU snapshots, the image tells
+    the container so, and the models load (warm) in the snapshot hook, once; off (the default): neither."""
+    calls: list[dict] = []
+    real_cls = modal.App.cls
+    monkeypatch.setattr(modal.App, "cls", lambda self, *a, **kw: calls.append(kw) or real_cls(self, *a, **kw))
+    off = load_modal_module("qwen_tts_no_gpu_snapshot")
+    assert "experimental_options" not in calls[0] and off.GPU_SNAPSHOT is False
+    monkeypatch.setenv("UTTER_QWEN_GPU_SNAPSHOT", "1")
+    calls.clear()
+    on = load_modal_module("qwen_tts_gpu_snapshot")
+    assert calls[0]["experimental_options"] == {"enable_gpu_snapshot": True}
+    assert "experimental_options" not in calls[1]  # the job class: not asked for
+    env = [
+        layer for cmds, layer in image_layers(on.image) if any("UTTER_QWEN_GPU_SNAPSHOT" in c for c in cmds)
+    ]
+    assert env, "the container must know which hook loads the models"
+    hooks: list[list[str]] = []
+    counting = deploy.load_service
+
+    def which_hook(*a, **kw):  # the hook methods on the call stack
+        hooks.append([f.function for f in inspect.stack() if f.function in ("warm", "load")])
+        return counting(*a, **kw)
+
+    monkeypatch.setattr(deploy, "load_service", which_hook)
+    obj = on.QwenTTS()
+    assert obj.get_model_info.local()["loaded"] == {"clone": True, "design": True}
+    assert hooks == [["warm"]] and len(loads) == 1  # in the snapshot hook, once
+    hooks.clear()
+    monkeypatch.delenv("UTTER_QWEN_GPU_SNAPSHOT")
+    assert load_modal_module("qwen_tts_no_gpu_snapshot_again").QwenTTS().get_model_info.local()["loaded"]
+    assert hooks == [["load"]]  # the default: after restore
+
+
 def test_the_cache_volume_is_committed_again_once_the_warm_up_is_done(qwen, modal_env, loads, monkeypatch):
     """The web container commits its cache volume after loading (the weights) and once more when every
     engine's background warm-up has captured all batch sizes (their Triton kernels), not before."""
