@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from utter_tts import stack  # noqa: E402
 from utter_tts.api import TTS  # noqa: E402
 from utter_tts.codec.decoder import DEFAULT_PRECISION  # noqa: E402
 from utter_tts.engine.engine import Engine  # noqa: E402
@@ -97,6 +98,10 @@ def section_env(args, ctx):
         python=sys.version.split()[0],
         attention=attention_backend(torch.device("cuda")),
         codec_precision=os.environ.get("UTTER_TTS_CODEC_PRECISION", DEFAULT_PRECISION),
+        triton=stack.installed().get("triton"),
+        pdl=os.environ.get("UTTER_TTS_PDL", "1") != "0",
+        # where this run's torch/Triton differ from the deployment's pinned stack (utter_tts/stack.json)
+        stack_differences=stack.differences(stack.installed()),
     )
     # measured copy bandwidth (bytes read + written), for the per-frame floor
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
