@@ -18,6 +18,7 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 # them as plain bytes, so the API lets them through; the server refuses them (`no_markup`) so that a
 # request behaves the same whichever Qwen3-TTS implementation runs behind it.
 _MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|<tts_[a-z_]{1,30}>", re.IGNORECASE)
+MARKUP_MAX_CHARS = 44  # the longest string _MARKUP matches: "<|" + 40 + "|>"
 
 
 class InvalidText(InvalidInput):
@@ -71,6 +72,19 @@ def check_text(
             f"{param} contains a reserved special-token string", param=param, code="special_token"
         )
     return text
+
+
+def check_appended(previous: str, piece: str, param: str) -> None:
+    """InvalidInput (special_token) when `piece`, appended to `previous` text (which holds none), would
+    complete a special-token string: text that arrives in pieces meets the same rule as whole text, also
+    when the string is split across pieces. Only the tail can match, so the check costs O(piece)."""
+    tail = previous[-MARKUP_MAX_CHARS:] + piece
+    if _MARKUP.search(tail):
+        raise InvalidInput(
+            f"{param} would contain a reserved special-token string (split across appended pieces)",
+            param=param,
+            code="special_token",
+        )
 
 
 def printable(message: str) -> str:

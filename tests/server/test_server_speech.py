@@ -318,6 +318,27 @@ def test_websocket_session_survives_bad_messages(server, text_mode):
         assert events == [{"type": "session.done", "audio_seconds": round(len(pcm) / SR, 3)}] and audio
 
 
+def test_websocket_live_refuses_a_special_token_split_across_appends(server):
+    """Live text meets the whole-text rule: the append that would complete a special-token string begun in
+    an earlier one is refused (naming the field), the text before it stands, and the session goes on."""
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "session.start", "voice": "ryan", "response_format": "pcm"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.started"
+        for piece in ("Say <|im", "_e", "nd|>"):
+            ws.send(json.dumps({"type": "input.append", "text": piece}))
+        event = ws.recv(timeout=60)
+        while isinstance(event, bytes):  # audio of the words before it may come first
+            event = ws.recv(timeout=60)
+        event = json.loads(event)
+        assert event["type"] == "error" and event["error"]["code"] == "special_token"
+        assert event["error"]["param"] == "text"
+        ws.send(json.dumps({"type": "input.append", "text": " and more."}))
+        ws.send(json.dumps({"type": "input.flush"}))
+        audio, events = session_rest(ws)
+    assert events[-1]["type"] == "session.done" and not any(e["type"] == "error" for e in events)
+
+
 def test_openai_voice_names_are_preset_speakers(oa, reference_pcm):
     """OpenAI's stock example works: `alloy` is the preset speaker the documented table names."""
     from utter_tts.server.planner import OPENAI_VOICES

@@ -19,7 +19,7 @@ from utter_tts.server.routes_speech import casting_args, stream_encoder
 from utter_tts.server.schemas import WsStart
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.text import SentenceBuffer
-from utter_tts.textcheck import check_text
+from utter_tts.textcheck import check_appended, check_text
 
 router = APIRouter()
 
@@ -143,6 +143,7 @@ class Session:
                 if text is None:
                     feed.close()
                     return
+                check_appended(feed.text, text, "text")  # whole sentences get this check when planned
                 feed.append(text)
             except InvalidInput as e:
                 await self.refuse(e)
