@@ -118,3 +118,20 @@ class SentenceBuffer:
         """The rest, however unfinished (the text has ended)."""
         rest, self.pending = self.pending, ""
         return sentences(rest, self.max_chars)
+
+
+def live_cut(held: str, piece: str, soft: int, hard: int) -> int | None:
+    """Where text arriving for a live generation moves on to the next one (a long dual-track session
+    rolls over before its generation's frames run out): the index into `piece` after the first sentence
+    end (or line break) that leaves the current text at least `soft` characters long; past `hard`
+    characters without one, after the last space or clause mark within them (else at `hard` itself).
+    None: all of `piece` stays with the current generation."""
+    text = held + piece
+    for end in _BOUNDARY.finditer(text, max(0, len(held) - 4)):  # a "." held may end with this space
+        if end.end() > len(held) and end.end() >= soft:
+            return end.end() - len(held)
+    if len(text) <= hard:
+        return None
+    breaks = [m.end() for m in re.finditer(r"\s+|" + _CLAUSE_END.pattern, text[:hard])]
+    cut = max([b for b in breaks if b > len(held)], default=max(hard, len(held)))
+    return cut - len(held)

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 from websockets.sync.client import connect as ws_connect
 
-from tests.server.conftest import ALICE, FRAMES, decode_audio, session_rest
+from tests.server.conftest import ALICE, FRAMES, ServerThread, decode_audio, make_config, session_rest
 
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 SR = 24000
@@ -316,6 +316,39 @@ def test_websocket_session_survives_bad_messages(server, text_mode):
     else:  # one generation, no sentence events
         pcm, _ = decode_audio(audio, "pcm")
         assert events == [{"type": "session.done", "audio_seconds": round(len(pcm) / SR, 3)}] and audio
+
+
+def test_a_long_live_session_rolls_over_at_sentence_ends_with_its_voice_and_seed(registry, tmp_path):
+    """A live session whose text grows past `live_rollover_chars` moves on to a new generation at the next
+    sentence end: its audio is that of each part spoken alone in streaming-text mode with the session's
+    voice and seed, one after the other (no part cut short, nothing lost)."""
+    from utter_tts.request import Request
+    from utter_tts.server.app import create_app
+
+    parts = ["One two three four five. ", "Six seven eight nine ten. ", "Eleven."]
+    words = " ".join(parts).split()
+    app = create_app(make_config(tmp_path, live_rollover_chars=20), registry)
+    with ServerThread(app) as srv:
+        url = f"ws://127.0.0.1:{srv.port}/v1/audio/speech/stream"
+        with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:
+            start = {"type": "session.start", "voice": "ryan", "response_format": "pcm", "seed": 11}
+            ws.send(json.dumps(start))
+            assert json.loads(ws.recv(timeout=30))["type"] == "session.started"
+            for i, word in enumerate(words):
+                ws.send(json.dumps({"type": "input.append", "text": word if i == 0 else " " + word}))
+            ws.send(json.dumps({"type": "input.flush"}))
+            audio, events = session_rest(ws)
+    tts = registry.models["custom_voice"].tts
+    sampling = {"max_new_tokens": FRAMES}
+    alone = [
+        Request(p, "speak", speaker="ryan", seed=11, sampling=sampling, non_streaming_mode=False)
+        for p in parts
+    ]
+    want = [tts.pipeline.synthesize([tts.pipeline.prepare(r)])[0] for r in alone]
+    got, _ = decode_audio(audio, "pcm")
+    assert events == [{"type": "session.done", "audio_seconds": round(len(got) / SR, 3)}]
+    assert len(got) == sum(len(w) for w in want)
+    assert np.max(np.abs(got - np.concatenate(want))) < 2e-4
 
 
 def test_websocket_live_refuses_a_special_token_split_across_appends(server):

@@ -18,7 +18,7 @@ from utter_tts.server.planner import Casting
 from utter_tts.server.routes_speech import casting_args, stream_encoder
 from utter_tts.server.schemas import WsStart
 from utter_tts.server.streaming import SpeechStream
-from utter_tts.text import SentenceBuffer
+from utter_tts.text import SentenceBuffer, live_cut
 from utter_tts.textcheck import check_appended, check_text
 
 router = APIRouter()
@@ -50,6 +50,9 @@ class Session:
         self.sampling = start.settings()
         self.live = start.text_mode == "live"
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        # live mode: the generation taking text now, and those for the speaker in order (None: the end)
+        self.plan = None
+        self.generations: asyncio.Queue = asyncio.Queue()
         self.sending = asyncio.Lock()  # the receiver's error events and the speaker's audio share the socket
 
     @classmethod
@@ -86,9 +89,11 @@ class Session:
             return None
 
     async def run(self) -> None:
-        plan = self.state.planner.plan_live(self.casting, self.seed, self.sampling) if self.live else None
-        receiver = asyncio.create_task(self.receive_live(plan.feed) if plan else self.receive())
-        speaker = asyncio.create_task(self.speak_live(plan) if plan else self.speak())
+        if self.live:
+            self.plan = self.state.planner.plan_live(self.casting, self.seed, self.sampling)
+            await self.generations.put(self.plan)
+        receiver = asyncio.create_task(self.receive_live() if self.live else self.receive())
+        speaker = asyncio.create_task(self.speak_live() if self.live else self.speak())
         try:
             done, _ = await asyncio.wait({receiver, speaker}, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -100,8 +105,8 @@ class Session:
         except Exception as e:
             await _fail(self.ws, e)
         finally:
-            if plan is not None:
-                plan.feed.close()  # a generation waiting for more text ends (the session has)
+            if self.plan is not None:
+                self.plan.feed.close()  # a generation waiting for more text ends (the session has)
             for task in (receiver, speaker):
                 task.cancel()
             with contextlib.suppress(BaseException):
@@ -135,22 +140,42 @@ class Session:
                 await self.sentences.put(None)
                 return
 
-    async def receive_live(self, feed) -> None:
-        """Appended text into the live generation's feed; the flush closes it."""
+    async def receive_live(self) -> None:
+        """Appended text into the live generation's feed; the flush closes it. A long session rolls over:
+        at a sentence end once the generation holds `live_rollover_chars` (or, with none, at a space past
+        twice that), its text closes and the rest goes to a new generation with the same voice and seed,
+        so no generation runs out of frames or text rows mid-sentence."""
+        soft = self.state.config.live_rollover_chars
+        hard = min(2 * soft, self.state.config.max_input_chars)
         while True:
             try:
                 text = _appended_text(await _receive_text(self.ws))
                 if text is None:
-                    feed.close()
+                    self.plan.feed.close()
+                    await self.generations.put(None)
                     return
-                check_appended(feed.text, text, "text")  # whole sentences get this check when planned
-                feed.append(text)
+                check_appended(self.plan.feed.text, text, "text")  # whole sentences: when planned
+                while text:
+                    feed = self.plan.feed
+                    cut = live_cut(feed.text, text, soft, hard)
+                    if cut is None:
+                        feed.append(text)
+                        break
+                    if cut:
+                        feed.append(text[:cut])
+                    feed.close()
+                    self.plan = self.state.planner.plan_live(self.casting, self.seed, self.sampling)
+                    await self.generations.put(self.plan)
+                    text = text[cut:]
             except InvalidInput as e:
                 await self.refuse(e)
 
-    async def speak_live(self, plan) -> None:
-        """The live generation's audio as it is made, then its end."""
-        await self.finish(audio_seconds=await self.say(plan))
+    async def speak_live(self) -> None:
+        """The live generations' audio as it is made, one after the other, then the session's end."""
+        seconds = 0.0
+        while (plan := await self.generations.get()) is not None:
+            seconds += await self.say(plan)
+        await self.finish(audio_seconds=round(seconds, 3))
 
     async def say(self, plan) -> float:
         """One generation's audio through the session's encoder to the client; its length in seconds."""

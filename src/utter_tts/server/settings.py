@@ -41,6 +41,9 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     auth: str = "auto"  # "auto" (on unless bound to loopback), "on", "off"
     max_input_chars: int = 4096
+    # a live WebSocket session's text moves to a new generation at the first sentence end past this many
+    # characters (~40 s of speech: well inside a generation's frames and text rows)
+    live_rollover_chars: int = 600
     max_job_chars: int = 200_000
     max_upload_bytes: int = 20 * 1024 * 1024
     max_ref_seconds: float = 30.0
@@ -88,6 +91,8 @@ class ServerConfig:
             raise ValueError(f"on_load_error must be exit or serve, not {self.on_load_error!r}")
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        if self.live_rollover_chars < 1:
+            raise ValueError("live_rollover_chars must be >= 1")
 
 
 def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
@@ -168,6 +173,13 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         help="longest input text of one speech request, in characters (default: %(default)s)",
     )
     p.add_argument(
+        "--live-rollover-chars",
+        type=int,
+        default=600,
+        help="a live WebSocket session moves to a new generation at the first sentence end past this "
+        "many characters of text (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-upload-mb",
         type=float,
         default=20.0,
@@ -237,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         on_load_error=args.on_load_error,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
+        live_rollover_chars=args.live_rollover_chars,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_ref_seconds=args.max_ref_seconds,
         max_new_tokens=args.max_new_tokens,
