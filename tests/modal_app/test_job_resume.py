@@ -232,7 +232,9 @@ def test_local_runner_resumes_a_dead_runners_job(svc, body, pieces, tmp_path, go
     second = LocalJobRunner(svc, folder)
     try:
         assert second.resumed == [job_id]
-        assert LocalJobRunner(svc, folder, workers=1).resumed == []  # claimed once only
+        third = LocalJobRunner(svc, folder)
+        third.close()
+        assert third.resumed == []  # claimed once only
         state = wait_state(second, job_id, ("completed", "failed"))
         assert state["status"] == "completed" and (state["resumed_from"], state["attempt"]) == (2, 2)
         assert made == pieces[2:]

@@ -92,6 +92,7 @@ def test_arguments_given_to_modal(monkeypatch):
     assert "keep_warm" not in web_cls
     assert web_cls["enable_memory_snapshot"] and job_cls["enable_memory_snapshot"]
     assert job_cls["timeout"] >= 3600 and job_cls["min_containers"] == 0
+    assert job_cls["retries"] is mod.JOB_RETRIES and mod.JOB_RETRIES.max_retries >= 1  # jobs resume
     [writer] = calls["function"]
     assert writer["max_containers"] == 1 and "/voices" in writer["volumes"]
     assert calls["asgi_app"] == [{"requires_proxy_auth": mod.PROXY_AUTH}]
