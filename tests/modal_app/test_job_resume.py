@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import utter_tts
 import utter_tts.compat.deploy as deploy
 from utter_tts.compat.checks import Limits
 from utter_tts.compat.job_runners import LocalJobRunner, ModalJobRunner, public_status, run_stored_job
@@ -245,6 +248,66 @@ def test_local_runner_resumes_a_dead_runners_job(svc, body, pieces, tmp_path, go
         assert not list(folder.glob("chunk__*")) and not list(folder.glob(f"request__{job_id}*"))
     finally:
         second.close()
+
+
+KILLED_CHILD = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from utter_tts.api import TTS
+from utter_tts.compat.checks import Limits
+from utter_tts.compat.job_runners import LocalJobRunner
+from utter_tts.compat.service import CompatService
+
+ckpt, folder, body, chunk_chars = sys.argv[1:5]
+svc = CompatService(base=TTS.from_pretrained(ckpt, device="cpu", dtype="float32"),
+                    limits=Limits(batch_pieces=2, chunk_chars=int(chunk_chars)))
+real, batches = svc._generate_codes, []
+def generate_codes(mode, reqs):
+    if batches:
+        time.sleep(600)  # planted: the parent kills this process while it makes its second batch
+    batches.append(reqs)
+    return real(mode, reqs)
+svc._generate_codes = generate_codes
+print(LocalJobRunner(svc, folder).submit("me", json.loads(open(body).read())), flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_job_of_a_killed_process_resumes(svc, ckpts, body, pieces, tmp_path):
+    """kill -9 of a process in the middle of a job: a runner made afterwards finds the job (its process
+    gone), makes only the sentences the dead one had not stored, and returns the uninterrupted bytes."""
+    folder = tmp_path / "compat-jobs"
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    src = str(Path(utter_tts.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    args = [str(ckpts["base"]), str(folder), str(tmp_path / "body.json"), str(CHUNK_CHARS)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, *args],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        job_id = child.stdout.readline().decode().strip()
+        store = RecordStore(folder)
+        deadline = time.monotonic() + 60
+        while (store.get(f"resume:{job_id}") or {}).get("done") != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL: no handler, no report
+        child.wait(10)
+    assert store.get(f"progress:{job_id}")["status"] == "running"
+    request = store.get(f"request:{job_id}")
+    made = plant(svc)
+    runner = LocalJobRunner(svc, folder)
+    try:
+        assert runner.resumed == [job_id]
+        state = wait_state(runner, job_id, ("completed", "failed"))
+        assert state["status"] == "completed" and (state["resumed_from"], state["attempt"]) == (2, 2)
+        assert made == pieces[2:]
+        assert runner.result("me", job_id) == run_job(svc, request, RecordStore(tmp_path / "plain"))
+    finally:
+        runner.close()
 
 
 # ---- Modal: a call that fails is run again (JOB_RETRIES) and goes on from the job Dict --------------------
