@@ -125,9 +125,14 @@ CLS_OPTIONS: dict[str, Any] = dict(
 )
 if GPU_SNAPSHOT:
     CLS_OPTIONS["experimental_options"] = {"enable_gpu_snapshot": True}
+# A job call that fails (a crashed GPU, a lost connection) runs again, and goes on from the sentences its
+# earlier attempts stored in the job Dict; one preempted is restarted by Modal on the same input anyway.
+# A job that failed for its request's sake or was cancelled returns instead of raising: never retried.
+JOB_RETRIES = modal.Retries(max_retries=3, backoff_coefficient=2.0, initial_delay=5.0, max_delay=60.0)
 JOB_OPTIONS: dict[str, Any] = dict(
     gpu=GPU,
     timeout=JOB_TIMEOUT_S,
+    retries=JOB_RETRIES,
     scaledown_window=60,
     min_containers=0,
     volumes={HF_CACHE_DIR: hf_cache},
@@ -267,9 +272,16 @@ class QwenTTSJobs:
 
     @modal.method()
     def run(self, payload: dict) -> bytes:
+        """One job, its sentences kept in the job Dict as they finish: an attempt after a failure or a
+        preemption goes on from them. b"" when the job ended without audio (the Dict says why)."""
+        from utter_tts.compat.checks import CompatError
         from utter_tts.compat.job_runners import run_stored_job
+        from utter_tts.compat.synthesizer import JobCancelled
 
-        return run_stored_job(self.service, payload, jobs_dict)
+        try:
+            return run_stored_job(self.service, payload, jobs_dict, retried=True)
+        except (CompatError, JobCancelled):
+            return b""  # final: a retry would end the same way (other errors raise and are retried)
 
 
 @app.function(volumes={VOICES_DIR: voices}, max_containers=1, timeout=120)

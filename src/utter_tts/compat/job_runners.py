@@ -8,24 +8,33 @@ whichever container answers the next poll can see it.
 - `ModalJobRunner` hands each job to a separate Modal function (`spawn`), finds it again with
   `FunctionCall.from_id`, polls it with `get(timeout=0)` and stops it with `cancel()`; the function reports
   progress into the store through `run_stored_job`.
+
+Nothing is lost when the process dies: each finished sentence's codes are kept in the store as it
+completes (compat.resume), with the job's seed, fixed at submission. A new LocalJobRunner on the same
+folder goes on with the jobs a dead process left unfinished; on Modal, a preempted or failed call runs
+again (the job class's `retries`) and goes on from the same store. Either way the job ends with the audio
+an uninterrupted run would have given.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from utter_tts.compat.checks import CompatError
+from utter_tts.compat.resume import JobCheckpoint, drop
 from utter_tts.compat.service import CompatService
 from utter_tts.compat.synthesizer import JobCancelled
 from utter_tts.files import write_atomic
-from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id
+from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id, process_alive
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -36,6 +45,10 @@ class JobStore(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def __setitem__(self, key: str, value: Any) -> None: ...
+
+
+class JobInterrupted(Exception):
+    """Raised inside a job when its process is going away: its state is left for the next one to resume."""
 
 
 NOT_FOUND = "Job not found"
@@ -76,45 +89,93 @@ def run_stored_job(
     store: JobStore,
     key: str | None = None,
     stop: Callable[[], bool] | None = None,
+    deliver: Callable[[bytes], None] | None = None,
+    retried: bool = False,
 ) -> bytes:
     """Run one clone job (the body of /submit-job) and report into `store`: `progress:<key>` holds
-    {status, progress, error}; `cancel:<key>` set by a canceller (or `stop()` turning true: the process is
-    shutting down) stops it between sentence batches."""
+    {status, progress, done, total, attempt, resumed_from, error}; `cancel:<key>` set by a canceller stops
+    it between sentence batches. Its finished sentences are kept in the store (`JobCheckpoint`), so
+    running the same payload again goes on from the first unfinished one.
+
+    `stop()` turning true (the process is shutting down) raises JobInterrupted at the next batch and
+    leaves the job as it is for the next process. `deliver(wav)` keeps the result before the job is
+    reported completed. `retried`: the caller runs the job again when it raises (Modal's retries), so an
+    unexpected error leaves it `running` (marked `retrying`) instead of failed; a CompatError (the
+    request's fault) or a cancellation still ends it."""
     key = key or payload["job_key"]
     caller = payload.get("caller", "anonymous")
+    checkpoint = JobCheckpoint(store, key)
+    last: dict[str, Any] = {}
 
     def cancelled() -> bool:
-        return bool(store.get(f"cancel:{key}")) or (stop is not None and stop())
+        if stop is not None and stop():
+            raise JobInterrupted()
+        return bool(store.get(f"cancel:{key}"))
 
     def report(**state: Any) -> None:
-        if state["status"] != "cancelled" and cancelled():
+        if state["status"] != "cancelled" and store.get(f"cancel:{key}"):
             return  # the canceller already wrote the final state
         store[f"progress:{key}"] = {**state, "updated_at": time.time()}
 
     def progress(done: int, total: int) -> None:
-        report(status="running", progress=min(0.99, done / max(1, total)))
+        last.update(done=done, total=total, attempt=checkpoint.attempt, resumed_from=checkpoint.resumed_from)
+        report(status="running", progress=min(0.99, done / max(1, total)), **last)
 
-    if cancelled():
-        report(status="cancelled", progress=0.0)
+    def end(**state: Any) -> None:
+        report(**state)
+        checkpoint.clear()
+
+    if store.get(f"cancel:{key}"):
+        end(status="cancelled", progress=0.0)
         raise JobCancelled()
-    report(status="running", progress=0.0)
+    before = store.get(f"progress:{key}") or {}
+    if before.get("status") == "running":  # an attempt after an interruption: the progress made so far
+        last.update({k: before[k] for k in ("done", "total", "attempt", "resumed_from") if k in before})
+    report(status="running", progress=min(0.99, last.get("done", 0) / max(1, last.get("total", 1))), **last)
     try:
-        wav = service.job_request(caller, payload["body"], progress=progress, cancelled=cancelled)
+        wav = service.job_request(
+            caller,
+            payload["body"],
+            progress=progress,
+            cancelled=cancelled,
+            checkpoint=checkpoint,
+            seed=payload.get("seed"),
+        )
+        if store.get(f"cancel:{key}"):
+            raise JobCancelled()
+        if deliver is not None:
+            deliver(wav)
+    except JobInterrupted:
+        raise
     except JobCancelled:
-        report(status="cancelled", progress=0.0)
+        end(status="cancelled", progress=0.0)
         raise
     except CompatError as e:
-        report(status="failed", progress=0.0, error=e.message)
+        end(status="failed", progress=0.0, error=e.message)
         raise
     except Exception as e:
         log.exception("job %s failed", key)
-        report(status="failed", progress=0.0, error=f"internal error ({type(e).__name__})")
+        why = f"internal error ({type(e).__name__})"
+        if retried:  # the call runs again and goes on from the stored sentences
+            report(
+                status="running",
+                progress=min(0.99, last.get("done", 0) / max(1, last.get("total", 1))),
+                **last,
+                retrying=True,
+                error=why,
+            )
+        else:
+            end(status="failed", progress=0.0, error=why)
         raise
-    if cancelled():
-        report(status="cancelled", progress=0.0)
-        raise JobCancelled()
-    report(status="completed", progress=1.0)
+    end(
+        status="completed",
+        progress=1.0,
+        **{k: last[k] for k in ("total", "attempt", "resumed_from") if k in last},
+    )
     return wav
+
+
+_LIVE_RUNNERS: set[str] = set()  # tokens of this process's open LocalJobRunners: their jobs are not orphans
 
 
 class JobRunner:
@@ -162,14 +223,29 @@ class JobRunner:
 
 class LocalJobRunner(JobRunner):
     """Jobs in worker threads of this process; state and results in `directory` (share it to let other
-    app instances on the same data directory poll, fetch and cancel)."""
+    app instances on the same data directory poll, fetch and cancel).
 
-    def __init__(self, service: CompatService | Callable[[], CompatService], directory, workers: int = 1):
+    A job's request (its seed fixed) and finished sentences are kept there too, so a runner made after
+    its process died (a restart, a crash, kill -9) goes on with it from its first unfinished sentence
+    (`resume=False`: leave such jobs alone). Each is claimed by one runner only."""
+
+    def __init__(
+        self,
+        service: CompatService | Callable[[], CompatService],
+        directory,
+        workers: int = 1,
+        resume: bool = True,
+    ):
         self.dir = Path(directory)
         super().__init__(RecordStore(self.dir))
         self._service = service
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="utter-compat-job")
         self._closing = threading.Event()
+        self.token = uuid.uuid4().hex
+        _LIVE_RUNNERS.add(self.token)
+        self.resumed: list[str] = []  # ids of the jobs this runner took over
+        if resume:
+            self.resume_interrupted()
 
     def service(self) -> CompatService:
         service = self._service() if callable(self._service) else self._service
@@ -184,19 +260,85 @@ class LocalJobRunner(JobRunner):
         service = self.service()
         service.parse_job(body)  # 400s before queueing
         job_id = new_job_id()
+        payload = {"job_key": job_id, "caller": caller, "body": body, "seed": secrets.randbits(62)}
+        self.store[f"request:{job_id}"] = payload  # what a runner that resumes the job runs
+        self._own(job_id)
         self.store[f"job:{job_id}"] = {"caller": caller, "key": job_id, "created_at": time.time()}
         self.store[f"progress:{job_id}"] = {"status": "queued", "progress": 0.0}
-        payload = {"job_key": job_id, "caller": caller, "body": body}
-        self._pool.submit(self._work, service, payload)
+        self._pool.submit(self._work, payload)
         return job_id
 
-    def _work(self, service: CompatService, payload: dict[str, Any]) -> None:
+    def _own(self, key: str) -> None:
+        self.store[f"owner:{key}"] = {"pid": os.getpid(), "runner": self.token}
+
+    def _orphaned(self, key: str) -> dict[str, Any] | None:
+        """The owner record of an unfinished job whose runner is gone (its process died, or in this
+        process it was closed), else None."""
+        status = (self.store.get(f"progress:{key}") or {}).get("status")
+        owner = self.store.get(f"owner:{key}")
+        if status not in ("queued", "running") or not isinstance(owner, dict):
+            return None
+        if owner.get("pid") == os.getpid():
+            return None if owner.get("runner") in _LIVE_RUNNERS else owner
+        return None if process_alive(owner.get("pid")) else owner
+
+    def resume_interrupted(self) -> list[str]:
+        """Take over the unfinished jobs of runners that are gone: each goes on from its first unfinished
+        sentence once the models are loaded. Ids of the jobs taken."""
+        taken = []
+        for path in sorted(self.dir.glob("job__*.json")):
+            record = self.store.get(path.stem.replace("__", ":", 1))
+            key = record.get("key") if isinstance(record, dict) else None
+            owner = self._orphaned(key) if isinstance(key, str) and KEY_RE.match(key) else None
+            if owner is None:
+                continue
+            try:  # the claim: only the first runner to create this file resumes the job
+                claim = self.dir / f"{key}.claim-{owner.get('pid')}-{owner.get('runner')}"
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
+            payload = self.store.get(f"request:{key}")
+            if not isinstance(payload, dict):  # a job of an older version: nothing to go on from
+                self.store[f"progress:{key}"] = {
+                    "status": "failed",
+                    "progress": 0.0,
+                    "error": "the server restarted while this job ran; submit it again",
+                }
+                continue
+            self._own(key)
+            log.info("resuming utter job %s", key)
+            self._pool.submit(self._work, payload)
+            taken.append(path.stem.split("__", 1)[1])
+        self.resumed += taken
+        return taken
+
+    def _ready_service(self) -> CompatService | None:
+        """The service once the models are loaded (a resumed job may start before), None at shutdown."""
+        while not self._closing.is_set():
+            try:
+                return self.service()
+            except CompatError:
+                self._closing.wait(0.2)
+        return None
+
+    def _work(self, payload: dict[str, Any]) -> None:
         key = payload["job_key"]
+        service = self._ready_service()
+        if service is None:
+            return  # shutting down before it started: left queued for the next runner
+
+        def deliver(wav: bytes) -> None:
+            write_atomic(self._result_path(key), wav)
+
         try:
-            wav = run_stored_job(service, payload, self.store, stop=self._closing.is_set)
+            run_stored_job(service, payload, self.store, stop=self._closing.is_set, deliver=deliver)
+        except JobInterrupted:
+            return  # the next runner goes on from the stored sentences
         except Exception:  # reported in the store by run_stored_job
-            return
-        write_atomic(self._result_path(key), wav)
+            pass
+        drop(self.store, f"request:{key}")  # the job ended: its request (and reference clip) can go
+        for claim in self.dir.glob(f"{key}.claim-*"):
+            claim.unlink(missing_ok=True)
 
     def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)
@@ -223,8 +365,10 @@ class LocalJobRunner(JobRunner):
         return True
 
     def close(self) -> None:
-        """Queued jobs never start; a running one stops at its next sentence batch (reported cancelled)."""
+        """Queued jobs never start and a running one stops at its next sentence batch; both are left
+        unfinished, with what they made, for the next runner on this folder to resume."""
         self._closing.set()
+        _LIVE_RUNNERS.discard(self.token)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -252,7 +396,9 @@ class ModalJobRunner(JobRunner):
             self.check(body)
         key = "k_" + secrets.token_hex(12)
         self.store[f"progress:{key}"] = {"status": "queued", "progress": 0.0}
-        call = self.spawn({"job_key": key, "caller": caller, "body": body})
+        # the seed is fixed here, in the payload: every attempt of the call (Modal's retries, a restart
+        # after preemption) makes the same sentences, so the stored ones fit the ones still to make
+        call = self.spawn({"job_key": key, "caller": caller, "body": body, "seed": secrets.randbits(62)})
         job_id = call.object_id
         self.store[f"job:{job_id}"] = {"caller": caller, "key": key, "created_at": time.time()}
         return job_id

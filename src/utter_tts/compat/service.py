@@ -20,6 +20,7 @@ from utter_tts.compat.checks import (
     valid_text,
 )
 from utter_tts.compat.languages import METHOD_DEFAULT_LANGUAGE
+from utter_tts.compat.resume import JobCheckpoint
 from utter_tts.compat.synthesizer import Cancelled, Progress, Synthesizer
 
 
@@ -43,11 +44,17 @@ class CompatService(Synthesizer):
         body: dict[str, Any],
         progress: Progress | None = None,
         cancelled: Cancelled | None = None,
+        checkpoint: JobCheckpoint | None = None,
+        seed: int | None = None,
     ) -> bytes:
-        """A /submit-job body, run: {text, language, ref_audio_base64, ref_text, max_new_tokens}."""
+        """A /submit-job body, run: {text, language, ref_audio_base64, ref_text, max_new_tokens}. With a
+        `checkpoint`, its finished sentences are kept there and a job that starts again goes on from them
+        (`seed`, fixed at submission, makes its audio the same however often it was interrupted)."""
         args = self.parse_job(body)
         audio = self.reference_bytes(body["ref_audio_base64"])
-        return self.clone_wav(caller, args, audio, progress, cancelled)
+        if checkpoint is None:
+            return self.clone_wav(caller, args, audio, progress, cancelled)
+        return self.clone_job_wav(caller, args, audio, checkpoint, seed, progress, cancelled)
 
     def clone_batch_request(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST /clone-batch: {texts, languages, ref_audio_*, ref_text} -> {status, count, audio_files}."""

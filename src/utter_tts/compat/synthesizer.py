@@ -3,12 +3,15 @@ length synthesized in sentence chunks (through the engines when there are), WAV 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from utter_tts.audio.encode import encode
 from utter_tts.audio.join import join_clips
@@ -22,6 +25,7 @@ from utter_tts.compat.checks import (
 )
 from utter_tts.compat.fetch import FetchError, FetchPolicy, fetch_url
 from utter_tts.compat.model_info import model_info
+from utter_tts.compat.resume import JobCheckpoint
 from utter_tts.errors import InvalidInput, UtterTTSError
 from utter_tts.request import Request
 from utter_tts.service.inline_voices import InlineVoices
@@ -107,10 +111,33 @@ class Synthesizer:
     ) -> np.ndarray:
         """Any length of text: split at sentences into pieces of `limits.chunk_chars`, each generated with
         `max_new_tokens` as its own frame cap (utter's rule: the cap is per chunk, not per text)."""
-        pieces = split_sentences(text, self.limits.chunk_chars) or [text.strip()]
         base_seed = secrets.randbits(62) if seed is None else seed
+        reqs = self.pieces(mode, text, language, voice, instruct, max_new_tokens, base_seed)
+        wavs: list[np.ndarray] = []
+        step = max(1, self.limits.batch_pieces)
+        for start in range(0, len(reqs), step):
+            if cancelled is not None and cancelled():
+                raise JobCancelled()
+            wavs.extend(self._generate(mode, reqs[start : start + step]))
+            if progress is not None:
+                progress(len(wavs), len(reqs))
+        return join_clips(wavs, self.sample_rate)
+
+    def pieces(
+        self,
+        mode: str,
+        text: str,
+        language: str,
+        voice: Any,
+        instruct: str | None,
+        max_new_tokens: int,
+        base_seed: int,
+    ) -> list[Request]:
+        """One request per sentence piece, each with its own seed drawn from `base_seed` by its index, so
+        a piece's audio does not depend on which others it is generated with."""
+        pieces = split_sentences(text, self.limits.chunk_chars) or [text.strip()]
         # Design keeps one seed for every piece so the described voice stays the same across sentences.
-        reqs = [
+        return [
             Request(
                 piece,
                 mode,
@@ -122,30 +149,77 @@ class Synthesizer:
             )
             for i, piece in enumerate(pieces)
         ]
-        wavs: list[np.ndarray] = []
+
+    def synthesize_job(
+        self,
+        mode: str,
+        text: str,
+        language: str,
+        checkpoint: JobCheckpoint,
+        settings: dict[str, Any],
+        *,
+        voice: Any = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> np.ndarray:
+        """`synthesize` for a long job whose finished sentences survive the process: each batch's codes go
+        to `checkpoint` as it completes, and a job that starts again makes only the sentences it lacks.
+        Every sentence is decoded from the codes as stored, so a resumed job's audio is the same as an
+        uninterrupted one's (its seed is fixed and stored before the first sentence)."""
+        total = len(split_sentences(text, self.limits.chunk_chars) or [text.strip()])
+        codes = checkpoint.begin(seed, settings, total, lambda: secrets.randbits(62))
+        reqs = self.pieces(mode, text, language, voice, None, max_new_tokens, checkpoint.seed)
+        ref_codes = self._ref_codes(mode, reqs[0])
+        wavs = [self._decode(mode, c, ref_codes) for c in codes]
+        if progress is not None:
+            progress(len(wavs), len(reqs))
         step = max(1, self.limits.batch_pieces)
-        for start in range(0, len(reqs), step):
+        for start in range(len(codes), len(reqs), step):
             if cancelled is not None and cancelled():
                 raise JobCancelled()
-            wavs.extend(self._generate(mode, reqs[start : start + step]))
+            batch = self._generate_codes(mode, reqs[start : start + step])
+            checkpoint.save(start, batch)
+            wavs.extend(self._decode(mode, c, ref_codes) for c in batch)
             if progress is not None:
                 progress(len(wavs), len(reqs))
         return join_clips(wavs, self.sample_rate)
 
-    def _generate(self, mode: str, reqs: Sequence[Request]) -> list[np.ndarray]:
+    def _model(self, mode: str) -> tuple[Any, Any]:
         engine = self.base_engine if mode == "clone" else self.design_engine
         model = self.base if mode == "clone" else self.design_model
         if model is None:
             what = "voice cloning" if mode == "clone" else "voice design"
             raise CompatError(f"{what} is not available: its model is not loaded", status=503)
-        try:
+        return model, engine
+
+    def _generate(self, mode: str, reqs: Sequence[Request]) -> list[np.ndarray]:
+        model, engine = self._model(mode)
+        with _model_errors():
             if engine is not None:
                 return engine.generate(list(reqs))
             return model.synthesize(list(reqs))
-        except InvalidInput as e:
-            raise CompatError(e.message) from None
-        except UtterTTSError as e:  # the engine's queue is full
-            raise CompatError(str(e), status=503) from None
+
+    def _generate_codes(self, mode: str, reqs: Sequence[Request]) -> list[np.ndarray]:
+        """Codes [frames, 16] of each request, on the host (what a checkpoint stores)."""
+        model, engine = self._model(mode)
+        with _model_errors():
+            out = (
+                engine.generate_codes(list(reqs)) if engine is not None else model.generate_codes(list(reqs))
+            )
+        return [c.detach().cpu().numpy().astype(np.int64) for c in out]
+
+    def _ref_codes(self, mode: str, req: Request) -> Any:
+        """The left context the voice's audio is decoded with (an ICL voice's reference codes), as the
+        engine and the plain pipeline take it: from the prepared request."""
+        model, _ = self._model(mode)
+        with _model_errors():
+            return model.pipeline.prepare(req).ref_codes
+
+    def _decode(self, mode: str, codes: np.ndarray, ref_codes: Any) -> np.ndarray:
+        model, _ = self._model(mode)
+        return model.decode(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)), ref_codes)
 
     def wav(self, audio: np.ndarray) -> bytes:
         return encode(audio, self.sample_rate, "wav")
@@ -169,3 +243,51 @@ class Synthesizer:
             cancelled=cancelled,
         )
         return self.wav(out)
+
+    def clone_job_wav(
+        self,
+        caller: str,
+        args: CloneArgs,
+        audio: bytes,
+        checkpoint: JobCheckpoint,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> bytes:
+        """`clone_wav` for a long job: its finished sentences kept in `checkpoint` (see synthesize_job)."""
+        voice = self.voice_for(caller, audio, args.ref_text)
+        settings = {  # what decides the audio besides the seed: stored progress is used only if they match
+            "mode": "clone",
+            "text": args.text,
+            "language": args.language,
+            "ref_text": args.ref_text,
+            "ref_audio": hashlib.sha256(audio).hexdigest(),
+            "max_new_tokens": args.max_new_tokens,
+            "model": self.names.base,
+            "chunk_chars": self.limits.chunk_chars,
+            "sample_rate": self.sample_rate,
+        }
+        out = self.synthesize_job(
+            "clone",
+            args.text,
+            args.language,
+            checkpoint,
+            settings,
+            voice=voice,
+            max_new_tokens=args.max_new_tokens,
+            seed=seed,
+            progress=progress,
+            cancelled=cancelled,
+        )
+        return self.wav(out)
+
+
+@contextmanager
+def _model_errors() -> Iterator[None]:
+    """A model's refusals in utter's words: a bad input is the caller's 400, a full queue a 503."""
+    try:
+        yield
+    except InvalidInput as e:
+        raise CompatError(e.message) from None
+    except UtterTTSError as e:  # the engine's queue is full
+        raise CompatError(str(e), status=503) from None

@@ -20,7 +20,7 @@ from utter_tts.server.openai_errors import as_api_error
 from utter_tts.server.planner import FRAME_RATE_HZ, Plan
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.service.http_errors import APIError
-from utter_tts.service.job_records import RecordStore, new_job_id
+from utter_tts.service.job_records import RecordStore, new_job_id, process_alive
 from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.server")
@@ -99,7 +99,7 @@ class Job:
 
     def interrupted(self, rec: dict[str, Any]) -> bool:
         """Its process died (crash, kill, restart, preemption) before the job ended."""
-        return self.status in ("queued", "running") and not _alive(rec.get("pid"))
+        return self.status in ("queued", "running") and not process_alive(rec.get("pid"))
 
     def public(self) -> dict[str, Any]:
         frac = (
@@ -119,18 +119,6 @@ class Job:
             },
             "error": self.error,
         }
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobManager:

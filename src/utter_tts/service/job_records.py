@@ -14,6 +14,19 @@ from utter_tts.files import write_atomic
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether process `pid` of this machine still runs (a job whose process died can be resumed)."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def new_job_id() -> str:
     """A job id nobody can guess: `job_` and 24 hex digits."""
     return "job_" + secrets.token_hex(12)
