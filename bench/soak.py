@@ -563,6 +563,9 @@ class Worker:
         name = self.name("voice")
         if "voice_design" in self.caps.model_types and self.rng.random() < 0.25:
             body = {"name": name, "instructions": DESIGN, "input": self.rng.choice(TEXTS), **self.sampling()}
+            if self.max_new_tokens is None or self.max_new_tokens > 16:
+                # a clone needs 1 s of the designed clip: random weights may sample their end sooner
+                body["min_new_tokens"] = 16
             r = check(self.http.post("/v1/voices/from-design", json=body), "POST from-design", (201,))
         else:
             files = {"file": (f"{name}.wav", self.ref_wav, "audio/wav")}

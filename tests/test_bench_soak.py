@@ -40,7 +40,7 @@ def test_a_short_soak_of_a_tiny_server_has_no_failures(tmp_path):
     kinds = ("base", "voice_design", "custom_voice")
     models = [str(build_checkpoint(tmp_path / t, t, "tiny-1.7b")) for t in kinds]
     out = tmp_path / "out"
-    argv = ["--minutes", "0.15", "--clients", "2", "--out", str(out), "--models", *models]
+    argv = ["--minutes", "0.1", "--clients", "2", "--out", str(out), "--models", *models]
     argv += ["--max-new-tokens", "12", "--server-arg", "--device cpu --dtype float32"]
     argv += ["--sample-every", "1", "--window", "3", "--warmup", "2"]
     assert s.main(argv) == 0
