@@ -119,6 +119,18 @@ def test_design_preview_then_save_as_clone_voice(client, longer_clips):
     client.delete(f"/v1/voices/{voice['id']}")
 
 
+def test_a_designed_clip_too_short_to_clone_names_the_input_not_ref_audio(client):
+    """The server's frame cap (FRAMES) makes a clip shorter than the 1 s a clone needs: the 400 names what
+    the caller sent and can change (`input`, the seed), not `ref_audio`, a field this request has not."""
+    body = {"name": "too short", "instructions": "a calm narrator", "input": "Hi there.", "seed": 3}
+    r = client.post("/v1/voices/from-design", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "input" and error["code"] == "design_too_short", error
+    assert "ref_audio" not in error["message"] and "at least 1 s" in error["message"], error
+    assert all(v["name"] != "too short" for v in client.get("/v1/voices").json()["data"])
+
+
 def test_design_via_speech_endpoint(oa_design):
     audio, rate = decode_audio(oa_design, "mp3")
     assert rate == 24000 and np.abs(audio).max() > 0

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from utter_tts.audio.encode import AudioEncoder, audio_format, encode
 from utter_tts.errors import AudioError, InvalidInput
+from utter_tts.pipeline import REF_MIN_SECONDS
 from utter_tts.server.schemas import DesignRequest, SaveDesignRequest
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.service.http_errors import APIError
@@ -204,6 +205,14 @@ async def save_designed_voice(request: Request, body: SaveDesignRequest):
             "the design produced no audio; try another seed or text", param="input", code="empty_audio"
         )
     rate = state.sample_rate
+    if audio.size < REF_MIN_SECONDS * rate:
+        # Checked here, not left to the clone: its error would name `ref_audio`, which this request has not.
+        raise InvalidInput(
+            f"the design produced {audio.size / rate:.2f} s of audio; a voice needs at least "
+            f"{REF_MIN_SECONDS:g} s: try a longer input or another seed",
+            param="input",
+            code="design_too_short",
+        )
     voice = await state.pool.run(lambda: clone_model.tts.create_voice((audio, rate), ref_text=plan.text))
     meta = {
         "model": clone_model.id,
