@@ -32,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in samecall) kinds="base" ;; cold) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in cold|samecall) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -62,18 +62,17 @@ case "$STAGE" in
           left=$(( 585 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 60 ] && timeout "$left" python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base \
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -15 ;;
-  samecall) # issue 22's same-call run: ours as the A10G runs it (no PDL, 21 GiB) beside the default, and
-          # the peers on the same warm card (one command, one machine); dual-track through the WebSocket last
-          ours ours 200 --sections env single ttfa concurrency floor
-          UTTER_TTS_PDL=0 ours no_pdl 160 --memory-cap-gib 21 --sections env single concurrency
-          peer faster 80 --runs 3 --ttfa-runs 3 --chunk-sizes 4 1
-          timeout 110 python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base --out "$OUT/peer_triton.json" \
-            2>&1 | quiet | tail -15
-          left=$(( 585 - ($(date +%s) - UTTER_T0) ))
-          [ "$left" -gt 60 ] && { python3 -m utter_tts.demo /tmp/ckpt_custom_voice --model-type custom_voice --shape 1.7b \
-            --dtype bfloat16 --device cuda > "$OUT/build_custom_voice.log" 2>&1 && timeout $(( left - 20 )) python3 \
-            bench/bench_dual_track.py --model /tmp/ckpt_custom_voice --device cuda --sessions 32 --frames 100 \
-            --out "$OUT/dual_track.json" 2>&1 | quiet | tail -12; } ;;
+  samecall) # issue 22's same-call run: the cold start of the deployed configuration (empty, then warm Triton
+          # cache), ours as the A10G runs it (no PDL, 21 GiB) beside the default, and the peers on the same
+          # warm card (one command, one machine)
+          timeout 210 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+            --out "$OUT" --runs empty warm --tag deploy --timeout 100 --graph-wait 50 2>&1 | quiet | tail -4
+          ours ours 140 --sections env single ttfa concurrency floor
+          UTTER_TTS_PDL=0 ours no_pdl 110 --memory-cap-gib 21 --sections env single concurrency
+          peer faster 55 --runs 3 --ttfa-runs 3 --chunk-sizes 1
+          left=$(( 590 - ($(date +%s) - UTTER_T0) ))
+          [ "$left" -gt 40 ] && timeout "$left" python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base \
+            --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1

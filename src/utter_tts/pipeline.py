@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from utter_tts.codec.speech_tokenizer import SpeechTokenizer
-from utter_tts.device import to_host
+from utter_tts.device import CAPTURE_LOCK, to_host
 from utter_tts.errors import InvalidInput, UnsupportedForModel
 from utter_tts.model.checkpoint import Checkpoint, load_strict, load_talker, read_safetensors
 from utter_tts.model.config import SamplingConfig, TTSConfig
@@ -282,7 +282,8 @@ class Pipeline:
         ref_text = check_ref_text(ref_text)
         wav = load_reference(ref_audio, self.sample_rate)
         wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        emb = speaker_embedding(self.speaker_encoder, wav_t).float().cpu()
+        with CAPTURE_LOCK:  # cuDNN may search algorithms: never beside a graph capture
+            emb = speaker_embedding(self.speaker_encoder, wav_t).float().cpu()
         codes = self.codec.encode(wav_t).cpu() if ref_text else None
         meta = {
             "model_size": self.config.tts_model_size,

@@ -23,6 +23,7 @@ from utter_tts.codec.decoder import (
     stack_states,
 )
 from utter_tts.codec.encoder import EncoderConfig, MimiEncoder
+from utter_tts.device import CAPTURE_LOCK
 from utter_tts.errors import CheckpointError
 from utter_tts.model.config import pick_fields
 
@@ -138,7 +139,8 @@ class SpeechTokenizer(nn.Module):
         if wav.dim() != 1 or wav.shape[0] == 0:
             raise ValueError(f"encode expects a non-empty 1-D waveform, got shape {tuple(wav.shape)}")
         x = wav.to(device=self.device, dtype=self.dtype)[None, None]
-        codes = self.encoder(x, self.num_codebooks)[0]
+        with CAPTURE_LOCK:  # cuDNN may search algorithms: never beside a graph capture
+            codes = self.encoder(x, self.num_codebooks)[0]
         n_frames = -(-wav.shape[0] // self.cfg.encode_downsample_rate)
         return codes[:, :n_frames].transpose(0, 1).contiguous()
 
@@ -149,7 +151,8 @@ class SpeechTokenizer(nn.Module):
     def run(self, codes: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """The decoding step: codes [B, n, 16] (the streams' next frames, non-negative) -> audio
         [B, n * 1920], advancing `state`. No chunk restarts: see `decode` and `StreamingDecoder`."""
-        return self.decoder(codes.transpose(1, 2), state)[:, 0]
+        with CAPTURE_LOCK:  # cuDNN may search algorithms: never beside another thread's graph capture
+            return self.decoder(codes.transpose(1, 2), state)[:, 0]
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 
 from utter_tts.codec.decoder import map_states
 from utter_tts.codec.speech_tokenizer import NonFiniteAudio, SpeechTokenizer, StreamingDecoder
-from utter_tts.device import to_device, to_host_all
+from utter_tts.device import CAPTURE_LOCK, to_device, to_host_all
 from utter_tts.engine.runner import BATCH_BUCKETS, bucket, capture_next
 from utter_tts.model.denormals import flush_denormals
 
@@ -59,6 +59,9 @@ AHEAD_S = 0.25  # a stream whose audio is less far ahead of its player decodes e
 # an H200, mixed fp16 codec: 64 x 8 frames 15.5 ms against 2 x 9.5 for two 4-frame passes)
 LONG_AHEAD_S, LONG_CLOCK_FRAMES = 1.0, 2 * CLOCK_FRAMES
 FRAME_SECONDS = 0.08  # audio per frame (12.5 frames a second)
+# cuDNN algorithms timed per convolution shape when a codec graph is captured (its heuristic's first ones;
+# PyTorch's default is 10): the search was most of a codec capture, ~1.4 s each on an H200 (2026-12-05)
+CUDNN_TRIES = 4
 
 
 @contextlib.contextmanager
@@ -69,12 +72,14 @@ def _capture_settings():
     4-frame pass took 16.5 ms instead of 17.4 on an H200, its audio 4.5e-3 from full fp32 instead of
     3.8e-3. The process's own settings come back after. The flags are process-wide, so an op in another
     thread meanwhile may use them too (captures run at warm-up, before serving)."""
-    before = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = flags[0].benchmark, flags[0].benchmark_limit, flags[1].allow_tf32
+    flags[0].benchmark = flags[1].allow_tf32 = True
+    flags[0].benchmark_limit = CUDNN_TRIES
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = before
+        flags[0].benchmark, flags[0].benchmark_limit, flags[1].allow_tf32 = before
 
 
 class CodecSlots:
@@ -194,20 +199,23 @@ class CodecSlots:
         return capture_next(self.deferred, self.graphs, self._capture)
 
     def _capture(self, size: int, n: int) -> tuple:
-        device = self.codec.device
-        index = torch.full((size,), self.slots, dtype=torch.long, device=device)
-        codes = torch.zeros(size, n, 16, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream())
-        with _capture_settings(), torch.cuda.stream(side):
-            self._pass(index, codes)  # warm-up (only the scratch slot changes); cuDNN times its algorithms
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with _capture_settings(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            audio = self._pass(index, codes)
-        self.pool = graph.pool()
-        self.graphs[(size, n)] = entry = (graph, index, codes, audio)
-        return entry
+        with CAPTURE_LOCK:  # its cuDNN search and capture, never beside another thread's
+            log.info("capturing codec graph: batch %d, %d frames", size, n)
+            device = self.codec.device
+            index = torch.full((size,), self.slots, dtype=torch.long, device=device)
+            codes = torch.zeros(size, n, 16, dtype=torch.long, device=device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream())
+            with _capture_settings(), torch.cuda.stream(side):
+                self._pass(index, codes)  # warm-up (only the scratch slot changes); cuDNN times algorithms
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            capture = torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local")
+            with _capture_settings(), capture:
+                audio = self._pass(index, codes)
+            self.pool = graph.pool()
+            self.graphs[(size, n)] = entry = (graph, index, codes, audio)
+            return entry
 
 
 class SlotDecoder(StreamingDecoder):

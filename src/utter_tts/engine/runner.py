@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from utter_tts.device import start_copy, to_host
+from utter_tts.device import CAPTURE_LOCK, start_copy, to_host
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
 from utter_tts.model.prompt import Prompt
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # One capture at a time in the process: a second engine capturing (or allocating) mid-capture
 # invalidates the graph (seen on an H100 with Base and VoiceDesign engines warming up together).
-_CAPTURE_LOCK = threading.Lock()
 MIN_SPAN = 256
 
 
@@ -46,7 +44,10 @@ def capture_next(deferred: list[tuple[int, int]], graphs: dict, capture: Callabl
     while deferred:
         key = deferred.pop(0)
         if key not in graphs:
-            capture(*key)
+            try:
+                capture(*key)
+            except Exception:  # e.g. a capture another thread's CUDA work invalidated: made on first use
+                log.exception("a background graph capture failed (%s); it is made when first needed", key)
             return True
     return False
 
@@ -203,7 +204,7 @@ class Runner:
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------
     def _capture(self, B: int, span: int) -> torch.cuda.CUDAGraph:
-        with _CAPTURE_LOCK:
+        with CAPTURE_LOCK:
             log.info("capturing frame graph: batch %d, span %d", B, span)
             saved = [t.clone() for t in self._mutable()]  # cache columns written here are rewritten later
             side = torch.cuda.Stream()
