@@ -36,14 +36,24 @@ def parent(args) -> None:
         env = dict(os.environ, TRITON_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
         env[CHILD_T0] = repr(time.time())
         cmd = [sys.executable, __file__, "--child", "--base", args.base, "--design", args.design or "",
-               "--streams", str(args.streams), "--frames", str(args.frames)]  # fmt: skip
+               "--streams", str(args.streams), "--frames", str(args.frames), "--timeout", str(args.timeout),
+               "--graph-wait", str(args.graph_wait)]  # fmt: skip
         t = time.time()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {}
-        result.update(exit_code=proc.returncode, process_s=round(time.time() - t, 2))
-        if proc.returncode:
-            result["stderr_tail"] = proc.stderr[-3000:]
+        try:  # a run past its time keeps what it printed (each phase prints a line) and its threads' stacks
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+            printed, err, code = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:
+            printed, err, code = _text(e.stdout), _text(e.stderr), "timeout"
+        result: dict = {}
+        for line in printed.splitlines():  # the phases so far, the last line the whole result
+            if line.startswith("{"):
+                result.update(json.loads(line))
+        result.update(exit_code=code, process_s=round(time.time() - t, 2))
+        if code:
+            result["stderr_tail"] = err[-3000:]
+            result["stdout_tail"] = "\n".join(ln for ln in printed.splitlines() if not ln.startswith("{"))[
+                -6000:
+            ]
         runs[name] = result
         print(name, json.dumps(result), flush=True)
     report = dict(streams=args.streams, frames=args.frames, design=bool(args.design), runs=runs)
@@ -53,13 +63,20 @@ def parent(args) -> None:
           f"{'compile s':>9} {'captures s':>10}")  # fmt: skip
     for name, r in runs.items():
         p = r.get("parts", {})
-        print(f"{name:6} {p.get('import_s', '-'):>7} {p.get('weights_s', '-'):>8} {r.get('ready_s', '-'):>7} "
+        print(f"{name:6} {p.get('import_s', '-'):>7} {r.get('weights_s', '-'):>8} {r.get('ready_s', '-'):>7} "
               f"{r.get('first_audio_s', '-'):>9} {r.get('all_graphs_s', '-'):>10} "
               f"{p.get('triton_compile_s', '-'):>9} {p.get('capture_s', '-'):>10}")  # fmt: skip
 
 
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def child(args) -> None:
+    import faulthandler
+
     t0 = float(os.environ[CHILD_T0])
+    faulthandler.dump_traceback_later(max(1.0, args.timeout - 3), file=sys.stdout)  # a hang shows where
 
     def since() -> float:
         return round(time.time() - t0, 3)
@@ -124,6 +141,7 @@ def child(args) -> None:
     )  # fmt: skip
     svc = load_service(settings, load_design=bool(args.design))
     ready = since()
+    print(json.dumps({"ready_s": ready, "weights_s": round(sum(loaded_at.values()), 3)}), flush=True)
     parts["weights_s"] = round(sum(loaded_at.values()), 3)
     parts["triton_compile_s_before_ready"] = round(spent["compile"], 3)
     parts["capture_s_before_ready"] = round(spent["frame_capture"] + spent["codec_capture"], 3)
@@ -147,6 +165,7 @@ def child(args) -> None:
     chunks = svc.base.stream(Request(text, "clone", "english", voice=voice, seed=1, sampling=sampling))
     first = next(chunks)
     first_audio = since()
+    print(json.dumps({"first_audio_s": first_audio}), flush=True)
     got = len(first) + sum(len(c) for c in chunks)
     whole = time.perf_counter() - t
 

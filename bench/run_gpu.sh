@@ -32,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in cold|samecall) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -73,6 +73,8 @@ case "$STAGE" in
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 40 ] && timeout "$left" python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base \
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
+  coldonly) timeout 215 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+            --out "$OUT" --runs empty warm --tag deploy --timeout 100 --graph-wait 55 2>&1 | quiet | tail -4 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1

@@ -59,9 +59,6 @@ AHEAD_S = 0.25  # a stream whose audio is less far ahead of its player decodes e
 # an H200, mixed fp16 codec: 64 x 8 frames 15.5 ms against 2 x 9.5 for two 4-frame passes)
 LONG_AHEAD_S, LONG_CLOCK_FRAMES = 1.0, 2 * CLOCK_FRAMES
 FRAME_SECONDS = 0.08  # audio per frame (12.5 frames a second)
-# cuDNN algorithms timed per convolution shape when a codec graph is captured (its heuristic's first ones;
-# PyTorch's default is 10): the search was most of a codec capture, ~1.4 s each on an H200 (2026-12-05)
-CUDNN_TRIES = 4
 
 
 @contextlib.contextmanager
@@ -72,14 +69,12 @@ def _capture_settings():
     4-frame pass took 16.5 ms instead of 17.4 on an H200, its audio 4.5e-3 from full fp32 instead of
     3.8e-3. The process's own settings come back after. The flags are process-wide, so an op in another
     thread meanwhile may use them too (captures run at warm-up, before serving)."""
-    flags = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = flags[0].benchmark, flags[0].benchmark_limit, flags[1].allow_tf32
-    flags[0].benchmark = flags[1].allow_tf32 = True
-    flags[0].benchmark_limit = CUDNN_TRIES
+    before = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
     try:
         yield
     finally:
-        flags[0].benchmark, flags[0].benchmark_limit, flags[1].allow_tf32 = before
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class CodecSlots:
