@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -52,7 +53,6 @@ class SpeechSession:
         self.started = started
         self.sample_rate: int = started["sample_rate"]
         self.done: dict[str, Any] | None = None  # the session.done event, once it came
-        self.text_sent = False
         self._errors: list[dict[str, Any]] = []
 
     @classmethod
@@ -94,13 +94,16 @@ class SpeechSession:
                 compression=None,
                 max_size=None,
             )
-        except (OSError, InvalidHandshake, TimeoutError) as e:
+        except (OSError, InvalidHandshake, asyncio.TimeoutError) as e:
             raise SessionError(f"cannot reach utter-tts: {e}", status=503, code="unreachable") from e
         try:
             await ws.send(json.dumps(start))
-            first = json.loads(await ws.recv())
+            first = json.loads(await asyncio.wait_for(ws.recv(), timeout=open_timeout))
         except ConnectionClosed as e:
             raise _closed_error(e.rcvd.code if e.rcvd else 1006, None) from e
+        except asyncio.TimeoutError as e:  # not yet the built-in TimeoutError on Python 3.10
+            await ws.close()
+            raise SessionError("utter-tts did not start the session in time", 504, "timeout") from e
         except BaseException:
             await ws.close()
             raise
@@ -116,7 +119,6 @@ class SpeechSession:
             return
         try:
             await self.ws.send(json.dumps({"type": "input.append", "text": text}))
-            self.text_sent = True
         except ConnectionClosed:
             pass  # audio() reports how the session ended
 
