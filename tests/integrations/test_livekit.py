@@ -4,8 +4,10 @@ come back as 24 kHz mono frames, and streamed audio starts before the sentence's
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
+import httpx
 import pytest
 
 pytest.importorskip("livekit.agents")
@@ -52,6 +54,11 @@ async def push_and_listen(stream: tts.SynthesizeStream) -> tuple[list, float, fl
     stream.end_input()
     await asyncio.wait_for(reader, timeout=120)
     return events, first[0], last, time.monotonic() - t0
+
+
+def active_generations(server) -> int:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return int(float(re.search(r"^utter_tts_active_generations (\S+)$", metrics, re.M).group(1)))
 
 
 def samples(events) -> int:
@@ -126,3 +133,31 @@ def test_a_refused_session_is_an_api_error(server):
     with pytest.raises(APIStatusError) as info:
         asyncio.run(run())
     assert 400 <= info.value.status_code < 500 and "nobody" in str(info.value)
+
+
+def test_closing_a_stream_mid_speech_ends_its_session(server):
+    """An interrupted agent closes its stream: the session closes at once (the server cancels that
+    generation and frees its slot), and the next utterance speaks in full."""
+
+    async def run():
+        async with plugin(server) as engine:
+            stream = engine.stream()
+            for word in words()[:3]:
+                stream.push_text(word)
+            first = await asyncio.wait_for(stream.__anext__(), timeout=60)
+            running = active_generations(server)
+            await asyncio.wait_for(stream.aclose(), timeout=10)
+            deadline = time.monotonic() + 10
+            while active_generations(server) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return (
+                first,
+                running,
+                active_generations(server),
+                [ev async for ev in engine.synthesize(SENTENCE)],
+            )
+
+    first, running, after, events = asyncio.run(run())
+    assert first.frame.samples_per_channel > 0
+    assert (running, after) == (1, 0)  # the generation waiting for more text was cancelled
+    assert samples(events) == FRAMES * FRAME_SAMPLES

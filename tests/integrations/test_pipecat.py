@@ -4,9 +4,11 @@ token comes back as 24 kHz mono TTSAudioRawFrames, starting before the turn's te
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 
+import httpx
 import pytest
 
 pytest.importorskip("pipecat")
@@ -16,6 +18,7 @@ from pipecat.frames.frames import (  # noqa: E402
     EndFrame,
     ErrorFrame,
     Frame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -92,6 +95,11 @@ async def llm_turn(service) -> tuple[list[Frame], float | None, float, list[Fram
     return [f for _, f in recorder.frames], first, marks["last"] - marks["t0"], up
 
 
+def active_generations(server) -> int:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return int(float(re.search(r"^utter_tts_active_generations (\S+)$", metrics, re.M).group(1)))
+
+
 def ours(server, **kw) -> UtterTTSService:
     return UtterTTSService(
         base_url=server.url, api_key=KEY, seed=3, settings=UtterTTSService.Settings(voice="vivian"), **kw
@@ -144,3 +152,50 @@ def test_a_refused_session_is_an_error_frame(server):
     _, first, _, up = asyncio.run(llm_turn(bad))
     errors = [f.error for f in up if isinstance(f, ErrorFrame) and "utter-tts" in f.error]
     assert first is None and len(errors) == 1 and "unknown voice 'nobody'" in errors[0]
+
+
+def test_an_interruption_closes_the_turns_session(server):
+    """The user speaks over the bot: the turn's session closes (the server cancels the generation that
+    was waiting for more text), and no more of its audio comes."""
+    service, recorder = ours(server), Recorder()
+    worker = PipelineWorker(
+        Pipeline([service, recorder]),
+        cancel_on_idle_timeout=False,
+        enable_rtvi=False,
+        params=PipelineParams(audio_out_sample_rate=24000),
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(worker, frame):
+        started.set()
+
+    seen: dict[str, int] = {}
+
+    async def feed():
+        await asyncio.wait_for(started.wait(), timeout=30)
+        await worker.queue_frame(LLMFullResponseStartFrame())
+        for word in words()[:3]:
+            await worker.queue_frame(LLMTextFrame(word))
+        while not any(isinstance(f, TTSAudioRawFrame) for _, f in recorder.frames):
+            await asyncio.sleep(0.01)
+        seen["running"] = active_generations(server)
+        await worker.queue_frame(InterruptionFrame())
+        deadline = time.monotonic() + 10
+        while active_generations(server) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        seen["after"] = active_generations(server)
+        seen["audio"] = len([f for _, f in recorder.frames if isinstance(f, TTSAudioRawFrame)])
+        await asyncio.sleep(0.3)
+        seen["later"] = len([f for _, f in recorder.frames if isinstance(f, TTSAudioRawFrame)])
+        await worker.queue_frame(EndFrame())
+
+    async def run():
+        runner = WorkerRunner()
+        await runner.add_workers(worker)
+        await asyncio.wait_for(asyncio.gather(runner.run(), feed()), timeout=60)
+
+    asyncio.run(run())
+    assert (seen["running"], seen["after"]) == (1, 0)
+    assert seen["later"] == seen["audio"]
+    assert not service._sessions
