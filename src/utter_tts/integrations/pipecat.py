@@ -163,7 +163,7 @@ class UtterTTSService(TTSService):
                 await self.stop_ttfb_metrics()
                 frame = TTSAudioRawFrame(pcm, session.sample_rate, 1, context_id=context_id)
                 await self.append_to_audio_context(context_id, frame)
-        except SessionError as e:
+        except Exception as e:  # the turn must still end, or the pipeline would wait for it forever
             await self.push_error(error_msg=f"utter-tts: {e}", exception=e)
         self._ended.append(context_id)
         self._sessions.pop(context_id, None)
