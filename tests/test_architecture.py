@@ -1,5 +1,6 @@
-"""The package's layers, read from the source: every import goes down (or stays on its floor), and the two
-HTTP faces stand beside each other, neither importing the other."""
+"""The package's layers, read from the source: every import goes down (or stays on its floor), the two
+HTTP faces stand beside each other, neither importing the other, and the agent-framework plugins are pure
+clients of the WebSocket."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ FLOORS = [
     ("engine", ["engine"]),
     ("api", ["api"]),
     ("service", ["service"]),
-    ("faces", ["server", "compat", "wyoming_server"]),
+    ("faces", ["server", "compat", "wyoming_server", "integrations"]),
     ("top", ["cli", "serve", "demo", "__init__", "__main__"]),
 ]
 BESIDE = [("server", "compat")]  # same floor, and neither may import the other
@@ -77,6 +78,17 @@ def test_faces_stand_beside_each_other(a, b):
         if src.startswith(f"utter_tts.{a}") and target.startswith(f"utter_tts.{b}")
     ]
     assert not crossing, "\n".join(crossing)
+
+
+def test_integrations_are_pure_clients():
+    """The plugins run in an agent's process, often on another machine than the server: they speak the
+    WebSocket protocol and import nothing of the package but each other."""
+    inside = [
+        f"{src}:{line} imports {target}"
+        for src, target, line in all_imports()
+        if src.startswith("utter_tts.integrations") and not target.startswith("utter_tts.integrations")
+    ]
+    assert not inside, "\n".join(inside)
 
 
 def test_the_check_can_fail(tmp_path, monkeypatch):
