@@ -28,13 +28,25 @@ def test_readme_table_is_generated_from_the_results():
 
 def test_summary_has_the_agreed_shape():
     s = json.loads((ROOT / "bench" / "results" / "summary.json").read_text())
-    assert set(s) == {"card", "torch", "date", "same_call", "floor_ms_per_frame", "systems"}
+    assert set(s) == {
+        "card",
+        "torch",
+        "date",
+        "same_call",
+        "floor_ms_per_frame",
+        "systems",
+        "call_2026_12_05",
+    }
+    later = s["call_2026_12_05"]
+    assert set(later["systems"]) == {"utter-tts", "utter-tts-no-pdl", "faster-qwen3-tts", "qwen3-tts-triton"}
+    assert set(later["stack"]) == {"torch", "triton"}
+    assert set(later["systems"]["qwen3-tts-triton"]) == {"one_stream_rtf", "ms_per_frame", "ttfa_p50_ms"}
     assert s["same_call"] is True and isinstance(s["floor_ms_per_frame"], float)
     ours = s["systems"]["utter-tts"]
     assert set(ours) == {"one_stream_rtf", "ms_per_frame", "kernels_per_frame", "ttfa_p50_ms",
                          "ttfa_p95_ms_32_streams", "streams"}  # fmt: skip
     assert set(ours["streams"]) == {"8", "32", "64"}
-    for system in s["systems"].values():
+    for system in [*s["systems"].values(), *later["systems"].values()]:
         stack = [system]
         while stack:
             for v in stack.pop().values():
