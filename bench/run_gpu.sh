@@ -73,8 +73,8 @@ case "$STAGE" in
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 40 ] && timeout "$left" python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base \
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
-  coldonly) timeout 170 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
-            --out "$OUT" --runs empty warm --tag deploy --timeout 78 --graph-wait 40 2>&1 | quiet | tail -4 ;;
+  coldonly) timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+            --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
