@@ -42,7 +42,6 @@ import triton.language as tl
 
 from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, pdl_wait
 
-WEIGHT_MODES = ("bf16", "int8", "fp8")  # bf16: the weights as loaded (the model's dtype), unquantized
 QUANT_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 QUANT_MAX = {"int8": 127.0, "fp8": 448.0}  # the largest magnitude of each format
 
