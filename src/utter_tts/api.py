@@ -48,8 +48,8 @@ class TTS:
     ) -> TTS:
         """Load a local folder or a hub id (e.g. Qwen/Qwen3-TTS-12Hz-1.7B-Base). Defaults: CUDA in bf16
         when available, else CPU in fp32; the codec and speaker encoder run in fp32 (as the official).
-        `engine=True` (or the Engine's settings as a dict, e.g. {"max_streams": 16}) serves every call
-        through continuous batching."""
+        `engine=True` (or the Engine's settings as a dict, e.g. {"max_streams": 16, "weights": "int8"})
+        serves every call through continuous batching."""
         device = resolve_device(device)
         dtype = parse_dtype(dtype, device)
         pipeline = Pipeline.load(open_checkpoint(path_or_id, revision), device, dtype)

@@ -76,3 +76,86 @@ def test_engine_on_fused_kernels_equals_the_plain_model(pipeline):
     finally:
         engine.close()
     assert got.shape == (2, 16) and torch.equal(got, plain)
+
+
+# ---- 8-bit weights (weights="int8" / "fp8") -------------------------------------------------------------
+
+
+@pytest.fixture
+def wide_tiles(monkeypatch):
+    """One-row tiles 256 columns wide: the interpreter runs every program in Python, and the default's
+    4-column tiles make a head GEMM 512 programs (a frame took a minute); the math is the same."""
+    from utter_tts.kernels.linear import CONFIGS, LinearConfig
+
+    for rows in (1, 2):
+        monkeypatch.setitem(CONFIGS, rows, LinearConfig(1, 256, 128, 4, 1))
+
+
+QUANTIZED = ("w_qkv", "w_o", "w_gate_up", "w_down")
+
+
+@pytest.mark.parametrize("weights", ["int8", "fp8"])
+def test_fused_prefill_with_8bit_weights_is_close_to_the_eager_one(pipeline, weights, wide_tiles):
+    """Every layer's four GEMM weights and the predictor's input projection are 8-bit (the heads and the
+    eager modules keep theirs); a prefill's hidden states stay within the quantization's error of the
+    eager model's, and differ from them (the 8-bit weights are the ones used)."""
+    from utter_tts.kernels.linear import QUANT_DTYPES, QuantWeight
+
+    job = pipeline.prepare(Request(TEXTS["english"], "speak", speaker="ryan", seed=3))
+    eager, _ = _batch(pipeline, [job], 1, False)
+    batch = FrameBatch(pipeline.talker, pipeline.eos_id, 1, max_len=80, max_text=48)
+    fused = FusedFrame(batch, weights)
+    for packed in (fused.talker, fused.predictor):
+        for layer in packed.layers:
+            for name in QUANTIZED:
+                w = getattr(layer, name)
+                assert isinstance(w, QuantWeight) and w.q.dtype == QUANT_DTYPES[weights], name
+    assert fused.proj_w is None or isinstance(fused.proj_w, QuantWeight)
+    assert all(isinstance(h, torch.Tensor) for h in fused.heads)
+    assert pipeline.talker.model.layers[0].mlp.down_proj.weight.dtype == torch.float32  # eager: as loaded
+    fused.prefill(0, [job.prompt], [job.sampling], [job.request.seed])
+    ref, got = eager.hidden[:1].double(), batch.hidden[:1].double()
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < err < {"int8": 2e-2, "fp8": 8e-2}[weights], err
+
+
+def test_engine_with_int8_weights_runs(pipeline, wide_tiles, monkeypatch):
+    """The engine on fused kernels with int8 weights (weights= flows Engine -> Runner -> FusedFrame): a
+    frame comes out, every code in the codebook's range."""
+    from utter_tts.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "AHEAD", 0)  # no frames queued past the generation's one (interpreted)
+    req = Request(TEXTS["french"], "speak", "french", speaker="eric", seed=9,
+                  sampling=dict(max_new_tokens=2, min_new_tokens=2))  # fmt: skip
+    engine = Engine(pipeline, max_streams=1, max_frames=8, max_prompt=64, max_text_tokens=48, kernels=True,
+                    weights="int8")  # fmt: skip
+    try:
+        assert engine.runner.fused.weights == "int8"
+        assert engine.runner.fused.talker.layers[0].w_down.q.dtype == torch.int8
+        got = engine.generate_codes([req])[0]
+    finally:
+        engine.close()
+    size = pipeline.talker.cfg.code_predictor.vocab_size
+    assert got.shape == (1, 16) and got.dtype == torch.long
+    assert ((got >= 0) & (got < size)).all()
+
+
+def test_weight_modes_that_cannot_run_are_refused(pipeline, monkeypatch):
+    from utter_tts.engine.runner import check_weights
+    from utter_tts.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="weights must be one of bf16, int8, fp8, not 'int4'") as e:
+        Engine(pipeline, max_streams=1, max_frames=8, max_prompt=64, weights="int4")
+    assert e.value.param == "weights"
+    with pytest.raises(InvalidInput, match="needs the fused kernels") as e:
+        Engine(pipeline, max_streams=1, max_frames=8, max_prompt=64, kernels=False, weights="int8")
+    assert e.value.param == "weights"
+    # fp8: Ada / Hopper only (Triton has no e4m3 conversions on sm_80 / sm_86, e.g. the A10G)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    with pytest.raises(InvalidInput, match="sm_86: use weights='int8'") as e:
+        check_weights("fp8", torch.device("cuda"), True)
+    assert e.value.param == "weights"
+    check_weights("int8", torch.device("cuda"), True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_weights("fp8", torch.device("cuda"), True)
+    check_weights("fp8", torch.device("cpu"), True)  # the interpreter converts fp8

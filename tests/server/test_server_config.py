@@ -72,6 +72,42 @@ def test_concurrency_follows_the_engine(argv, expected):
     assert config_from_args(build_parser().parse_args(["model", *argv])).max_concurrency == expected
 
 
+def test_weights_flag_reaches_the_engine(monkeypatch, tmp_path):
+    """--weights int8|fp8 (default bf16) flows into the engine's settings; an unknown mode or 8-bit without
+    the engine is refused, naming it."""
+    from utter_tts.api import TTS
+    from utter_tts.engine.runner import WEIGHT_MODES
+    from utter_tts.errors import InvalidInput
+    from utter_tts.server.registry import ModelRegistry
+    from utter_tts.server.settings import WEIGHTS
+
+    assert WEIGHTS == WEIGHT_MODES
+    assert config_from_args(build_parser().parse_args(["model"])).weights == "bf16"
+    cfg = config_from_args(
+        build_parser().parse_args(["model", "--weights", "int8", "--data-dir", str(tmp_path)])
+    )
+    assert cfg.weights == "int8"
+    cfg.check()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["model", "--weights", "int4"])
+    with pytest.raises(ValueError, match="weights must be one of bf16, int8, fp8, not 'int4'"):
+        ServerConfig(data_dir=tmp_path, weights="int4").check()
+    with pytest.raises(ValueError, match="--weights fp8 needs the engine"):
+        ServerConfig(data_dir=tmp_path, weights="fp8", engine="off").check()
+    with pytest.raises(InvalidInput, match="--weights int8 needs the engine") as e:  # auto: off on the CPU
+        ModelRegistry().load_all(["model"], "cpu", "float32", "auto", 4, "int8")
+    assert e.value.param == "weights"
+    seen = {}
+
+    class Loaded:
+        engine = None
+        model_type, device, dtype = "base", "cpu", "float32"
+
+    monkeypatch.setattr(TTS, "from_pretrained", lambda src, **kw: seen.update(kw) or Loaded())
+    ModelRegistry().load_all(["model"], "cpu", "float32", "on", 4, "int8")
+    assert seen["engine"] == {"max_streams": 4, "weights": "int8"}
+
+
 def test_websocket_bad_start_message(server):
     url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
     with ws_connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=30) as ws:

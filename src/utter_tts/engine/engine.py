@@ -42,6 +42,11 @@ class Engine:
     >>> engine = Engine(Pipeline.load(...), max_streams=16)
     >>> audio = engine.generate([Request("Hello.", "clone", voice=voice)])[0]
     >>> for chunk in engine.stream(Request("Hello.", "clone", voice=voice)): ...
+
+    weights: the fused frame's GEMM weights, "bf16" (as loaded; the default), "int8" (Ampere and newer,
+    e.g. the A10G) or "fp8" (e4m3, compute capability 8.9+, e.g. Hopper): half the weight bytes a frame
+    reads, scaled per output channel (engine/fused.py says which layers). Refused, naming `weights`,
+    where it cannot run (`runner.check_weights`).
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class Engine:
         max_queue: int = 256,
         use_graphs: bool | None = None,
         kernels: bool | None = None,
+        weights: str = "bf16",
     ):
         self.pipeline = pipeline
         if sys.getswitchinterval() > GIL_SWITCH_S:
@@ -67,6 +73,7 @@ class Engine:
             max_text=max_text_tokens,
             use_graphs=use_graphs,
             kernels=kernels,
+            weights=weights,
         )
         self.decoding = DecodeBatcher(pipeline.codec, max_batch=max(1, max_streams))
         # after each frame the decoder takes the chunks it completed, all streams' in one pass
@@ -78,7 +85,7 @@ class Engine:
             max_streams,
             max_frames,
             self.runner.use_graphs,
-            "fused kernels"
+            f"fused kernels, {weights} weights"
             if self.runner.fused
             else f"eager, attention {attention_backend(pipeline.device)}",
         )

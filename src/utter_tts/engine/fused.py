@@ -9,6 +9,11 @@ added at the last codebook). The talker then runs 28 layers, its final norm, its
 codebook-0 sampler (repetition penalty over the seen-mask, suppressed control ids, min_new_tokens).
 Layers are `kernels.packed_decoder.PackedDecoder` (6-7 launches each). Attention reads exactly the columns a
 row has written, so one graph per batch serves every cache length.
+
+weights="int8" / "fp8" (8-bit weights, scaled per output channel): every decoder layer's QKV, o, gate/up
+and down weights and the code predictor's input projection. The heads (the codebook logits themselves,
+where every rounding lands on a sampled logit; ~1.4% of a 1.7B frame's weight bytes, ~3% of an 8-bit
+one's) and the embedding tables (gathers, not GEMMs) stay as loaded.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from utter_tts.device import to_device
-from utter_tts.kernels.linear import linear
+from utter_tts.kernels.linear import linear, quantize_weight
 from utter_tts.kernels.packed_decoder import PackedDecoder
 from utter_tts.kernels.sampler import Embed, sample
 from utter_tts.model.config import SamplingConfig
@@ -25,18 +30,22 @@ from utter_tts.model.prompt import Prompt
 
 
 class FusedFrame:
-    """The fused frame step of a FrameBatch (weights packed once from its talker)."""
+    """The fused frame step of a FrameBatch (weights packed once from its talker; weights: "bf16" as
+    loaded, or "int8" / "fp8", quantized once here, see the module docstring)."""
 
-    def __init__(self, batch: FrameBatch):
+    def __init__(self, batch: FrameBatch, weights: str = "bf16"):
         self.batch = batch
+        self.weights = weights
         talker = batch.talker
         cp = talker.code_predictor
-        self.talker = PackedDecoder(talker.model, talker.rotary)
-        self.predictor = PackedDecoder(cp.model, cp.rotary)
+        self.talker = PackedDecoder(talker.model, talker.rotary, weights=weights)
+        self.predictor = PackedDecoder(cp.model, cp.rotary, weights=weights)
         self.talker_norm = talker.model.norm  # its output is the hidden state the next frame starts from
         proj = cp.small_to_mtp_projection
         self.proj_w = proj.weight.detach() if hasattr(proj, "weight") else None
         self.proj_b = proj.bias.detach() if hasattr(proj, "weight") and proj.bias is not None else None
+        if self.proj_w is not None and weights != "bf16":
+            self.proj_w = quantize_weight(self.proj_w, weights)
         self.heads = [head.weight.detach() for head in cp.lm_head]
         self.tables = [emb.weight.detach() for emb in cp.model.codec_embedding]  # codebooks 1..15
         self.codec_table = talker.model.codec_embedding.weight.detach()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.device import CAPTURE_LOCK, start_copy, to_host
+from utter_tts.errors import InvalidInput
 from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch
 from utter_tts.model.prompt import Prompt
@@ -26,6 +27,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # One capture at a time in the process: a second engine capturing (or allocating) mid-capture
 # invalidates the graph (seen on an H100 with Base and VoiceDesign engines warming up together).
 MIN_SPAN = 256
+# the fused frame's GEMM weights: "bf16" as loaded (the model's dtype), or 8 bits scaled per output channel
+WEIGHT_MODES = ("bf16", "int8", "fp8")
+FP8_CAPABILITY = (8, 9)  # Triton converts fp8 e4m3 on Ada / Hopper and newer only (not sm_80 / sm_86)
 
 
 def kernels_available(device: torch.device) -> bool:
@@ -36,6 +40,31 @@ def kernels_available(device: torch.device) -> bool:
     if installed_triton_problem() is not None:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def check_weights(weights: str, device: torch.device, kernels: bool) -> None:
+    """Refuse (InvalidInput naming `weights`) a weight mode that cannot run: unknown, 8-bit without the
+    fused kernels (the eager step has no 8-bit path), or fp8 on a GPU without fp8 conversions."""
+    if weights not in WEIGHT_MODES:
+        raise InvalidInput(
+            f"weights must be one of {', '.join(WEIGHT_MODES)}, not {weights!r}", param="weights"
+        )
+    if weights == "bf16":
+        return
+    if not kernels:
+        raise InvalidInput(
+            f"weights={weights!r} needs the fused kernels (a CUDA GPU of compute capability 8.0 or newer, "
+            f"with the Triton of utter_tts/stack.json); this engine runs the eager frame step on {device}",
+            param="weights",
+        )
+    if weights == "fp8" and device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < FP8_CAPABILITY:
+            raise InvalidInput(
+                f"weights='fp8' needs compute capability 8.9 or newer (Ada, Hopper); this GPU is "
+                f"sm_{cap[0]}{cap[1]}: use weights='int8'",
+                param="weights",
+            )
 
 
 def capture_next(deferred: list[tuple[int, int]], graphs: dict, capture: Callable[..., object]) -> bool:
@@ -96,6 +125,7 @@ class Runner:
         max_text: int = 512,
         use_graphs: bool | None = None,
         kernels: bool | None = None,
+        weights: str = "bf16",
     ):
         self.eos_id = eos_id
         self.max_slots, self.max_prompt, self.max_frames = max_slots, max_prompt, max_frames
@@ -106,12 +136,14 @@ class Runner:
         # the fused kernels (engine/fused.py) run the frame on CUDA; the eager step is the reference
         if kernels is None:
             kernels = kernels_available(self.device)
+        check_weights(weights, self.device, kernels)
+        self.weights = weights
         self.fused = None
         if kernels:
             # imported here: the kernels need Triton, which a CPU-only install does not have
             from utter_tts.engine.fused import FusedFrame
 
-            self.fused = FusedFrame(self.batch)
+            self.fused = FusedFrame(self.batch, weights)
         self.batch_buckets = tuple(b for b in BATCH_BUCKETS if b < max_slots) + (max_slots,)
         self.codebook_size = talker.cfg.code_predictor.vocab_size
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}

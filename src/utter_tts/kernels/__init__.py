@@ -16,11 +16,13 @@ from utter_tts.kernels.attention import (
 from utter_tts.kernels.linear import (
     CONFIGS,
     LinearConfig,
+    QuantWeight,
     gate_up_silu,
     gate_up_silu_ref,
     linear,
     linear_ref,
     pack_gate_up,
+    quantize_weight,
 )
 from utter_tts.kernels.packed_decoder import PackedDecoder
 from utter_tts.kernels.sampler import Embed, noise, sample, sample_ref
@@ -32,6 +34,7 @@ __all__ = [
     "Embed",
     "LinearConfig",
     "PackedDecoder",
+    "QuantWeight",
     "decode_attention",
     "decode_attention_ref",
     "gate_up_silu",
@@ -42,6 +45,7 @@ __all__ = [
     "pack_gate_up",
     "qk_norm_rope_write",
     "qk_norm_rope_write_ref",
+    "quantize_weight",
     "sample",
     "sample_ref",
 ]

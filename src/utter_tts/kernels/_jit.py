@@ -9,7 +9,8 @@ interpreted launch, calls to compiled helpers (ours or triton.language's) run th
 too (`_helpers_interpreted`). Import order and the variable then do not matter.
 
 The Triton 3.6 interpreter mishandles bf16 (it keeps bf16 as raw uint16 bits): `tl.dot` on bf16
-multiplies the bit patterns and fp32 -> bf16 casts truncate instead of rounding to nearest even.
+multiplies the bit patterns, fp32 -> bf16 casts truncate instead of rounding to nearest even, and
+int -> bf16 casts store the integer's value as the bits.
 And with NumPy >= 2.4 its `range(0, K, ...)` over a scalar argument fails. `_patch_interpreter` fixes
 these inside the interpreter (the GPU path is untouched) so CPU runs of the bf16 kernels compute what
 the GPU computes. Our kernels do every other bf16 op in fp32.
@@ -203,10 +204,12 @@ def _patch_interpreter() -> None:
     # each fix applies only to the representation it was written for (fp32 data, bf16 as uint16 bits),
     # so an interpreter that stops needing it is left alone
     def to_bf16(src, dst_type):
-        fix = (
-            src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16 and src.data.dtype == np.float32
-        )
-        return ti.TensorHandle(_f32_to_bf16_bits(src.data), tl.bfloat16) if fix else None
+        if dst_type.scalar != tl.bfloat16:
+            return None
+        fix = src.dtype.scalar == tl.float32 and src.data.dtype == np.float32
+        # integers (int8 weights) would be stored as their value in the uint16 bits: convert the value
+        fix = fix or (src.dtype.scalar.is_int() and np.issubdtype(src.data.dtype, np.integer))
+        return ti.TensorHandle(_f32_to_bf16_bits(src.data.astype(np.float32)), tl.bfloat16) if fix else None
 
     def cast_impl(self, src, dst_type):
         fixed = to_bf16(src, dst_type)

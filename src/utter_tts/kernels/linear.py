@@ -23,6 +23,12 @@ the norm reads can write it instead, saving that launch (`norm_out`: its reduce 
 "one_pass" (the default on one-row tiles): the loop sums x^2 while it multiplies x * norm_weight (fp32,
 rounded to the weight dtype), and rstd scales the fp32 result at the end. Accumulation, bias, SiLU and
 the residual add are fp32; the result is rounded once into `out`'s dtype.
+
+8-bit weights (`quantize_weight`, `QuantWeight`): w[n, k] = q[n, k] * s[n] with one fp32 scale per output
+channel, so y[m, n] = s[n] * sum_k x[m, k] q[n, k]. The kernel streams the 8-bit tile (half the bytes),
+casts it to the activations' operand dtype (int8 and fp8 e4m3 values are exact in bf16), multiplies as
+for bf16 weights, and scales the fp32 accumulator by s[n] before anything else of the epilogue (in each
+split-K partial, so the reduce stays as it is and deterministic).
 """
 
 from __future__ import annotations
@@ -34,7 +40,54 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from utter_tts.kernels._jit import dot_precision, jit, pdl_wait
+from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, pdl_wait
+
+QUANT_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+QUANT_MAX = {"int8": 127.0, "fp8": 448.0}  # the largest magnitude of each format
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """An nn.Linear weight [N, K] in 8 bits: w ~= q * scale[:, None]. `dtype` is the weight's dtype before
+    quantizing: the activations are rounded to it for the product, as with unquantized weights."""
+
+    q: torch.Tensor  # [N, K] int8 or float8_e4m3fn
+    scale: torch.Tensor  # [N] fp32
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.scale.nbytes
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.q.float() * self.scale[:, None]).to(self.dtype)
+
+
+def quantize_weight(w: torch.Tensor, mode: str) -> QuantWeight:
+    """Symmetric per-output-channel quantization of w [N, K]: scale = amax(|w[n]|) / 127 (int8, rounded to
+    nearest) or / 448 (fp8 e4m3fn, cast); an all-zero row gets scale 1 (its q is 0)."""
+    if mode not in QUANT_DTYPES:
+        raise ValueError(f"weights: unknown 8-bit mode {mode!r}; use int8 or fp8")
+    wf = w.detach().float()
+    amax = wf.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / QUANT_MAX[mode], torch.ones_like(amax))
+    v = wf / scale[:, None]
+    if mode == "int8":
+        q = v.round().clamp(-127, 127).to(torch.int8)
+    else:  # |v| <= 448 up to the division's rounding: clamp so it never saturates to NaN
+        q = v.clamp(-448, 448).to(torch.float8_e4m3fn)
+    return QuantWeight(q.contiguous(), scale.contiguous(), w.dtype)
+
+
+def weight_parts(w) -> tuple[torch.Tensor, torch.Tensor | None, torch.dtype]:
+    """(stored weight, per-channel scale or None, operand dtype) of a plain or 8-bit weight."""
+    if isinstance(w, QuantWeight):
+        return w.q, w.scale, w.dtype
+    return w, None, w.dtype
 
 
 @dataclass(frozen=True)
@@ -136,6 +189,7 @@ def candidate_configs(m: int) -> list[LinearConfig]:
 def _linear_kernel(
     x_ptr,
     w_ptr,
+    s_ptr,
     b_ptr,
     nw_ptr,
     res_ptr,
@@ -156,6 +210,8 @@ def _linear_kernel(
     NORM: tl.constexpr,
     HAS_RES: tl.constexpr,
     GATED: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    OP_DTYPE: tl.constexpr,
     USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -178,7 +234,6 @@ def _linear_kernel(
     ks0 = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
-    w_dtype = w_ptr.dtype.element_ty
 
     ss = tl.zeros([BLOCK_M], dtype=tl.float32)
     if NORM == 1:  # two passes: the whole row's sum of squares first (x is tiny and stays in cache)
@@ -211,15 +266,15 @@ def _linear_kernel(
             xt = xt.to(tl.float32)
             ss += tl.sum(xt * xt, axis=1)
             xt = xt * nw[None, :]
-        xt = xt.to(w_dtype)  # the product's operand is the weight dtype (bf16 or fp32)
+        xt = xt.to(OP_DTYPE)  # the product's operand is the weight dtype (bf16 or fp32; 8-bit: unquantized)
         w_mask = col_ok[:, None] & k_ok[None, :]
         wt = tl.load(w_rows + ks[None, :] * stride_wk, mask=w_mask, other=0.0)
         if GATED:  # the up rows sit N rows below the gate rows (pack_gate_up)
             wu = tl.load(w_rows + up_offset + ks[None, :] * stride_wk, mask=w_mask, other=0.0)
-        if USE_DOT:
-            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=DOT_PREC)
+        if USE_DOT:  # 8-bit tiles cast to the operand dtype (exact); a no-op for bf16 / fp32 weights
+            acc = tl.dot(xt, tl.trans(wt.to(OP_DTYPE)), acc, input_precision=DOT_PREC)
             if GATED:
-                acc_up = tl.dot(xt, tl.trans(wu), acc_up, input_precision=DOT_PREC)
+                acc_up = tl.dot(xt, tl.trans(wu.to(OP_DTYPE)), acc_up, input_precision=DOT_PREC)
         else:
             xf = xt.to(tl.float32)  # [1, BLOCK_K]
             acc2 += wt.to(tl.float32) * xf
@@ -230,6 +285,10 @@ def _linear_kernel(
         acc = tl.sum(acc2, axis=1)[None, :]
         if GATED:
             acc_up = tl.sum(acc2_up, axis=1)[None, :]
+    if HAS_SCALE:  # per output channel, before the epilogue; gate_up's up scales sit N entries on
+        acc = acc * tl.load(s_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        if GATED:
+            acc_up = acc_up * tl.load(s_ptr + N + cols, mask=col_ok, other=0.0)[None, :]
     if SPLIT_K > 1:  # partial sums out: [split, M, N] (gated: [split, M, 2N], up in the right half)
         mask = row_ok[:, None] & col_ok[None, :]
         width = 2 * N if GATED else N
@@ -370,6 +429,7 @@ def resolve_norm_mode(m: int, norm_mode: str | None = None) -> str:
 
 
 def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mode, norm_out=None):
+    w, scale, op_dtype = weight_parts(w)
     assert x.ndim == 2 and w.ndim == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
     M, K = x.shape
     N = w.shape[0] // 2 if gated else w.shape[0]
@@ -395,7 +455,7 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
     assert mode in NORM_MODES, mode
     if norm_weight is not None and (mode == "separate" or split > 1 and mode == "prologue"):
         # the prologue's operand computed once (split-K programs see only part of each row)
-        x, norm_weight = rms_norm_rows(x, norm_weight, eps, w.dtype), None
+        x, norm_weight = rms_norm_rows(x, norm_weight, eps, op_dtype), None
     assert norm_weight is None or split == 1, "split-K takes norm modes prologue or separate"
     k_per_split = triton.cdiv(triton.cdiv(K, split), cfg.block_k) * cfg.block_k
     split = triton.cdiv(K, k_per_split)  # no empty splits
@@ -407,6 +467,7 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
     _linear_kernel[grid](
         x,
         w,
+        scale if scale is not None else w,
         bias if bias is not None else w,
         norm_weight if norm_weight is not None else w,
         res,
@@ -427,8 +488,10 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
         NORM=0 if norm_weight is None else 1 + NORM_MODES.index(mode),
         HAS_RES=residual is not None,
         GATED=gated,
+        HAS_SCALE=scale is not None,
+        OP_DTYPE=TL_DTYPE[op_dtype],
         USE_DOT=cfg.use_dot,
-        DOT_PREC=dot_precision(w.dtype),
+        DOT_PREC=dot_precision(op_dtype),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -471,7 +534,7 @@ def _launch(x, w, bias, norm_weight, eps, residual, out, gated, config, norm_mod
 
 def linear(
     x: torch.Tensor,
-    w: torch.Tensor,
+    w: torch.Tensor | QuantWeight,
     bias: torch.Tensor | None = None,
     *,
     norm_weight: torch.Tensor | None = None,
@@ -485,14 +548,14 @@ def linear(
     """y = (rmsnorm(x) * norm_weight if norm_weight is given else x) @ w.T (+ bias) (+ residual).
 
     x [M, K] may be any strided view (e.g. every second row of a packed batch: x[1::2]); w [N, K] is
-    an nn.Linear weight (bf16 or fp32), bias [N], norm_weight [K]. residual and out are [M, N] with
-    contiguous rows; out may be `residual` itself (an in-place residual add: each element is read and
-    written by the same program). out's dtype defaults to residual's, else x's. config: a tile (default:
-    `config_for(M, N, K)` on the GPU); norm_mode: "prologue", "separate" or "one_pass" (default
-    NORM_MODE, else by row bucket; see the module docstring). norm_out = (next_norm_weight [N], buffer
-    [M, N] contiguous): also write the next GEMM's "separate" operand, buffer = rms_norm_rows(y, weight,
-    eps, buffer.dtype) of the stored y (the split-K reduce does it in the same launch; otherwise its own
-    launch follows). No host syncs: CUDA-graph safe."""
+    an nn.Linear weight (bf16 or fp32, or its `quantize_weight`: 8 bits, scaled per output channel), bias
+    [N], norm_weight [K]. residual and out are [M, N] with contiguous rows; out may be `residual` itself
+    (an in-place residual add: each element is read and written by the same program). out's dtype
+    defaults to residual's, else x's. config: a tile (default: `config_for(M, N, K)` on the GPU);
+    norm_mode: "prologue", "separate" or "one_pass" (default NORM_MODE, else by row bucket; see the module
+    docstring). norm_out = (next_norm_weight [N], buffer [M, N] contiguous): also write the next GEMM's
+    "separate" operand, buffer = rms_norm_rows(y, weight, eps, buffer.dtype) of the stored y (the split-K
+    reduce does it in the same launch; otherwise its own launch follows). No host syncs: CUDA-graph safe."""
     return _launch(x, w, bias, norm_weight, eps, residual, out, False, config, norm_mode, norm_out)
 
 
@@ -506,14 +569,14 @@ def pack_gate_up(w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
 def gate_up_silu(
     x: torch.Tensor,
     norm_weight: torch.Tensor | None,
-    w_gate_up: torch.Tensor,
+    w_gate_up: torch.Tensor | QuantWeight,
     eps: float = 1e-6,
     out: torch.Tensor | None = None,
     config: LinearConfig | None = None,
     norm_mode: str | None = None,
 ) -> torch.Tensor:
     """silu(g) * u with [g | u] = rmsnorm(x) * norm_weight @ w_gate_up.T (no norm if norm_weight is None).
-    w_gate_up comes from `pack_gate_up`; out [M, N] has x's dtype by default."""
+    w_gate_up comes from `pack_gate_up` (or is its `quantize_weight`); out [M, N] has x's dtype by default."""
     return _launch(x, w_gate_up, None, norm_weight, eps, None, out, True, config, norm_mode)
 
 
@@ -531,13 +594,21 @@ def rms_normalize_ref(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, dt
     return (xf * rstd * norm_weight.float()).to(dtype), torch.ones_like(rstd)
 
 
-def linear_ref(x, w, bias=None, *, norm_weight=None, eps=1e-6, residual=None, out_dtype=None, norm_mode=None):
-    """Reference of `linear`: fp32 accumulation of weight-dtype operands."""
+def _product_ref(x, w, norm_weight, eps, norm_mode):
+    """x (normalized) @ w.T in fp32 from weight-dtype operands; an 8-bit w: times its per-channel scale."""
+    w, wscale, dtype = weight_parts(w)
     if norm_weight is not None:
-        xin, scale = rms_normalize_ref(x, norm_weight, eps, w.dtype, norm_mode)
+        xin, scale = rms_normalize_ref(x, norm_weight, eps, dtype, norm_mode)
     else:
-        xin, scale = x.to(w.dtype), 1.0
+        xin, scale = x.to(dtype), 1.0
     y = (xin.float() @ w.float().T) * scale
+    return y if wscale is None else y * wscale
+
+
+def linear_ref(x, w, bias=None, *, norm_weight=None, eps=1e-6, residual=None, out_dtype=None, norm_mode=None):
+    """Reference of `linear`: fp32 accumulation of weight-dtype operands (8-bit weights: of their stored
+    values, scaled per output channel)."""
+    y = _product_ref(x, w, norm_weight, eps, norm_mode)
     if bias is not None:
         y = y + bias.float()
     if residual is not None:
@@ -548,9 +619,5 @@ def linear_ref(x, w, bias=None, *, norm_weight=None, eps=1e-6, residual=None, ou
 
 def gate_up_silu_ref(x, norm_weight, w_gate_up, eps=1e-6, out_dtype=None, norm_mode=None):
     """Reference of `gate_up_silu`."""
-    if norm_weight is not None:
-        xin, scale = rms_normalize_ref(x, norm_weight, eps, w_gate_up.dtype, norm_mode)
-    else:
-        xin, scale = x.to(w_gate_up.dtype), 1.0
-    g, u = ((xin.float() @ w_gate_up.float().T) * scale).chunk(2, dim=-1)
+    g, u = _product_ref(x, w_gate_up, norm_weight, eps, norm_mode).chunk(2, dim=-1)
     return (F.silu(g) * u).to(out_dtype or x.dtype)

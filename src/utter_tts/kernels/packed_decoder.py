@@ -8,6 +8,9 @@ the hidden state BEFORE the final norm: the caller fuses that norm into the next
 (`linear(h, head_w, norm_weight=packed.final_norm)`). Where the norms run "separate" (tensor-core tiles),
 (4) and (6) also write the normalized operand of (5) and of the next layer's (1) (`linear`'s norm_out),
 so no norm launch of its own runs except the first layer's.
+
+weights="int8" / "fp8": the four GEMM weights of every layer (QKV, o, gate/up, down) are quantized once
+here (`quantize_weight`, per output channel); norms, biases and the eager modules' weights stay as loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from dataclasses import dataclass
 import torch
 
 from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
-from utter_tts.kernels.linear import config_for, gate_up_silu, linear, pack_gate_up, resolve_norm_mode
+from utter_tts.kernels.linear import (
+    QuantWeight,
+    config_for,
+    gate_up_silu,
+    linear,
+    pack_gate_up,
+    quantize_weight,
+    resolve_norm_mode,
+)
 
 # An eager pass of up to this many rows (one or two prompts' prefill) is bound by Python launching its
 # kernels, not by the GPU: one stream's admission took 16-22 ms with one launch per linear and 26-32 ms
@@ -29,15 +40,19 @@ EAGER_PROLOGUE_ROWS = 256
 @dataclass
 class PackedLayer:
     ln1: torch.Tensor  # input_layernorm.weight [hidden]
-    w_qkv: torch.Tensor  # [(heads + 2 kv_heads) head_dim, hidden]
+    w_qkv: torch.Tensor | QuantWeight  # [(heads + 2 kv_heads) head_dim, hidden]
     b_qkv: torch.Tensor | None
     q_norm: torch.Tensor  # [head_dim]
     k_norm: torch.Tensor
-    w_o: torch.Tensor  # [hidden, heads head_dim]
+    w_o: torch.Tensor | QuantWeight  # [hidden, heads head_dim]
     b_o: torch.Tensor | None
     ln2: torch.Tensor  # post_attention_layernorm.weight
-    w_gate_up: torch.Tensor  # [2 inter, hidden], pack_gate_up
-    w_down: torch.Tensor  # [hidden, inter]
+    w_gate_up: torch.Tensor | QuantWeight  # [2 inter, hidden], pack_gate_up
+    w_down: torch.Tensor | QuantWeight  # [hidden, inter]
+
+    def quantize(self, mode: str) -> None:
+        for name in ("w_qkv", "w_o", "w_gate_up", "w_down"):
+            setattr(self, name, quantize_weight(getattr(self, name), mode))
 
 
 def _cat_bias(*linears) -> torch.Tensor | None:
@@ -50,10 +65,12 @@ class PackedDecoder:
     """Built once from an eager `utter_tts.model.layers.Decoder` (QKV packed in one [N, hidden] weight,
     gate and up in one) and its `Rotary` (inv_freq, axis_of). The eager modules' weights then become views
     of the packed tensors, so a model served both ways holds its weights once (the A10G budget counts).
-    norm_mode: how the fused RMSNorms round (kernels.linear; None: by row count)."""
+    norm_mode: how the fused RMSNorms round (kernels.linear; None: by row count). weights: "bf16" (as
+    loaded), "int8" or "fp8" (the layers' GEMM weights quantized; the eager modules keep theirs)."""
 
-    def __init__(self, decoder, rotary, norm_mode: str | None = None):
+    def __init__(self, decoder, rotary, norm_mode: str | None = None, weights: str = "bf16"):
         self.norm_mode = norm_mode
+        self.weights = weights
         attn0 = decoder.layers[0].self_attn
         self.heads, self.kv_heads, self.head_dim = attn0.heads, attn0.kv_heads, attn0.head_dim
         self.eps = decoder.norm.eps
@@ -82,6 +99,8 @@ class PackedDecoder:
                 if packed.b_qkv is not None:
                     _share(packed.b_qkv, a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
                 _share(packed.w_gate_up, mlp.gate_proj.weight, mlp.up_proj.weight)
+                if weights != "bf16":  # after sharing: the eager modules keep the weights as loaded
+                    packed.quantize(weights)
             self.final_norm = decoder.norm.weight.detach().contiguous()
             device = self.final_norm.device
             self.inv_freq = rotary.inv_freq.detach().float().to(device).contiguous()

@@ -134,6 +134,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             config.dtype,
             engine=config.engine,
             engine_streams=config.engine_streams,
+            weights=config.weights,
         )
         if registry.load_error and config.on_load_error == "exit":
             state.stop_with(1, f"model loading failed: {registry.load_error}")
@@ -249,7 +250,12 @@ def app_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         registry = ModelRegistry()
         try:
             registry.load_all(
-                config.models, config.device, config.dtype, config.engine, config.engine_streams
+                config.models,
+                config.device,
+                config.dtype,
+                config.engine,
+                config.engine_streams,
+                config.weights,
             )
         except Exception as e:
             parser.exit(2, f"{parser.prog}: error: a model failed to load: {type(e).__name__}: {e}\n")

@@ -91,20 +91,32 @@ class ModelRegistry:
         return loaded
 
     def load_all(
-        self, sources: list[str], device: str, dtype: str, engine: str = "off", engine_streams: int = 16
+        self,
+        sources: list[str],
+        device: str,
+        dtype: str,
+        engine: str = "off",
+        engine_streams: int = 16,
+        weights: str = "bf16",
     ) -> None:
-        """Load every checkpoint (blocking) and set `ready`; the first failure raises."""
+        """Load every checkpoint (blocking) and set `ready`; the first failure raises. weights: the engine's
+        (`Engine`); 8-bit without an engine is refused, naming it."""
         from utter_tts.api import TTS
         from utter_tts.device import resolve_device
 
         for src in sources:
             log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
             use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
+            if weights != "bf16" and not use_engine:
+                raise InvalidInput(
+                    f"--weights {weights} needs the engine (on by default on CUDA; --engine on)",
+                    param="weights",
+                )
             tts = TTS.from_pretrained(
                 src,
                 device=device,
                 dtype=dtype,
-                engine={"max_streams": engine_streams} if use_engine else False,
+                engine={"max_streams": engine_streams, "weights": weights} if use_engine else False,
             )
             if tts.engine is not None:  # the one-stream graphs now, the others while it is idle
                 tts.engine.warmup(background=True)
@@ -120,12 +132,18 @@ class ModelRegistry:
         self.ready.set()
 
     def load(
-        self, sources: list[str], device: str, dtype: str, engine: str = "off", engine_streams: int = 16
+        self,
+        sources: list[str],
+        device: str,
+        dtype: str,
+        engine: str = "off",
+        engine_streams: int = 16,
+        weights: str = "bf16",
     ) -> None:
         """`load_all` for a server already listening: a failure is logged and kept in `load_error` (what
         /health reports) instead of raised."""
         try:
-            self.load_all(sources, device, dtype, engine, engine_streams)
+            self.load_all(sources, device, dtype, engine, engine_streams, weights)
         except Exception as e:
             log.exception("model loading failed")
             self.load_error = f"{type(e).__name__}: {e}"

@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# the engine's weight modes (engine.runner.WEIGHT_MODES; named here so the flags parse without torch)
+WEIGHTS = ("bf16", "int8", "fp8")
+
 
 def default_data_dir() -> Path:
     """`$UTTER_TTS_DATA_DIR`, else the XDG data home."""
@@ -50,6 +53,7 @@ class ServerConfig:
     max_concurrency: int = 2
     engine: str = "auto"  # continuous batching: "on", "off", or "auto" (on for CUDA devices)
     engine_streams: int = 16
+    weights: str = "bf16"  # the engine's GEMM weights: bf16 (as loaded), int8 or fp8 (8 bits per weight)
     # "exit": models load before the port is bound and a failure ends the process (status 2);
     # "serve": bind first, load in the background, and report a failure on /health (503)
     on_load_error: str = "exit"
@@ -93,6 +97,12 @@ class ServerConfig:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         if self.live_rollover_chars < 1:
             raise ValueError("live_rollover_chars must be >= 1")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
+        if self.weights != "bf16" and self.engine == "off":
+            raise ValueError(
+                f"--weights {self.weights} needs the engine (its fused kernels): not --engine off"
+            )
 
 
 def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
@@ -151,6 +161,13 @@ def build_parser(prog: str = "utter-tts serve") -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="streams batched per model by the engine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=list(WEIGHTS),
+        default="bf16",
+        help="the engine's GEMM weights: bf16 as loaded, or 8 bits scaled per output channel: int8 (Ampere "
+        "and newer, e.g. A10G) or fp8 (compute capability 8.9+, e.g. H100/H200) (default: %(default)s)",
     )
     p.add_argument(
         "--on-load-error",
@@ -246,6 +263,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_concurrency=args.max_concurrency or default_concurrency(args),
         engine=args.engine,
         engine_streams=args.engine_streams,
+        weights=args.weights,
         on_load_error=args.on_load_error,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
