@@ -127,4 +127,5 @@ def test_a_client_that_leaves_before_its_whole_file_is_made_frees_its_slot(busy_
             time.sleep(0.02)
         assert pool.active == 0, "a slot is still held by a client that left"
     finally:
+        stop.set()
         pool.chunk_delay_s = 0.0
