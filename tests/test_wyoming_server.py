@@ -147,6 +147,45 @@ def test_a_whole_text_and_a_streamed_one_speak(server):
     assert len(streamed) == len(want) and np.max(np.abs(streamed - want)) < 2e-4
 
 
+def test_streamed_text_speaks_before_the_sentence_wise_baseline(server):
+    """With a word every 50 ms (an LLM's pace), a streamed synthesis's first audio comes before the last
+    word is sent; the sentence-wise baseline (Home Assistant without streaming: one synthesize once the
+    text is complete) is timed the same way, from the first word. The figures go to the test's output
+    and test-artifacts/first_audio_wyoming.json."""
+    from tests.integrations.conftest import report, words
+
+    port, _ = server
+
+    async def streamed() -> tuple[float, float]:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="ryan")).event())
+            first: list[float] = []
+            reader = asyncio.create_task(_audio(client, streaming=True, first=first))
+            t0 = time.monotonic()
+            for word in words():
+                await client.write_event(SynthesizeChunk(text=word).event())
+                await asyncio.sleep(0.05)
+            last = time.monotonic() - t0
+            await client.write_event(SynthesizeStop().event())
+            await reader
+            return first[0] - t0, last
+
+    async def sentence_wise() -> float:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.05 * len(words()))  # the words arrive; nothing is sent until the last
+            first: list[float] = []
+            await client.write_event(Synthesize(text=SENTENCE, voice=SynthesizeVoice(name="ryan")).event())
+            await _audio(client, first=first)
+            return first[0] - t0
+
+    asyncio.run(streamed())  # warm
+    runs = [asyncio.run(streamed()) for _ in range(3)]
+    baseline = [asyncio.run(sentence_wise()) for _ in range(3)]
+    report("wyoming", [t for t, _ in runs], baseline, max(last for _, last in runs))
+    assert all(t < last for t, last in runs), runs  # audio before the text was complete, every time
+
+
 def test_an_unknown_voice_is_an_error_event_and_the_connection_goes_on(server):
     port, _ = server
 
