@@ -836,9 +836,9 @@ def test_job_status_and_result_answers(local_app, models, tmp_path):
     gate = threading.Event()
 
     class Held(CompatService):
-        def synthesize(self, *a, **kw):
+        def synthesize_job(self, *a, **kw):  # a job's sentences (kept as they finish, resumable)
             gate.wait(60)
-            return super().synthesize(*a, **kw)
+            return super().synthesize_job(*a, **kw)
 
     service = Held(base=models["base"], limits=Limits(frame_cap=3))
     runner = LocalJobRunner(service, tmp_path / "jobs")
