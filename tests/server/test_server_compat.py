@@ -23,7 +23,8 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.server.conftest import ALICE, BOB, ServerThread, make_config, session_rest, tone_wav
 from utter_tts.errors import InvalidInput
-from utter_tts.server.app import create_app, request_id
+from utter_tts.server.app import create_app
+from utter_tts.server.openai_errors import request_id
 from utter_tts.server.planner import OPENAI_VOICES, Planner
 from utter_tts.server.registry import ModelRegistry
 from utter_tts.service.inline_voices import InlineVoices
@@ -207,6 +208,17 @@ def test_every_response_carries_a_request_id(client):
         second.headers["x-request-id"]
     )
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_websocket_handshake_carries_the_request_id(server):
+    """The WebSocket's handshake names its session as HTTP responses do: the client's plain id echoed,
+    else a new one (LiveKit and Pipecat log it)."""
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream"
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    with ws_connect(url, additional_headers={**auth, "x-request-id": "ws-turn/7"}, open_timeout=30) as ws:
+        assert ws.response.headers["x-request-id"] == "ws-turn/7"
+    with ws_connect(url, additional_headers={**auth, "x-request-id": "bad id"}, open_timeout=30) as ws:
+        assert NEW_ID.fullmatch(ws.response.headers["x-request-id"])
 
 
 def test_a_streamed_response_carries_the_request_id(client):

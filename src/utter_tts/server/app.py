@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import socket
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from importlib import metadata, resources
 from typing import Any
@@ -21,7 +19,7 @@ from utter_tts.server import routes_jobs, routes_speech, routes_voices, routes_w
 from utter_tts.server.job_manager import JobManager
 from utter_tts.server.limits import BodyLimit
 from utter_tts.server.metrics import CONTENT_TYPE_LATEST, Metrics
-from utter_tts.server.openai_errors import install_error_handlers
+from utter_tts.server.openai_errors import install_error_handlers, request_id
 from utter_tts.server.planner import Planner
 from utter_tts.server.pool import GenerationPool
 from utter_tts.server.registry import ModelRegistry
@@ -32,16 +30,6 @@ from utter_tts.service.keys import KeyChecker, redact_server_logs
 from utter_tts.voices.library import VoiceLibrary
 
 log = logging.getLogger("utter_tts.server")
-
-# A client's own x-request-id is echoed only when it is a plain token: it goes into a header and the log.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-
-
-def request_id(sent: str | None) -> str:
-    """The id a response carries: the client's x-request-id when it is a plain token, else a new one."""
-    if sent is not None and REQUEST_ID.fullmatch(sent):
-        return sent
-    return f"req_{uuid.uuid4().hex}"
 
 
 class ServerState:

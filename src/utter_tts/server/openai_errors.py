@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +17,18 @@ from utter_tts.errors import InvalidInput
 from utter_tts.service.http_errors import APIError, internal_error, storage_error
 
 log = logging.getLogger("utter_tts.server")
+
+# A client's own x-request-id is echoed only when it is a plain token: it goes into a header and the log.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id(sent: str | None) -> str:
+    """The id a response (or a WebSocket handshake) carries: the client's x-request-id when it is a plain
+    token, else a new one."""
+    if sent is not None and REQUEST_ID.fullmatch(sent):
+        return sent
+    return f"req_{uuid.uuid4().hex}"
+
 
 # Codes whose HTTP status is not the default 400.
 STATUS_BY_CODE = {

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from utter_tts.audio.encode import AudioEncoder
 from utter_tts.errors import InvalidInput
-from utter_tts.server.openai_errors import as_api_error, error_body, from_invalid_input
+from utter_tts.server.openai_errors import as_api_error, error_body, from_invalid_input, request_id
 from utter_tts.server.planner import Casting
 from utter_tts.server.routes_speech import casting_args, stream_encoder
 from utter_tts.server.schemas import WsStart
@@ -29,7 +29,8 @@ CLOSE_FOR_STATUS = {401: 1008, 429: 1013, 503: 1013, 500: 1011}
 
 @router.websocket("/v1/audio/speech/stream")
 async def speech_session(ws: WebSocket):
-    await ws.accept()
+    # the handshake names its request, as every HTTP response does (x-request-id)
+    await ws.accept(headers=[(b"x-request-id", request_id(ws.headers.get("x-request-id")).encode())])
     session = await Session.open(ws)
     if session is not None:
         await session.run()
