@@ -4,6 +4,7 @@ process died reads as interrupted, not as forever running."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import httpx
 
 from tests.server.conftest import ALICE, ServerThread, decode_audio, make_config
 from utter_tts.server.app import create_app
+from utter_tts.service.job_records import process_start
 
 AUTH = {"Authorization": f"Bearer {ALICE}"}
 BODY = {
@@ -84,6 +86,8 @@ def _interrupted_then_resumed(registry, data, monkeypatch, fault: str | None) ->
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     record["pid"] = dead.pid
+    if fault == "pid_reused":  # its pid now another live process's (a restarted container's pid 1): ours
+        record["pid"], record["pid_started"] = os.getpid(), (process_start(os.getpid()) or 0) + 1
     if fault == "reseed":
         record["request"]["seed"] += 1
     path.write_text(json.dumps(record))
@@ -114,5 +118,6 @@ def test_a_resumed_job_is_byte_for_byte_the_uninterrupted_one_and_faults_are_cau
             assert wait_done(c, job_id)["status"] == "succeeded"
             whole = c.get(f"/v1/audio/speech/jobs/{job_id}/content").content
     assert _interrupted_then_resumed(registry, tmp_path / "ok", monkeypatch, None) == whole
+    assert _interrupted_then_resumed(registry, tmp_path / "reused", monkeypatch, "pid_reused") == whole
     assert _interrupted_then_resumed(registry, tmp_path / "reseed", monkeypatch, "reseed") != whole
     assert _interrupted_then_resumed(registry, tmp_path / "skip", monkeypatch, "skip") != whole

@@ -135,3 +135,14 @@ def test_record_store_writes_with_the_usual_file_mode(tmp_path):
 def test_job_ids_are_fresh():
     ids = {new_job_id() for _ in range(100)}
     assert len(ids) == 100 and all(i.startswith("job_") and len(i) == 28 for i in ids)
+
+
+def test_a_reused_pid_is_not_the_jobs_process():
+    """A job record names its process by pid and start: the same pid started at another time (a restarted
+    container's server is pid 1 again) is another process; a record without a start keeps the old rule."""
+    from utter_tts.service.job_records import process_alive, this_process
+
+    me = this_process()
+    assert process_alive(me["pid"], me["pid_started"])
+    assert not process_alive(me["pid"], me["pid_started"] + 1)
+    assert process_alive(me["pid"]) and not process_alive("1")

@@ -34,7 +34,7 @@ from utter_tts.compat.resume import JobCheckpoint, drop
 from utter_tts.compat.service import CompatService
 from utter_tts.compat.synthesizer import JobCancelled
 from utter_tts.files import write_atomic
-from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id, process_alive
+from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id, process_alive, this_process
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -269,7 +269,7 @@ class LocalJobRunner(JobRunner):
         return job_id
 
     def _own(self, key: str) -> None:
-        self.store[f"owner:{key}"] = {"pid": os.getpid(), "runner": self.token}
+        self.store[f"owner:{key}"] = {**this_process(), "runner": self.token}
 
     def _orphaned(self, key: str) -> dict[str, Any] | None:
         """The owner record of an unfinished job whose runner is gone (its process died, or in this
@@ -278,9 +278,9 @@ class LocalJobRunner(JobRunner):
         owner = self.store.get(f"owner:{key}")
         if status not in ("queued", "running") or not isinstance(owner, dict):
             return None
-        if owner.get("pid") == os.getpid():
+        if owner.get("pid") == os.getpid() and process_alive(owner["pid"], owner.get("pid_started")):
             return None if owner.get("runner") in _LIVE_RUNNERS else owner
-        return None if process_alive(owner.get("pid")) else owner
+        return None if process_alive(owner.get("pid"), owner.get("pid_started")) else owner
 
     def resume_interrupted(self) -> list[str]:
         """Take over the unfinished jobs of runners that are gone: each goes on from its first unfinished

@@ -20,7 +20,7 @@ from utter_tts.server.openai_errors import as_api_error
 from utter_tts.server.planner import FRAME_RATE_HZ, Plan
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.service.http_errors import APIError
-from utter_tts.service.job_records import RecordStore, new_job_id, process_alive
+from utter_tts.service.job_records import RecordStore, new_job_id, process_alive, this_process
 from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.server")
@@ -66,7 +66,7 @@ class Job:
             "frames_done": self.frames_done,
             "finished_at": self.finished_at,
             "error": self.error,
-            "pid": os.getpid(),
+            **this_process(),
             "request": self.request,
             "pieces_done": self.pieces_done,
         }
@@ -99,7 +99,9 @@ class Job:
 
     def interrupted(self, rec: dict[str, Any]) -> bool:
         """Its process died (crash, kill, restart, preemption) before the job ended."""
-        return self.status in ("queued", "running") and not process_alive(rec.get("pid"))
+        return self.status in ("queued", "running") and not process_alive(
+            rec.get("pid"), rec.get("pid_started")
+        )
 
     def public(self) -> dict[str, Any]:
         frac = (

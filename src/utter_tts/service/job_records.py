@@ -14,8 +14,24 @@ from utter_tts.files import write_atomic
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
-def process_alive(pid: Any) -> bool:
-    """Whether process `pid` of this machine still runs (a job whose process died can be resumed)."""
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, Linux's /proc), or None where that is unknown.
+    With the pid it names one process: a pid is reused, by a restarted container's server as pid 1 too."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command's "(name)"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """The owner fields a job record keeps: this process's pid and start (see `process_alive`)."""
+    return {"pid": os.getpid(), "pid_started": process_start(os.getpid())}
+
+
+def process_alive(pid: Any, started: Any = None) -> bool:
+    """Whether process `pid` of this machine still runs (a job whose process died can be resumed). With the
+    `started` its record kept, a live pid that started at another time is another process (pid reuse)."""
     if not isinstance(pid, int):
         return False
     try:
@@ -23,7 +39,10 @@ def process_alive(pid: Any) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if isinstance(started, int):
+        now = process_start(pid)
+        return now is None or now == started
     return True
 
 
