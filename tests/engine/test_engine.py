@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -623,7 +624,9 @@ def test_a_background_warm_up_serves_requests_while_it_captures(tts, voices, mon
         got = [np.concatenate([f, *s]) for f, s in zip(first, streams)]
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, atol=1e-4)
+        frozen = gc.get_freeze_count()
         assert engine.wait_warm(timeout=60)
+        assert gc.get_freeze_count() > frozen  # what the background captures made is frozen too
         assert {B for B, _ in engine.runner.graphs} == set(engine.runner.batch_buckets)
         assert {size for size, _ in engine.decoding.slots.graphs} == set(engine.decoding.slots.buckets)
         later = {thread for _, _, thread in captured if thread != "MainThread"}

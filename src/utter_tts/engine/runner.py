@@ -7,6 +7,7 @@ It keeps no books about requests (the scheduler does); it only knows slots.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ def capture_next(deferred: list[tuple[int, int]], graphs: dict, capture: Callabl
                 capture(*key)
             except Exception:  # e.g. a capture another thread's CUDA work invalidated: made on first use
                 log.exception("a background graph capture failed (%s); it is made when first needed", key)
+            # what it made lives as long as the process: out of the collector's full passes, as the
+            # foreground warm-up's objects are (Engine.warmup); a freeze moves lists, it walks nothing
+            gc.freeze()
             return True
     return False
 
