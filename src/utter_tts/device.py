@@ -10,8 +10,9 @@ from utter_tts.errors import InvalidInput
 
 # CUDA-graph captures and cuDNN convolutions, one at a time in the process: a capture's warm-up lets cuDNN
 # time its algorithms (a process-wide flag), and a search synchronizes the device, which invalidates a
-# capture running in another thread (seen on an H200: a second engine's codec warm-up beside the first
-# engine's background captures failed with "operation not permitted when stream is capturing").
+# capture running in another thread (seen on an H100: two engines warming up together invalidated a
+# frame graph; on an H200: a second engine's codec warm-up beside the first engine's background captures
+# failed with "operation not permitted when stream is capturing").
 # Re-entrant: a codec capture runs the codec inside it. Uncontended once every graph exists.
 CAPTURE_LOCK = threading.RLock()
 

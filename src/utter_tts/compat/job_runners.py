@@ -34,7 +34,14 @@ from utter_tts.compat.resume import JobCheckpoint, drop
 from utter_tts.compat.service import CompatService
 from utter_tts.compat.synthesizer import JobCancelled
 from utter_tts.files import write_atomic
-from utter_tts.service.job_records import KEY_RE, RecordStore, new_job_id, process_alive, this_process
+from utter_tts.service.job_records import (
+    KEY_RE,
+    RecordStore,
+    claim,
+    new_job_id,
+    process_alive,
+    this_process,
+)
 
 log = logging.getLogger("utter_tts.compat")
 
@@ -278,9 +285,10 @@ class LocalJobRunner(JobRunner):
         owner = self.store.get(f"owner:{key}")
         if status not in ("queued", "running") or not isinstance(owner, dict):
             return None
-        if owner.get("pid") == os.getpid() and process_alive(owner["pid"], owner.get("pid_started")):
+        alive = process_alive(owner.get("pid"), owner.get("pid_started"))
+        if alive and owner.get("pid") == os.getpid():  # this process: is the runner that owns it closed?
             return None if owner.get("runner") in _LIVE_RUNNERS else owner
-        return None if process_alive(owner.get("pid"), owner.get("pid_started")) else owner
+        return None if alive else owner
 
     def resume_interrupted(self) -> list[str]:
         """Take over the unfinished jobs of runners that are gone: each goes on from its first unfinished
@@ -292,10 +300,7 @@ class LocalJobRunner(JobRunner):
             owner = self._orphaned(key) if isinstance(key, str) and KEY_RE.match(key) else None
             if owner is None:
                 continue
-            try:  # the claim: only the first runner to create this file resumes the job
-                claim = self.dir / f"{key}.claim-{owner.get('pid')}-{owner.get('runner')}"
-                os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
+            if not claim(self.dir, key, owner):  # another runner resumes it
                 continue
             payload = self.store.get(f"request:{key}")
             if not isinstance(payload, dict):  # a job of an older version: nothing to go on from
@@ -337,8 +342,8 @@ class LocalJobRunner(JobRunner):
         except Exception:  # reported in the store by run_stored_job
             pass
         drop(self.store, f"request:{key}")  # the job ended: its request (and reference clip) can go
-        for claim in self.dir.glob(f"{key}.claim-*"):
-            claim.unlink(missing_ok=True)
+        for made in self.dir.glob(f"{key}.claim-*"):
+            made.unlink(missing_ok=True)
 
     def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)

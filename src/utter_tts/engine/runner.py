@@ -25,8 +25,6 @@ from utter_tts.stack import installed_triton_problem
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-# One capture at a time in the process: a second engine capturing (or allocating) mid-capture
-# invalidates the graph (seen on an H100 with Base and VoiceDesign engines warming up together).
 MIN_SPAN = 256
 # the fused frame's GEMM weights: "bf16" as loaded (the model's dtype), or 8 bits scaled per output channel
 WEIGHT_MODES = ("bf16", "int8", "fp8")

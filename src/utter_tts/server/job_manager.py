@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from utter_tts.server.openai_errors import as_api_error
 from utter_tts.server.planner import FRAME_RATE_HZ, Plan
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.service.http_errors import APIError
-from utter_tts.service.job_records import RecordStore, new_job_id, process_alive, this_process
+from utter_tts.service.job_records import RecordStore, claim, new_job_id, process_alive, this_process
 from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.server")
@@ -284,9 +283,7 @@ class JobManager:
 
     def _adopt(self, job: Job, record: dict[str, Any]) -> None:
         """Resume an interrupted job in this process, unless another claimed it first."""
-        try:  # the claim: only the first process to create this file resumes the job
-            os.close(os.open(self.dir / f"{job.id}.part-claim{record.get('pid')}", os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
+        if not claim(self.dir, job.id, record):  # another process resumes it
             return
         self.jobs[job.id] = job
         self.save(job)  # under this process's id: polled elsewhere, it reads as running

@@ -104,14 +104,13 @@ class ModelRegistry:
         from utter_tts.api import TTS
         from utter_tts.device import resolve_device
 
+        use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
+        if weights != "bf16" and not use_engine:
+            raise InvalidInput(
+                f"--weights {weights} needs the engine (on by default on CUDA; --engine on)", param="weights"
+            )
         for src in sources:
             log.info("loading %s (device %s, dtype %s)", src, device or "auto", dtype or "auto")
-            use_engine = engine == "on" or (engine == "auto" and resolve_device(device).type == "cuda")
-            if weights != "bf16" and not use_engine:
-                raise InvalidInput(
-                    f"--weights {weights} needs the engine (on by default on CUDA; --engine on)",
-                    param="weights",
-                )
             tts = TTS.from_pretrained(
                 src,
                 device=device,
@@ -131,19 +130,11 @@ class ModelRegistry:
             )
         self.ready.set()
 
-    def load(
-        self,
-        sources: list[str],
-        device: str,
-        dtype: str,
-        engine: str = "off",
-        engine_streams: int = 16,
-        weights: str = "bf16",
-    ) -> None:
-        """`load_all` for a server already listening: a failure is logged and kept in `load_error` (what
-        /health reports) instead of raised."""
+    def load(self, *args: Any, **kwargs: Any) -> None:
+        """`load_all` (same arguments) for a server already listening: a failure is logged and kept in
+        `load_error` (what /health reports) instead of raised."""
         try:
-            self.load_all(sources, device, dtype, engine, engine_streams, weights)
+            self.load_all(*args, **kwargs)
         except Exception as e:
             log.exception("model loading failed")
             self.load_error = f"{type(e).__name__}: {e}"

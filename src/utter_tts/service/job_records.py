@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,9 +25,16 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _own_start(pid: int) -> int | None:  # keyed by pid: a forked child reads its own
+    return process_start(pid)
+
+
 def this_process() -> dict[str, Any]:
-    """The owner fields a job record keeps: this process's pid and start (see `process_alive`)."""
-    return {"pid": os.getpid(), "pid_started": process_start(os.getpid())}
+    """The owner fields a job record keeps: this process's pid and start (see `process_alive`); written
+    with every progress update, so the start is read once."""
+    pid = os.getpid()
+    return {"pid": pid, "pid_started": _own_start(pid)}
 
 
 def process_alive(pid: Any, started: Any = None) -> bool:
@@ -43,6 +51,18 @@ def process_alive(pid: Any, started: Any = None) -> bool:
     if isinstance(started, int):
         now = process_start(pid)
         return now is None or now == started
+    return True
+
+
+def claim(directory: Path, job: str, owner: dict[str, Any]) -> bool:
+    """Take over job `job` of a dead `owner` (its record's pid, start and runner) for this process, unless
+    another process or runner did first: True for the one that creates the claim file. The file names the
+    owner's start too, so a job interrupted again under a reused pid (a container's pid 1) is claimed anew."""
+    tag = "-".join(str(owner[k]) for k in ("pid", "pid_started", "runner") if owner.get(k) is not None)
+    try:
+        os.close(os.open(directory / f"{job}.claim-{tag}", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
     return True
 
 
