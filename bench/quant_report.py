@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -313,7 +314,7 @@ def main():
         result["notes"].append("CPU: Triton interpreter; ms/frame are interpreter times, not GPU ones")
     ckpt = args.ckpt
     if ckpt is None:
-        ckpt = os.path.join(args.out, "ckpt")
+        ckpt = os.path.join(tempfile.gettempdir(), "utter_quant_ckpt")  # not under OUT: results only there
         log("building a random checkpoint at", ckpt)
         build_checkpoint(ckpt, "custom_voice", "tiny-1.7b" if tiny else "1.7b", seed=0, device=dev.type,
                          force=True)  # fmt: skip

@@ -32,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly|probe) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -75,6 +75,14 @@ case "$STAGE" in
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
   coldonly) timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
             --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4 ;;
+  probe)  # issue 22's cold start (empty, warm Triton cache), where a codec capture's time goes, then issue
+          # 26's 8-bit report while time is left
+          timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+            --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4
+          timeout 150 python3 bench/bench_codec_capture.py --base /tmp/ckpt_base --out "$OUT" 2>&1 | quiet | tail -50
+          left=$(( 590 - ($(date +%s) - UTTER_T0) ))
+          [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --ckpt /tmp/ckpt_base --out "$OUT" \
+            2>&1 | quiet | tail -30 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1
