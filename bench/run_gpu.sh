@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: probe | predictor | cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts, qwen3-tts-triton and their
 # audio deps), .peer-bench/ (the peers' harness from shared/peer-bench), and for the stages that run the
@@ -32,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly|probe) kinds="base voice_design" ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly|probe) kinds="base voice_design" ;; predictor) kinds=voice_design ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -83,6 +83,13 @@ case "$STAGE" in
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --ckpt /tmp/ckpt_base --out "$OUT" \
             2>&1 | quiet | tail -30 ;;
+  predictor) # issue 26: the code predictor's passes as layers or in one launch (ms, kernels a frame, codes;
+          # fp32 codes equal), then the 8-bit report while time is left
+          timeout 330 python3 bench/bench_predictor.py --ckpt /tmp/ckpt_voice_design --out "$OUT" --fp32 \
+            2>&1 | quiet | tail -40
+          left=$(( 590 - ($(date +%s) - UTTER_T0) ))
+          [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --out "$OUT" --batches 1 64 \
+            --long-frames 1000 2>&1 | quiet | tail -30 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1

@@ -24,22 +24,23 @@ def pipeline(checkpoints):
     ).pipeline
 
 
-def _batch(pipeline, jobs, slots, fused: bool):
+def _batch(pipeline, jobs, slots, fused: bool, predictor_pass: str = "layers"):
     """A FrameBatch with the jobs in slots 0.. (fused: prefilled in one packed pass) and its stepper."""
     batch = FrameBatch(pipeline.talker, pipeline.eos_id, slots, max_len=80, max_text=48)
     if not fused:
         for i, job in enumerate(jobs):
             batch.prefill(i, job.prompt, job.sampling, job.request.seed)
         return batch, batch.step
-    stepper = FusedFrame(batch)
+    stepper = FusedFrame(batch, predictor_pass=predictor_pass)
     stepper.prefill(0, [j.prompt for j in jobs], [j.sampling for j in jobs], [j.request.seed for j in jobs])
     return batch, stepper.step
 
 
-def test_fused_prefill_and_step_equal_the_eager_ones(pipeline):
+@pytest.mark.parametrize("predictor_pass", ["layers", "one-launch"])
+def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass):
     """Two streams of different prompt lengths prefilled in one packed pass, a padding slot, two frames
     (seeded sampling: the noise must match too): codes, next tokens, caches and state equal the eager
-    prefill's and step's."""
+    prefill's and step's; the code predictor's passes as layers or in one launch each."""
     jobs = [
         pipeline.prepare(Request(TEXTS["english"], "speak", speaker="ryan", seed=3)),
         pipeline.prepare(Request(TEXTS["german"], "speak", "german", speaker="vivian", seed=4,
@@ -47,7 +48,7 @@ def test_fused_prefill_and_step_equal_the_eager_ones(pipeline):
     ]  # fmt: skip
     (eager, eager_step), (fused_batch, fused_step) = (
         _batch(pipeline, jobs, 3, False),
-        _batch(pipeline, jobs, 3, True),
+        _batch(pipeline, jobs, 3, True, predictor_pass),
     )
     assert torch.equal(eager.code0[:2], fused_batch.code0[:2])
     for _ in range(2):
@@ -159,3 +160,17 @@ def test_weight_modes_that_cannot_run_are_refused(pipeline, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     check_weights("fp8", torch.device("cuda"), True)
     check_weights("fp8", torch.device("cpu"), True)  # the interpreter converts fp8
+
+
+def test_predictor_pass_setting(monkeypatch):
+    """UTTER_TTS_PREDICTOR_PASS picks the code predictor's launches; layers by default; a wrong value is
+    refused naming the variable."""
+    from utter_tts.engine.fused import predictor_pass_setting
+
+    monkeypatch.delenv("UTTER_TTS_PREDICTOR_PASS", raising=False)
+    assert predictor_pass_setting() == "layers"
+    monkeypatch.setenv("UTTER_TTS_PREDICTOR_PASS", "one-launch")
+    assert predictor_pass_setting() == "one-launch"
+    monkeypatch.setenv("UTTER_TTS_PREDICTOR_PASS", "megakernel")
+    with pytest.raises(ValueError, match="UTTER_TTS_PREDICTOR_PASS"):
+        predictor_pass_setting()

@@ -18,9 +18,12 @@ one's) and the embedding tables (gathers, not GEMMs) stay as loaded.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from utter_tts.device import to_device
+from utter_tts.kernels import decoder_step as one_launch
 from utter_tts.kernels.linear import linear, quantize_weight
 from utter_tts.kernels.packed_decoder import PackedDecoder
 from utter_tts.kernels.sampler import Embed, sample
@@ -28,18 +31,34 @@ from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch, SamplingParams
 from utter_tts.model.prompt import Prompt
 
+PREDICTOR_PASSES = ("layers", "one-launch")
+
+
+def predictor_pass_setting() -> str:
+    """How the code predictor's passes launch: "layers" (PackedDecoder, 6 launches a layer; the default)
+    or "one-launch" (`kernels.decoder_step`: all 5 layers in one persistent launch, grid-synced; not yet
+    timed on a GPU, so not the default). UTTER_TTS_PREDICTOR_PASS chooses."""
+    name = os.environ.get("UTTER_TTS_PREDICTOR_PASS", "layers")
+    if name not in PREDICTOR_PASSES:
+        raise ValueError(f"UTTER_TTS_PREDICTOR_PASS={name!r}: use one of {', '.join(PREDICTOR_PASSES)}")
+    return name
+
 
 class FusedFrame:
     """The fused frame step of a FrameBatch (weights packed once from its talker; weights: "bf16" as
-    loaded, or "int8" / "fp8", quantized once here, see the module docstring)."""
+    loaded, or "int8" / "fp8", quantized once here, see the module docstring). predictor_pass: see
+    `predictor_pass_setting` (its default)."""
 
-    def __init__(self, batch: FrameBatch, weights: str = "bf16"):
+    def __init__(self, batch: FrameBatch, weights: str = "bf16", predictor_pass: str | None = None):
         self.batch = batch
         self.weights = weights
+        self.predictor_pass = predictor_pass or predictor_pass_setting()
+        assert self.predictor_pass in PREDICTOR_PASSES, self.predictor_pass
         talker = batch.talker
         cp = talker.code_predictor
         self.talker = PackedDecoder(talker.model, talker.rotary, weights=weights)
-        self.predictor = PackedDecoder(cp.model, cp.rotary, weights=weights)
+        stacked = self.predictor_pass == "one-launch"
+        self.predictor = PackedDecoder(cp.model, cp.rotary, weights=weights, stacked=stacked)
         self.talker_norm = talker.model.norm  # its output is the hidden state the next frame starts from
         proj = cp.small_to_mtp_projection
         self.proj_w = proj.weight.detach() if hasattr(proj, "weight") else None
@@ -52,6 +71,7 @@ class FusedFrame:
         self.codec_head = talker.codec_head.weight.detach()
         self.steps = cp.num_steps
         self.cp_width = cp.cfg.hidden_size
+        self._index_cache: dict[int, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def prefill(self, first: int, prompts: list[Prompt], settings: list[SamplingConfig], seeds: list[int]):
@@ -142,6 +162,28 @@ class FusedFrame:
                 break
             rows *= 2
 
+    def _indices(self, n: int) -> dict[str, torch.Tensor]:
+        """The constant index tensors of an n-row frame step, made once per n (each made per frame was a
+        launch of its own in the frame's graph: ~25 of them). Never cached from inside a graph capture
+        (their values would exist only once that graph replays); the runner's warm-up steps make them."""
+        got = self._index_cache.get(n)
+        if got is not None:
+            return got
+        dev = self.batch.device
+        slots = torch.arange(n, device=dev)
+        got = dict(
+            slots=slots,
+            zero=torch.zeros(n, dtype=torch.long, device=dev),
+            slots2=slots.repeat_interleave(2),  # the predictor's first step: two rows per stream
+            two=torch.arange(2, device=dev).repeat(n),
+            zero2=torch.zeros(2 * n, dtype=torch.long, device=dev),
+            # step k of 2..15 writes column k: one row of columns per step
+            cols=torch.arange(2, self.steps + 1, device=dev)[:, None].expand(-1, n).contiguous(),
+        )
+        if not (dev.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            self._index_cache[n] = got
+        return got
+
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj_w is None else linear(x, self.proj_w, self.proj_b)
 
@@ -163,21 +205,15 @@ class FusedFrame:
         b = self.batch
         dev, dt = b.device, b.dtype
         rows = slice(0, n)
-        slots = torch.arange(n, device=dev)
-        zero = torch.zeros(n, dtype=torch.long, device=dev)
+        idx = self._indices(n)
+        slots, zero = idx["slots"], idx["zero"]
         width = b.hidden.shape[1]
         # step 1: rows (hidden, embedding of codebook 0) of each stream, at columns 0, 1
         first = torch.empty(n, 2, width, dtype=dt, device=dev)
         first[:, 0] = b.hidden[rows]
         first[:, 1] = self.codec_table[b.code0[rows]]
-        two = torch.arange(2, device=dev).repeat(n)
-        h = self.predictor.forward(
-            self._project(first.view(2 * n, width)),
-            slots.repeat_interleave(2),
-            two,
-            two.expand(3, -1),
-            zero.repeat_interleave(2),
-            b.predictor_caches,
+        h = self._predictor_pass(
+            self._project(first.view(2 * n, width)), idx["slots2"], idx["two"], idx["zero2"]
         )
         acc = torch.empty(n, width, dtype=dt, device=dev)  # the running sum of the frame's embeddings
         text = self._text(n, frame)
@@ -208,19 +244,27 @@ class FusedFrame:
                 embed=embed,
             )
             if not final:
-                col = torch.full((n,), k + 1, dtype=torch.long, device=dev)
-                last = self.predictor.forward(
-                    self._project(nxt), slots, col, col.expand(3, -1), zero, b.predictor_caches
-                )
+                last = self._predictor_pass(self._project(nxt), slots, idx["cols"][k - 1], zero)
         return acc
+
+    def _predictor_pass(self, x: torch.Tensor, slot, col, start) -> torch.Tensor:
+        """The code predictor's layers over rows x (positions = columns): hidden states before its final
+        norm. One launch where the setting and the row count allow it (x is then updated in place)."""
+        caches = self.batch.predictor_caches
+        rows, span = x.shape[0], caches[0].span
+        if self.predictor_pass == "one-launch" and one_launch.supports(self.predictor, rows, span):
+            # in place: a projection's output is fresh; without one, x is a buffer read again later
+            x = x.contiguous() if self.proj_w is not None else x.clone()
+            return one_launch.decoder_step(self.predictor, x, slot, col, col.expand(3, -1), start, caches)
+        return self.predictor.forward(x, slot, col, col.expand(3, -1), start, caches)
 
     def _talker_step(self, n: int, p: SamplingParams, frame: torch.Tensor, acc: torch.Tensor) -> None:
         """The talker: the frame's embeddings plus its text in, the next codebook 0 out (and the books)."""
         b = self.batch
         dev = b.device
         rows = slice(0, n)
-        slots = torch.arange(n, device=dev)
-        zero = torch.zeros(n, dtype=torch.long, device=dev)
+        idx = self._indices(n)
+        slots, zero = idx["slots"], idx["zero"]
         col = b.col[rows].clamp(max=b.max_len - 1)  # padding slots keep counting: keep them in bounds
         h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
         hidden = self.talker_norm(h)

@@ -51,8 +51,40 @@ class PackedLayer:
     w_down: torch.Tensor | QuantWeight  # [hidden, inter]
 
     def quantize(self, mode: str) -> None:
-        for name in ("w_qkv", "w_o", "w_gate_up", "w_down"):
+        for name in GEMM_FIELDS:
             setattr(self, name, quantize_weight(getattr(self, name), mode))
+
+
+GEMM_FIELDS = ("w_qkv", "w_o", "w_gate_up", "w_down")
+STACKED_FIELDS = ("ln1", "w_qkv", "b_qkv", "q_norm", "k_norm", "w_o", "b_o", "ln2", "w_gate_up", "w_down")
+
+
+class LayerStacks:
+    """Every layer's copy of a field in one [layers, ...] tensor (each layer's field a view of its row), so
+    one kernel reaches layer l's weights at base + l * stride (`kernels.decoder_step`). Filled layer by
+    layer: the load's peak grows by the stacked fields, not by a second copy of the decoder."""
+
+    def __init__(self, layers: int):
+        self.layers = layers
+        self.t: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, i: int, t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        s = self.t.get(name)
+        if s is None:
+            s = self.t[name] = torch.empty((self.layers, *t.shape), dtype=t.dtype, device=t.device)
+        assert s.shape[1:] == t.shape and s.dtype == t.dtype, (name, s.shape, t.shape)
+        s[i].copy_(t)
+        return s[i]
+
+    def put_weight(self, name: str, i: int, w: torch.Tensor | QuantWeight) -> torch.Tensor | QuantWeight:
+        if isinstance(w, QuantWeight):
+            return QuantWeight(self.put(name, i, w.q), self.put(name + ".scale", i, w.scale), w.dtype)
+        return self.put(name, i, w)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.t.get(name)
 
 
 def _cat_bias(*linears) -> torch.Tensor | None:
@@ -68,9 +100,13 @@ class PackedDecoder:
     norm_mode: how the fused RMSNorms round (kernels.linear; None: by row count). weights: "bf16" (as
     loaded), "int8" or "fp8" (the layers' GEMM weights quantized; the eager modules keep theirs)."""
 
-    def __init__(self, decoder, rotary, norm_mode: str | None = None, weights: str = "bf16"):
+    def __init__(
+        self, decoder, rotary, norm_mode: str | None = None, weights: str = "bf16", stacked: bool = False
+    ):
         self.norm_mode = norm_mode
         self.weights = weights
+        # stacked: every field in LayerStacks (what the one-launch `decoder_step` reads)
+        self.stacks = LayerStacks(len(decoder.layers)) if stacked else None
         attn0 = decoder.layers[0].self_attn
         self.heads, self.kv_heads, self.head_dim = attn0.heads, attn0.kv_heads, attn0.head_dim
         self.eps = decoder.norm.eps
@@ -95,12 +131,28 @@ class PackedDecoder:
                     )
                 )
                 packed = self.layers[-1]
+                i = len(self.layers) - 1
+                if self.stacks is not None:  # the rows of the stacks; the eager modules share them below
+                    for name in STACKED_FIELDS:
+                        setattr(packed, name, self.stacks.put(name, i, getattr(packed, name)))
+                    _share(packed.ln1, layer.input_layernorm.weight)
+                    _share(packed.ln2, layer.post_attention_layernorm.weight)
+                    _share(packed.q_norm, a.q_norm.weight)
+                    _share(packed.k_norm, a.k_norm.weight)
+                    _share(packed.w_o, a.o_proj.weight)
+                    _share(packed.w_down, mlp.down_proj.weight)
+                    if packed.b_o is not None:
+                        _share(packed.b_o, a.o_proj.bias)
                 _share(packed.w_qkv, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
                 if packed.b_qkv is not None:
                     _share(packed.b_qkv, a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
                 _share(packed.w_gate_up, mlp.gate_proj.weight, mlp.up_proj.weight)
                 if weights != "bf16":  # after sharing: the eager modules keep the weights as loaded
                     packed.quantize(weights)
+                    if self.stacks is not None:
+                        for name in GEMM_FIELDS:
+                            q = self.stacks.put_weight(name + ".q", i, getattr(packed, name))
+                            setattr(packed, name, q)
             self.final_norm = decoder.norm.weight.detach().contiguous()
             device = self.final_norm.device
             self.inv_freq = rotary.inv_freq.detach().float().to(device).contiguous()

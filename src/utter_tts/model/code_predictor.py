@@ -49,7 +49,8 @@ class CodePredictor(nn.Module):
         return self.cfg.num_code_groups - 1
 
     def new_caches(self, batch: int, dtype=None, device=None) -> list[KVCache]:
-        return self.model.new_caches(batch, self.cfg.num_code_groups, dtype, device)
+        # stacked: the fused engine's one-launch predictor pass reaches every layer's cache at one stride
+        return self.model.new_caches(batch, self.cfg.num_code_groups, dtype, device, stacked=True)
 
     def step_tables(self, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
         """Columns, RoPE tables and masks of every position of the predictor's short cache, built once

@@ -182,10 +182,16 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(hidden, eps)
         self.kv_heads, self.head_dim = kv_heads, head_dim
 
-    def new_caches(self, batch: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
+    def new_caches(self, batch: int, max_len: int, dtype=None, device=None, stacked=False) -> list[KVCache]:
+        """One zeroed cache per layer; stacked: views of one [layers, ...] tensor each for keys and values
+        (one kernel then reaches every layer's cache at a fixed stride: `kernels.decoder_step`)."""
         p = self.norm.weight
         dtype, device = dtype or p.dtype, device or p.device
         shape = (batch, self.kv_heads, max_len, self.head_dim)
+        if stacked:
+            k = torch.zeros(len(self.layers), *shape, dtype=dtype, device=device)
+            v = torch.zeros_like(k)
+            return [KVCache(k[i], v[i]) for i in range(len(self.layers))]
         return [KVCache.empty(*shape, dtype, device) for _ in self.layers]
 
     def run(self, x, positions, cols, start, rotary: Rotary, caches: list[KVCache]) -> torch.Tensor:

@@ -1,0 +1,482 @@
+"""A decoder pass of a few rows in one launch: every layer's steps in one persistent kernel, grid-synced.
+
+The code predictor runs 5 layers 15 times a frame; as `PackedDecoder` launches (6 a layer) that is 450 of
+a frame's ~735 launches at batch 1, each a few microseconds of ramp-up and tail around a few MB of weights.
+Here one grid of about one program per SM walks the same steps, `PHASES` per layer:
+
+  0  QKV = rmsnorm(x) @ w_qkv.T (+ b)           (weight tiles spread over the programs)
+  1  q/k RMSNorm + M-RoPE, k and v into the cache, attention over the slot's columns (a kv head each)
+  2  h = attn @ w_o.T (+ b) + x
+  3  act = silu(g) * u, [g | u] = rmsnorm(h) @ w_gate_up.T
+  4  x = act @ w_down.T + h
+
+with a grid-wide barrier between phases (a counter in global memory: each program adds one and waits for
+all of them; the last program out resets it, so a CUDA graph replays the launch as is). Every program of
+the grid must be resident at once for the barrier to complete: the grid is at most one program per SM.
+
+Numerics are `PackedDecoder.forward` with norm_mode="prologue" (its reference): the RMSNorm's operand
+x * rstd * w rounded once to the weight dtype, fp32 accumulation, each GEMM's result rounded once; q, k, v
+and the probabilities rounded to the cache dtype before their products (fp32 sums); 8-bit weights scaled
+per output channel on the fp32 accumulator. The layers' weights and caches are `PackedDecoder(stacked=True)`
+stacks and `new_caches(stacked=True)` views: layer l's are at base + l * stride.
+
+Under Triton's interpreter (CPU) the programs of a launch run one after another, so a barrier could never
+complete: there (and with phased=True on the GPU) the host launches the kernel once per phase instead, the
+same code with the barrier compiled out.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, next_pow2, pdl_wait
+from utter_tts.kernels.linear import weight_parts
+from utter_tts.kernels.packed_decoder import PackedDecoder, _kv
+
+PHASES = 5  # per layer (the module docstring)
+MAX_ROWS = 16  # rows of one pass: tl.dot's smallest row tile
+BLOCK_N = 16  # output columns of one weight tile (tiles are spread over the programs)
+BLOCK_K = 256  # 128 for fp32 operands (shared memory: 116 KB at 256, past an sm_86's 99 KB)
+MAX_COLUMNS = 64  # cache columns a row may see: the code predictor's 16 (one tile, no online softmax)
+SPIN_LIMIT = 1 << 24  # barrier polls before a program gives up (flag set, results wrong, no hang)
+_SPIN_LIMIT = tl.constexpr(SPIN_LIMIT)
+
+
+@jit
+def _grid_sync(bar_ptr, target, SYNC: tl.constexpr):
+    """Wait until `target` arrivals have been counted at bar_ptr[0] (this program's included)."""
+    if SYNC:
+        tl.debug_barrier()  # every thread's stores of this phase before the arrival (release, gpu scope)
+        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        polls = 0
+        while (seen < target) & (polls < _SPIN_LIMIT):
+            seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+            polls += 1
+        if polls >= _SPIN_LIMIT:
+            tl.atomic_xchg(bar_ptr + 2, 1, sem="relaxed", scope="gpu")
+        tl.debug_barrier()  # no thread reads the next phase's inputs before the wait is over
+
+
+@jit
+def _gemv_phase(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    b_ptr,
+    nw_ptr,
+    res_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    eps,
+    pid,
+    G,
+    HAS_BIAS: tl.constexpr,
+    NORM: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    OP_DTYPE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out [M, N] = (rmsnorm(x) * nw if NORM else x) @ w.T, epilogue as `linear`'s (scale, SiLU gate,
+    bias, residual); x, res, out contiguous [M, *]; w [N (2N gated), K] contiguous. Weight tiles of
+    BLOCK_N rows go to programs pid, pid + G, ... (activations read from L2: other programs wrote them)."""
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    ks0 = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + rows[:, None] * K
+    rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORM:  # the whole rows' sums of squares first (the prologue mode of `linear`)
+        ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + ks0
+            xt = tl.load(
+                x_rows + ks[None, :],
+                mask=row_ok[:, None] & (ks < K)[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            ).to(tl.float32)
+            ss += tl.sum(xt * xt, axis=1)
+        rstd = tl.math.rsqrt(ss / K + eps)
+    for tile in range(pid, tl.cdiv(N, BLOCK_N), G):
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + ks0
+            k_ok = ks < K
+            xt = tl.load(
+                x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg"
+            )
+            if NORM:
+                nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+                xt = xt.to(tl.float32) * rstd[:, None] * nw[None, :]
+            xt = xt.to(OP_DTYPE)
+            w_mask = col_ok[:, None] & k_ok[None, :]
+            wt = tl.load(w_rows + ks[None, :], mask=w_mask, other=0.0)
+            acc = tl.dot(xt, tl.trans(wt.to(OP_DTYPE)), acc, input_precision=DOT_PREC)
+            if GATED:  # the up rows sit N rows below the gate rows (pack_gate_up)
+                wu = tl.load(w_rows + N * K + ks[None, :], mask=w_mask, other=0.0)
+                acc_up = tl.dot(xt, tl.trans(wu.to(OP_DTYPE)), acc_up, input_precision=DOT_PREC)
+        if HAS_SCALE:
+            acc = acc * tl.load(s_ptr + cols, mask=col_ok, other=0.0)[None, :]
+            if GATED:
+                acc_up = acc_up * tl.load(s_ptr + N + cols, mask=col_ok, other=0.0)[None, :]
+        if GATED:
+            acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        mask = row_ok[:, None] & col_ok[None, :]
+        if HAS_RES:
+            acc += tl.load(
+                res_ptr + rows[:, None] * N + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg"
+            ).to(tl.float32)
+        tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@jit
+def _attention_phase(
+    qkv_ptr,
+    qw_ptr,
+    kw_ptr,
+    inv_freq_ptr,
+    axis_ptr,
+    pos_ptr,
+    slot_ptr,
+    col_ptr,
+    start_ptr,
+    ck_ptr,
+    cv_ptr,
+    attn_ptr,
+    M,
+    stride_pa,
+    stride_pm,
+    stride_cs,
+    stride_ch,
+    stride_cl,
+    eps,
+    qk_scale,
+    pid,
+    G,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """For each kv head g (programs pid, pid + G, ...) and each row in order: k of head g normalised,
+    rotated and written with v at (slot, col); then the row's REP query heads of group g normalised,
+    rotated and attending over its slot's columns start..col (rows of one slot come in column order, and
+    one program writes and reads a kv head's columns: a row sees the keys of the rows before it)."""
+    REP: tl.constexpr = HEADS // KV_HEADS
+    NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    HALF: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    freq = tl.where(d < HALF, d, d - HALF)
+    partner = tl.where(d < HALF, d + HALF, d - HALF)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
+    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    kw = tl.load(kw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    kwp = tl.load(kw_ptr + partner, mask=d_ok, other=0.0).to(tl.float32)
+    qw = tl.load(qw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    qwp = tl.load(qw_ptr + partner, mask=d_ok, other=0.0).to(tl.float32)
+    hs = tl.arange(0, BLOCK_H)
+    h_ok = hs < REP
+    cn = tl.arange(0, BLOCK_C)
+    hd_mask = h_ok[:, None] & d_ok[None, :]
+    for g in range(pid, KV_HEADS, G):
+        heads = g * REP + hs
+        for m in range(0, M):
+            row = qkv_ptr + m * NQKV
+            p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
+            ang = p * inv
+            cos, sin = tl.cos(ang), tl.sin(ang)
+            k = tl.load(row + (HEADS + g) * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(
+                tl.float32
+            )
+            kp = tl.load(
+                row + (HEADS + g) * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=".cg"
+            ).to(tl.float32)
+            krs = tl.math.rsqrt(tl.sum(k * k, axis=0) / HEAD_DIM + eps)
+            ky = k * krs * kw * cos + sign * (kp * krs * kwp) * sin
+            slot = tl.load(slot_ptr + m).to(tl.int64)
+            last = tl.load(col_ptr + m)
+            base = slot * stride_cs + g * stride_ch
+            tl.store(ck_ptr + base + last * stride_cl + d, ky, mask=d_ok)
+            v = tl.load(
+                row + (HEADS + KV_HEADS + g) * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg"
+            )
+            tl.store(cv_ptr + base + last * stride_cl + d, v, mask=d_ok)
+            tl.debug_barrier()  # the key just written is read back below by other threads
+            q_at = row + heads[:, None] * HEAD_DIM
+            q = tl.load(q_at + d[None, :], mask=hd_mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            qp = tl.load(q_at + partner[None, :], mask=hd_mask, other=0.0, cache_modifier=".cg").to(
+                tl.float32
+            )
+            qrs = tl.math.rsqrt(tl.sum(q * q, axis=1) / HEAD_DIM + eps)[:, None]
+            qy = (
+                q * qrs * qw[None, :] * cos[None, :]
+                + sign[None, :] * (qp * qrs * qwp[None, :]) * sin[None, :]
+            )
+            qy = qy.to(ck_ptr.dtype.element_ty).to(tl.float32)  # rounded as the q buffer rounds it
+            first = tl.minimum(tl.load(start_ptr + m), last)
+            cs = first + cn
+            c_ok = cs <= last
+            kv_mask = c_ok[:, None] & d_ok[None, :]
+            at = base + cs.to(tl.int64)[:, None] * stride_cl + d[None, :]
+            keys = tl.load(ck_ptr + at, mask=kv_mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            s = tl.sum(qy[:, None, :] * keys[None, :, :], axis=2) * qk_scale  # [BLOCK_H, BLOCK_C], log2
+            s = tl.where(c_ok[None, :], s, float("-inf"))
+            mx = tl.max(s, axis=1)
+            pr = tl.exp2(s - mx[:, None])
+            denom = tl.sum(pr, axis=1)
+            pr = pr.to(cv_ptr.dtype.element_ty).to(tl.float32)
+            vals = tl.load(cv_ptr + at, mask=kv_mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            o = tl.sum(pr[:, :, None] * vals[None, :, :], axis=1) / denom[:, None]
+            o_at = attn_ptr + m * (HEADS * HEAD_DIM) + heads[:, None] * HEAD_DIM + d[None, :]
+            tl.store(o_at, o.to(attn_ptr.dtype.element_ty), mask=hd_mask)
+            tl.debug_barrier()
+
+
+@jit(do_not_specialize=["M", "p_lo", "p_hi"])
+def _decoder_step_kernel(
+    x_ptr,
+    h_ptr,
+    qkv_ptr,
+    attn_ptr,
+    act_ptr,
+    ln1_ptr,
+    wqkv_ptr,
+    sqkv_ptr,
+    bqkv_ptr,
+    qn_ptr,
+    kn_ptr,
+    wo_ptr,
+    so_ptr,
+    bo_ptr,
+    ln2_ptr,
+    wgu_ptr,
+    sgu_ptr,
+    wd_ptr,
+    sd_ptr,
+    inv_freq_ptr,
+    axis_ptr,
+    pos_ptr,
+    slot_ptr,
+    col_ptr,
+    start_ptr,
+    ck_ptr,
+    cv_ptr,
+    bar_ptr,
+    M,
+    p_lo,
+    p_hi,
+    eps,
+    qk_scale,
+    stride_pa,
+    stride_pm,
+    stride_cache_layer,
+    stride_cs,
+    stride_ch,
+    stride_cl,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    OP_DTYPE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SYNC: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    pdl_wait(USE_PDL)
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    ATT: tl.constexpr = HEADS * HEAD_DIM
+    for p in range(p_lo, p_hi):
+        layer_i = p // 5  # PHASES (a literal: the interpreter's loop index is a plain int)
+        phase = p - layer_i * 5
+        layer = tl.cast(layer_i, tl.int64)
+        if phase == 0:
+            _gemv_phase(
+                x_ptr, wqkv_ptr + layer * (NQKV * HIDDEN), sqkv_ptr + layer * NQKV, bqkv_ptr + layer * NQKV,
+                ln1_ptr + layer * HIDDEN, x_ptr, qkv_ptr, M, NQKV, HIDDEN, eps, pid, G,
+                HAS_BIAS, True, False, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        elif phase == 1:
+            cache = layer * stride_cache_layer
+            _attention_phase(
+                qkv_ptr, qn_ptr + layer * HEAD_DIM, kn_ptr + layer * HEAD_DIM, inv_freq_ptr, axis_ptr,
+                pos_ptr, slot_ptr, col_ptr, start_ptr, ck_ptr + cache, cv_ptr + cache, attn_ptr, M, stride_pa,
+                stride_pm, stride_cs, stride_ch, stride_cl, eps, qk_scale, pid, G,
+                HEADS, KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, BLOCK_C,
+            )  # fmt: skip
+        elif phase == 2:
+            _gemv_phase(
+                attn_ptr, wo_ptr + layer * (HIDDEN * ATT), so_ptr + layer * HIDDEN, bo_ptr + layer * HIDDEN,
+                ln1_ptr, x_ptr, h_ptr, M, HIDDEN, ATT, eps, pid, G,
+                HAS_BIAS, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        elif phase == 3:
+            _gemv_phase(
+                h_ptr, wgu_ptr + layer * (2 * INTER * HIDDEN), sgu_ptr + layer * (2 * INTER), bqkv_ptr,
+                ln2_ptr + layer * HIDDEN, h_ptr, act_ptr, M, INTER, HIDDEN, eps, pid, G,
+                False, True, False, True, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        else:
+            _gemv_phase(
+                act_ptr, wd_ptr + layer * (HIDDEN * INTER), sd_ptr + layer * HIDDEN, bqkv_ptr,
+                ln1_ptr, h_ptr, x_ptr, M, HIDDEN, INTER, eps, pid, G,
+                False, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        if p + 1 < p_hi:
+            _grid_sync(bar_ptr, (p - p_lo + 1) * G, SYNC)
+    if SYNC:  # the last program out resets the counters (every other one is past its last wait)
+        tl.debug_barrier()
+        out = tl.atomic_add(bar_ptr + 1, 1, sem="acq_rel", scope="gpu")
+        if out == G - 1:
+            tl.atomic_xchg(bar_ptr, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(bar_ptr + 1, 0, sem="relaxed", scope="gpu")
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+_BARRIERS: dict[int, torch.Tensor] = {}
+
+
+def barrier_for(packed: PackedDecoder) -> torch.Tensor:
+    """The decoder's barrier counters [arrivals, exits, timed-out flag] (int32, zero between launches);
+    one per decoder: its passes run one after another on one stream."""
+    bar = getattr(packed, "_step_barrier", None)
+    if bar is None:
+        bar = torch.zeros(3, dtype=torch.int32, device=packed.final_norm.device)
+        packed._step_barrier = bar
+    return bar
+
+
+def supports(packed: PackedDecoder, rows: int, columns: int) -> bool:
+    """Whether `decoder_step` takes this pass: a stacked decoder, at most MAX_ROWS rows, caches of at most
+    MAX_COLUMNS columns."""
+    return packed.stacks is not None and rows <= MAX_ROWS and columns <= MAX_COLUMNS
+
+
+def decoder_step(
+    packed: PackedDecoder,
+    x: torch.Tensor,
+    slot: torch.Tensor,
+    col: torch.Tensor,
+    pos: torch.Tensor,
+    start: torch.Tensor,
+    caches,
+    *,
+    phased: bool | None = None,
+    programs: int | None = None,
+    phases: list[int] | None = None,
+) -> torch.Tensor:
+    """`packed.forward(x, slot, col, pos, start, caches)` with norm_mode="prologue", in one launch: x
+    [M, hidden] contiguous (M <= MAX_ROWS) is updated in place to the hidden state before the final norm
+    and returned; caches as `new_caches(stacked=True)` made them. phased (default: on the CPU): one launch
+    per phase, no barrier. programs: the grid (default: one per SM, at most the widest phase's tiles; 3
+    under the interpreter, so each program takes several tiles). phases (tests): run exactly these phase
+    indices (layer * PHASES + phase), one launch each. No host syncs: CUDA-graph safe."""
+    st = packed.stacks
+    assert st is not None, "decoder_step needs PackedDecoder(stacked=True)"
+    M, hidden = x.shape
+    H, KV, D = packed.heads, packed.kv_heads, packed.head_dim
+    assert M <= MAX_ROWS and hidden == packed.hidden and x.is_contiguous(), (x.shape, x.stride())
+    layers = len(packed.layers)
+    ck0, cv0 = _kv(caches[0])
+    S, kv_heads, L, _ = ck0.shape
+    assert kv_heads == KV and L <= MAX_COLUMNS and ck0.stride() == cv0.stride() and ck0.stride(3) == 1
+    step = ck0.element_size()
+    layer_stride = (_kv(caches[1])[0].data_ptr() - ck0.data_ptr()) // step if layers > 1 else 0
+    for i, cache in enumerate(caches):  # the stacked layout: layer i at base + i * stride, keys and values
+        k, v = _kv(cache)
+        stacked = (
+            k.untyped_storage().data_ptr() == ck0.untyped_storage().data_ptr()
+            and v.untyped_storage().data_ptr() == cv0.untyped_storage().data_ptr()
+            and k.data_ptr() == ck0.data_ptr() + i * layer_stride * step
+            and v.data_ptr() == cv0.data_ptr() + i * layer_stride * step
+            and k.stride() == v.stride() == ck0.stride()
+        )
+        assert stacked, "caches: views of one tensor per keys and values, as new_caches(stacked=True) makes"
+    dt, dev = packed.final_norm.dtype, x.device
+    w_qkv, s_qkv, op_dtype = _stacked(st, "w_qkv")
+    w_o, s_o, _ = _stacked(st, "w_o")
+    w_gu, s_gu, _ = _stacked(st, "w_gate_up")
+    w_d, s_d, _ = _stacked(st, "w_down")
+    b_qkv, b_o = st.get("b_qkv"), st.get("b_o")
+    assert (b_qkv is None) == (b_o is None), "biased QKV and o projections, or neither"
+    qkv = torch.empty(M, (H + 2 * KV) * D, dtype=dt, device=dev)
+    attn = torch.empty(M, H * D, dtype=dt, device=dev)
+    h = torch.empty(M, hidden, dtype=x.dtype, device=dev)
+    act = torch.empty(M, packed.inter, dtype=dt, device=dev)
+    bar = barrier_for(packed)
+    if phased is None:
+        phased = not x.is_cuda
+    widest = max(triton.cdiv(n, BLOCK_N) for n in ((H + 2 * KV) * D, hidden, packed.inter))
+    if programs is None:
+        programs = min(_sm_count(dev.index or 0), widest) if x.is_cuda else 3
+    any_w = w_qkv
+    args = [
+        x, h, qkv, attn, act, st.get("ln1"), w_qkv, s_qkv if s_qkv is not None else any_w,
+        b_qkv if b_qkv is not None else any_w, st.get("q_norm"), st.get("k_norm"), w_o,
+        s_o if s_o is not None else any_w, b_o if b_o is not None else any_w, st.get("ln2"), w_gu,
+        s_gu if s_gu is not None else any_w, w_d, s_d if s_d is not None else any_w,
+        packed.inv_freq, packed.axis_of, pos, slot, col, start, ck0, cv0, bar, M,
+    ]  # fmt: skip
+    tail = [
+        float(packed.eps), (1.0 / math.sqrt(D)) * math.log2(math.e), pos.stride(0), pos.stride(1),
+        layer_stride, ck0.stride(0), ck0.stride(1), ck0.stride(2),
+    ]  # fmt: skip
+    meta = dict(
+        HIDDEN=hidden, INTER=packed.inter, HEADS=H, KV_HEADS=KV, HEAD_DIM=D, HAS_BIAS=b_qkv is not None,
+        HAS_SCALE=s_qkv is not None, OP_DTYPE=TL_DTYPE[op_dtype], DOT_PREC=dot_precision(op_dtype),
+        BLOCK_M=MAX_ROWS, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K // 2 if op_dtype == torch.float32 else BLOCK_K,
+        BLOCK_H=next_pow2(H // KV), BLOCK_D=next_pow2(D), BLOCK_C=next_pow2(L), num_warps=4,
+    )  # fmt: skip
+    total = layers * PHASES
+    if phases is not None:
+        phased, spans = True, [(p, p + 1) for p in phases]
+    else:
+        spans = [(p, p + 1) for p in range(total)] if phased else [(0, total)]
+    for lo, hi in spans:
+        _decoder_step_kernel[(programs,)](*args, lo, hi, *tail, SYNC=not phased, **meta)
+    return x
+
+
+def _stacked(st, name: str):
+    """(stacked weights, stacked scales or None, operand dtype) of a GEMM field."""
+    q = st.get(name + ".q")
+    if q is not None:
+        return q, st.get(name + ".q.scale"), st.get(name).dtype
+    w = st.get(name)
+    return w, None, weight_parts(w)[2]
