@@ -36,11 +36,21 @@ def _batch(pipeline, jobs, slots, fused: bool, predictor_pass: str = "layers"):
     return batch, stepper.step
 
 
-@pytest.mark.parametrize("predictor_pass", ["layers", "one-launch"])
-def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass):
+@pytest.mark.parametrize(
+    "predictor_pass,varlen_prefill", [("layers", False), ("one-launch", False), ("layers", True)]
+)
+def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass, varlen_prefill, monkeypatch):
     """Two streams of different prompt lengths prefilled in one packed pass, a padding slot, two frames
     (seeded sampling: the noise must match too): codes, next tokens, caches and state equal the eager
-    prefill's and step's; the code predictor's passes as layers or in one launch each."""
+    prefill's and step's; the code predictor's passes as layers or in one launch each; the prefill's
+    attention over the packed prompts as FlashAttention-2 runs it (its reference standing in on the CPU)."""
+    if varlen_prefill:
+        from utter_tts.engine import fused as fused_mod
+        from utter_tts.kernels import packed_decoder
+        from utter_tts.kernels.attention import flash_prefill_ref
+
+        monkeypatch.setattr(fused_mod, "flash_prefill_usable", lambda *a: True)
+        monkeypatch.setattr(packed_decoder, "flash_prefill", flash_prefill_ref)
     jobs = [
         pipeline.prepare(Request(TEXTS["english"], "speak", speaker="ryan", seed=3)),
         pipeline.prepare(Request(TEXTS["german"], "speak", "german", speaker="vivian", seed=4,
@@ -50,6 +60,7 @@ def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass):
         _batch(pipeline, jobs, 3, False),
         _batch(pipeline, jobs, 3, True, predictor_pass),
     )
+    assert fused_step.__self__.prefill_attention == ("flash-attention-2" if varlen_prefill else "triton")
     assert torch.equal(eager.code0[:2], fused_batch.code0[:2])
     for _ in range(2):
         eager_step(3)

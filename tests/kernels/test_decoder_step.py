@@ -21,7 +21,7 @@ from utter_tts.kernels.packed_decoder import PackedDecoder  # noqa: E402
 from utter_tts.model.layers import Decoder, Rotary  # noqa: E402
 
 from .test_packed_decoder import ODD, TINY, build  # noqa: E402
-from .util import TOL, close, must_fail  # noqa: E402
+from .util import close, must_fail  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 L = 16  # the code predictor's cache columns

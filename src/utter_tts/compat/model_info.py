@@ -44,6 +44,8 @@ def attention_implementation(model: Any) -> str:
     engine = getattr(model, "engine", None)
     if engine is not None and engine.runner.fused is not None:
         backend = "triton (fused decode attention over the static KV cache)"
+        if engine.runner.fused.prefill_attention == "flash-attention-2":
+            backend += "; packed prefill: FlashAttention-2 (as PyTorch ships it)"
     else:  # the plain pipeline, or an engine without the kernels: PyTorch's SDPA
         backend = attention_backend(model.device)
     try:

@@ -85,7 +85,7 @@ class Engine:
             max_streams,
             max_frames,
             self.runner.use_graphs,
-            f"fused kernels, {weights} weights"
+            f"fused kernels, {weights} weights, prefill attention {self.runner.fused.prefill_attention}"
             if self.runner.fused
             else f"eager, attention {attention_backend(pipeline.device)}",
         )

@@ -24,6 +24,7 @@ import torch
 
 from utter_tts.device import to_device
 from utter_tts.kernels import decoder_step as one_launch
+from utter_tts.kernels.attention import flash_prefill_usable
 from utter_tts.kernels.linear import linear, quantize_weight
 from utter_tts.kernels.packed_decoder import PackedDecoder
 from utter_tts.kernels.sampler import Embed, sample
@@ -72,6 +73,10 @@ class FusedFrame:
         self.steps = cp.num_steps
         self.cp_width = cp.cfg.hidden_size
         self._index_cache: dict[int, dict[str, torch.Tensor]] = {}
+        t = self.talker
+        # the prefill's attention: FlashAttention-2 over the packed prompts where usable (kernels.attention)
+        usable = flash_prefill_usable(batch.device, batch.dtype, t.heads, t.kv_heads, t.head_dim)
+        self.prefill_attention = "flash-attention-2" if usable else "triton"
 
     @torch.no_grad()
     def prefill(self, first: int, prompts: list[Prompt], settings: list[SamplingConfig], seeds: list[int]):
@@ -106,8 +111,9 @@ class FusedFrame:
         )
         # one split: a prompt's rows fill the GPU anyway, and kernels never compile per prompt length
         zero = torch.zeros_like(col)
+        varlen = self._varlen(lengths)
         h = self.talker.forward(
-            x, slot, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True
+            x, slot, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True, varlen=varlen
         )
         hidden = self.talker_norm(h[ends])
         params = SamplingParams.stack(settings, seeds, dev)
@@ -156,11 +162,19 @@ class FusedFrame:
             x = torch.zeros(m, b.hidden.shape[1], dtype=b.dtype, device=b.device)
             zero = torch.zeros_like(col)
             self.talker.forward(
-                x, zero, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True
-            )
+                x, zero, col, col.expand(3, -1), zero, b.talker_caches, num_splits=1, eager=True,
+                varlen=self._varlen([m]),
+            )  # fmt: skip
             if m == max_rows or rows > 128:  # past the largest bucket every row count shares one tile
                 break
             rows *= 2
+
+    def _varlen(self, lengths: list[int]) -> tuple[torch.Tensor, int] | None:
+        """FlashAttention's view of packed prompts (cumulative lengths, the longest), when it runs."""
+        if self.prefill_attention != "flash-attention-2":
+            return None
+        cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        return to_device(cu, torch.int32, self.batch.device), max(lengths)
 
     def _indices(self, n: int) -> dict[str, torch.Tensor]:
         """The constant index tensors of an n-row frame step, made once per n (each made per frame was a

@@ -14,7 +14,10 @@ fp32 multiplied exactly). Softmax is online (exp2 domain), so no mask is materia
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +25,8 @@ import triton
 import triton.language as tl
 
 from utter_tts.kernels._jit import dot_precision, jit, next_pow2, pdl_wait
+
+log = logging.getLogger(__name__)
 
 # ---- q/k RMSNorm + RoPE + cache write ---------------------------------------------------------------------
 
@@ -39,6 +44,7 @@ def _qk_norm_rope_kernel(
     ck_ptr,
     cv_ptr,
     q_ptr,
+    kout_ptr,
     stride_qkv,
     stride_pa,
     stride_pm,
@@ -50,11 +56,14 @@ def _qk_norm_rope_kernel(
     stride_vl,
     stride_qm,
     stride_qh,
+    stride_kom,
+    stride_koh,
     eps,
     HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    K_OUT: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
@@ -91,6 +100,8 @@ def _qk_norm_rope_kernel(
     slot = tl.load(slot_ptr + m).to(tl.int64)
     col = tl.load(col_ptr + m).to(tl.int64)
     tl.store(ck_ptr + slot * stride_ks + kvh * stride_kh + col * stride_kl + d, y, mask=k_lanes)
+    if K_OUT:  # the key row packed as well (a varlen prefill's keys: FlashAttention reads rows, not slots)
+        tl.store(kout_ptr + m.to(tl.int64) * stride_kom + kvh * stride_koh + d, y, mask=k_lanes)
     v = tl.load(row + (HEADS + KV_HEADS + kvh) * HEAD_DIM + d, mask=k_lanes, other=0.0)
     tl.store(cv_ptr + slot * stride_vs + kvh * stride_vh + col * stride_vl + d, v, mask=k_lanes)
 
@@ -112,9 +123,11 @@ def qk_norm_rope_write(
     head_dim: int,
     eps: float,
     q_out: torch.Tensor | None = None,
+    k_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Normalise (per-head RMSNorm, fp32) and rotate q and k of a packed QKV projection; return q [M, heads,
-    head_dim] and write k (normalised, rotated) and v (as is) into the caches at [slot[m], :, col[m]].
+    head_dim] and write k (normalised, rotated) and v (as is) into the caches at [slot[m], :, col[m]]; with
+    k_out [M, kv_heads, head_dim] (head_dim contiguous), the rotated keys into it too, row by row.
 
     qkv [M, (heads + 2 kv_heads) head_dim] (rows may be strided); inv_freq [head_dim/2] fp32, axis_of
     [head_dim/2] (position axis of each frequency, as Rotary builds them); pos [A, M] integer positions
@@ -126,6 +139,10 @@ def qk_norm_rope_write(
     if q_out is None:
         q_out = torch.empty(M, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     assert q_out.shape == (M, heads, head_dim) and q_out.stride(2) == 1
+    if k_out is not None:
+        assert (
+            k_out.shape == (M, kv_heads, head_dim) and k_out.stride(2) == 1 and k_out.dtype == cache_k.dtype
+        )
     _qk_norm_rope_kernel[(M, heads + kv_heads)](
         qkv,
         q_norm_w,
@@ -138,6 +155,7 @@ def qk_norm_rope_write(
         cache_k,
         cache_v,
         q_out,
+        k_out if k_out is not None else q_out,
         qkv.stride(0),
         pos.stride(0),
         pos.stride(1),
@@ -145,11 +163,14 @@ def qk_norm_rope_write(
         *cache_v.stride()[:3],
         q_out.stride(0),
         q_out.stride(1),
+        k_out.stride(0) if k_out is not None else 0,
+        k_out.stride(1) if k_out is not None else 0,
         float(eps),
         HEADS=heads,
         KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_D=next_pow2(head_dim),
+        K_OUT=k_out is not None,
         num_warps=1 if head_dim <= 64 else 2,
     )
     return q_out
@@ -443,3 +464,88 @@ def decode_attention_ref(q, cache_k, cache_v, slot, col, start, *, scale=None):
         q.float()[:, :, None], k, v, attn_mask=visible[:, None, None], scale=scale
     )
     return y.reshape(M, heads * D).to(q.dtype)
+
+
+# ---- packed prefill: FlashAttention-2 as PyTorch ships it -------------------------------------------------
+# Timed on an H200 (2026-12-05, bench/bench_attention.py): over prompts packed as varlen rows, FA2 took
+# 0.83 / 0.15 / 0.10 of our kernel's time at 1 / 8 / 64 prompts of 120 rows (ours reads each row's keys
+# from its slot with one program per row and kv head; FA2 tiles rows); our decode kernel stays 2.1-3.8x
+# faster than FA2's for one row per stream, so decode keeps it.
+
+PREFILL_ATTENTION = ("auto", "triton")
+
+
+def prefill_attention_setting() -> str:
+    """UTTER_TTS_PREFILL_ATTENTION: "auto" (FlashAttention-2 for the packed prefill where
+    `flash_prefill_usable` says so; the default) or "triton" (our kernel everywhere)."""
+    name = os.environ.get("UTTER_TTS_PREFILL_ATTENTION", "auto")
+    if name not in PREFILL_ATTENTION:
+        raise ValueError(f"UTTER_TTS_PREFILL_ATTENTION={name!r}: use one of {', '.join(PREFILL_ATTENTION)}")
+    return name
+
+
+def flash_prefill(
+    q, k, v, cu_seqlens: torch.Tensor, max_len: int, scale: float | None = None
+) -> torch.Tensor:
+    """Causal attention within each of the packed sequences (rows cu_seqlens[i]..cu_seqlens[i+1]-1, each
+    starting at its own position 0): q [M, heads, D], k and v [M, kv_heads, D] (head_dim contiguous, rows
+    may be strided), cu_seqlens int32 [n + 1] on the device, max_len the longest. -> [M, heads * D]."""
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, 0.0, True, False, scale=scale
+    )[0]
+    return out.reshape(q.shape[0], -1)
+
+
+def flash_prefill_ref(q, k, v, cu_seqlens: torch.Tensor, max_len: int, scale: float | None = None):
+    """Reference of `flash_prefill` (any device): SDPA per sequence in fp32, GQA by repeating kv heads."""
+    rep = q.shape[1] // k.shape[1]
+    bounds = cu_seqlens.tolist()
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        qs, ks, vs = (t[a:b].float().transpose(0, 1) for t in (q, k, v))  # [heads, rows, D]
+        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
+        y = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+        out.append(y.transpose(0, 1).reshape(b - a, q.shape[1] * q.shape[2]))
+    return torch.cat(out).to(q.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def flash_prefill_usable(
+    device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> bool:
+    """Whether the packed prefill calls FlashAttention-2 here: the setting allows it, a CUDA GPU of
+    compute capability 8.0 or newer, bf16 / fp16, PyTorch built with its flash kernels, and, checked once
+    per shape, FA2 giving what our kernel gives on two packed prompts (else one log line and ours)."""
+    if (
+        prefill_attention_setting() == "triton"
+        or device.type != "cuda"
+        or dtype not in (torch.bfloat16, torch.float16)
+    ):
+        return False
+    if (
+        torch.cuda.get_device_capability(device) < (8, 0)
+        or not torch.backends.cuda.is_flash_attention_available()
+    ):
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        lengths = (5, 37)
+        M = sum(lengths)
+        q = torch.randn(M, heads, head_dim, device=device, dtype=dtype, generator=g)
+        k = torch.randn(M, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
+        v = torch.randn(M, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
+        slot = torch.tensor([0] * lengths[0] + [1] * lengths[1], device=device)
+        col = torch.cat([torch.arange(n, device=device) for n in lengths])
+        cache_k = torch.zeros(2, kv_heads, 64, head_dim, device=device, dtype=dtype)
+        cache_v = torch.zeros_like(cache_k)
+        cache_k[slot, :, col], cache_v[slot, :, col] = k, v
+        ours = decode_attention(q, cache_k, cache_v, slot, col, torch.zeros_like(col), num_splits=1)
+        cu = torch.tensor([0, lengths[0], M], device=device, dtype=torch.int32)
+        theirs = flash_prefill(q, k, v, cu, max(lengths))
+        err = float((theirs.float() - ours.float()).norm() / ours.float().norm())
+        if err < 2e-2:
+            return True
+        log.warning("FlashAttention-2's packed prefill differs from ours (relative %.3g): using ours", err)
+    except Exception as e:  # a torch without the entry point, or a GPU it does not support
+        log.warning("FlashAttention-2 is not usable for the packed prefill (%s): using ours", e)
+    return False

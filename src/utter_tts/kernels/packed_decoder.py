@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utter_tts.kernels.attention import decode_attention, default_splits, qk_norm_rope_write
+from utter_tts.kernels.attention import decode_attention, default_splits, flash_prefill, qk_norm_rope_write
 from utter_tts.kernels.linear import (
     QuantWeight,
     config_for,
@@ -169,6 +169,7 @@ class PackedDecoder:
         out: torch.Tensor | None = None,
         num_splits: int | None = None,
         eager: bool = False,
+        varlen: tuple[torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         """x [M, hidden] packed tokens (rows may be strided) -> hidden [M, hidden] before the final norm.
 
@@ -178,7 +179,9 @@ class PackedDecoder:
         the shapes only, so the pass can be captured in a CUDA graph. eager=True (a pass launched
         from Python, not replayed from a graph: the prefill): fewer launches, since each costs tens of
         microseconds of Python there: no split-K, and up to EAGER_PROLOGUE_ROWS rows the RMSNorm in the
-        GEMM's prologue instead of its own kernel."""
+        GEMM's prologue instead of its own kernel. varlen = (cu_seqlens int32 [n + 1], longest): the rows
+        are n whole prompts in order, each from its cache column 0 (a prefill): attention runs as
+        FlashAttention-2 over the packed rows (`flash_prefill`) instead of reading the caches."""
         M = x.shape[0]
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         dev, dt = x.device, self.final_norm.dtype
@@ -188,6 +191,7 @@ class PackedDecoder:
         attn = torch.empty(M, H * D, dtype=dt, device=dev)
         act = torch.empty(M, self.inter, dtype=dt, device=dev)
         ck0 = _kv(caches[0])[0]
+        k_rows = torch.empty(M, KV, D, dtype=dt, device=dev) if varlen is not None else None
         splits = num_splits or default_splits(M, KV, ck0.shape[2], dev)
         ws = None
         if splits > 1:  # one workspace for every layer's split attention
@@ -215,8 +219,12 @@ class PackedDecoder:
                 norm_weight=None if fused_in else layer.ln1, out=qkv, norm_mode=mode, config=tile,
             )  # fmt: skip
             rope = (self.inv_freq, self.axis_of, pos, slot, col)
-            qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q)
-            decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
+            qk_norm_rope_write(qkv, layer.q_norm, layer.k_norm, *rope, ck, cv, **shape, q_out=q, k_out=k_rows)
+            if varlen is not None:  # v as the QKV projection holds it (what the cache got)
+                v_rows = qkv[:, (H + KV) * D :].view(M, KV, D)
+                attn = flash_prefill(q, k_rows, v_rows, *varlen)
+            else:
+                decode_attention(q, ck, cv, slot, col, start, out=attn, num_splits=splits, workspace=ws)
             linear(
                 attn, layer.w_o, layer.b_o, residual=resid, out=h, config=tile, eps=self.eps,
                 norm_out=(layer.ln2, normed) if fuse else None,
