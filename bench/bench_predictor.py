@@ -3,11 +3,12 @@
 
   python bench/bench_predictor.py --ckpt CKPT_VOICE_DESIGN --out OUT_DIR [--batches 1 2 4 8] [--fp32]
 
-Arms: "layers" (today's default), "one-launch" (one program per SM, BLOCK_N 16, BLOCK_K 256) and variants
-of it (wider tiles, deeper K steps, half the grid, and "phased": one launch per phase without the barrier,
-which prices the barrier against launch gaps). Per arm and batch: the frame step captured as a CUDA graph
-and replayed (median of 5 x 20 replays), the kernels one eager step launches (torch.profiler), and the
-codes of 40 greedy frames against the layers arm (bf16: fraction equal; --fp32 also loads the checkpoint in
+Arms: "layers" (today's default), "one-launch" (one program per SM, BLOCK_N 16, BLOCK_K 256, the next
+phase's weights prefetched toward L2 before each barrier) and variants of it: wider tiles, shorter K
+steps, half the grid, no prefetch, and "phased" (one launch per phase, no barrier: the barrier's price
+against launch gaps). Per arm and batch: the frame step captured as a CUDA graph and replayed (median of
+5 x 20 replays), the kernels one eager step launches (torch.profiler), and the codes of 40 greedy frames
+against the layers arm (bf16: fraction equal; --fp32 also loads the checkpoint in
 fp32, where they must be equal). Writes OUT/predictor.json and prints a table.
 """
 
@@ -39,6 +40,7 @@ ARMS = {  # name: (predictor pass, decoder_step overrides)
     "one-launch_bk128": ("one-launch", {"BLOCK_K": 128}),
     "one-launch_half_grid": ("one-launch", {"programs": "half"}),
     "one-launch_phased": ("one-launch", {"phased": True}),
+    "one-launch_no_prefetch": ("one-launch", {"prefetch": False}),
 }
 
 
@@ -73,6 +75,8 @@ def _overrides(over: dict):
         )
     if over.get("phased"):
         kw["phased"] = True
+    if "prefetch" in over:
+        kw["prefetch"] = over["prefetch"]
     if kw:
         ds.decoder_step = functools.partial(original, **kw)
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: probe | predictor | cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: probe | predictor | dualtrack | cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts, qwen3-tts-triton and their
 # audio deps), .peer-bench/ (the peers' harness from shared/peer-bench), and for the stages that run the
-# server or the compat layer (cold, samecall) .whl-serve/ (av, fastapi, uvicorn, pydantic, websockets, ...).
+# server or the compat layer (probe, dualtrack, cold, samecall) .whl-serve/ (av, fastapi, uvicorn, pydantic, websockets, ...).
 # Results go to $OUT.
 set -u
 STAGE=${1:-all}
@@ -32,7 +32,7 @@ case "$STAGE" in stress)  # the engine under concurrent load == the plain model,
   echo "== stress exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s" ;;
 esac
 [ "$STAGE" = stress ] && exit 0
-kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly|probe) kinds="base voice_design" ;; predictor) kinds=voice_design ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
+kinds="base voice_design"; case "$STAGE" in cold|samecall|coldonly|probe) kinds="base voice_design" ;; predictor) kinds=voice_design ;; dualtrack) kinds=custom_voice ;; kernels|tune|tiles|engine|load|timeline|parts|conc|verify|ab) kinds=base ;; esac
 for kind in $kinds; do
   [ -f /tmp/ckpt_$kind/config.json ] && continue  # kept from an earlier call on this warm machine
   python3 -m utter_tts.demo /tmp/ckpt_$kind --model-type $kind --shape 1.7b --dtype bfloat16 --device cuda \
@@ -90,6 +90,10 @@ case "$STAGE" in
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --out "$OUT" --batches 1 64 \
             --long-frames 1000 2>&1 | quiet | tail -30 ;;
+  dualtrack) # issue 26: first audio after the first text token through the WebSocket (live vs sentence
+          # mode), one session and 32 at once, the server on a 1.7B CustomVoice checkpoint
+          timeout 420 python3 bench/bench_dual_track.py --model /tmp/ckpt_custom_voice --device cuda \
+            --sessions 32 --frames 120 --out "$OUT/dual_track.json" 2>&1 | quiet | tail -20 ;;
   ours)   ours ours 480 ;;
   peers)  ours ours_rerun 200 --sections env single ttfa floor
           peer faster 150 --runs 3 --ttfa-runs 5 --chunk-sizes 4 1

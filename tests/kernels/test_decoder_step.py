@@ -2,7 +2,8 @@
 "prologue"), hidden states and caches; under the interpreter one launch per phase, on a grid of fewer
 programs than tiles. Planted faults: a phase skipped, two phases run out of order (what a barrier that
 did not wait would let happen), a reference that ignores the rows' start. And the one-launch kernel
-compiled for the GPUs it targets: its barrier is one thread's release/acquire atomics."""
+compiled for the GPUs it targets: its barrier is one thread's release/acquire atomics, and the next
+phase's weights are prefetched toward L2 (inline PTX the interpreter cannot run)."""
 
 from __future__ import annotations
 
@@ -171,12 +172,14 @@ def compile_variants() -> dict:
         caches = dec.new_caches(2, L, torch.bfloat16, "cpu", stacked=True)
         x, z = torch.zeros(1, 1024, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.long)
         with record_launches() as rec:
-            ds.decoder_step(packed, x, z, z, z.expand(3, -1), z, caches, phased=False, programs=132)
+            ds.decoder_step(
+                packed, x, z, z, z.expand(3, -1), z, caches, phased=False, programs=132, prefetch=True
+            )
         ((kernel, args, kwargs, _),) = rec
         for arch in (90, 86):
             ptx = compile_for(kernel, args, kwargs, arch=arch).asm["ptx"]
             atomics = [ln.strip() for ln in ptx.splitlines() if re.search(r"\b(atom|ld)\.global\.gpu\.", ln)]
-            out[f"{weights}/{arch}"] = atomics
+            out[f"{weights}/{arch}"] = dict(atomics=atomics, prefetches=ptx.count("prefetch.global.L2"))
     return out
 
 
@@ -195,8 +198,10 @@ def test_one_launch_kernel_compiles_with_a_one_thread_barrier():
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) == {"bf16/90", "bf16/86", "int8/90", "int8/86"}
-    for name, atomics in result.items():
+    for name, got in result.items():
+        atomics = got["atomics"]
         kinds = " ".join(atomics)
+        assert got["prefetches"] > 0, (name, "the weight prefetch was compiled out")
         # arrival (release), polls (acquire), exit count (acq_rel), the counters' reset
         for op in ("release.add", "acquire", "acq_rel.add", "exch"):
             assert op in kinds, (name, op, atomics)

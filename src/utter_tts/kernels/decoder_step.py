@@ -43,7 +43,8 @@ MAX_ROWS = 16  # rows of one pass: tl.dot's smallest row tile
 BLOCK_N = 16  # output columns of one weight tile (tiles are spread over the programs)
 BLOCK_K = 256  # 128 for fp32 operands (shared memory: 116 KB at 256, past an sm_86's 99 KB)
 MAX_COLUMNS = 64  # cache columns a row may see: the code predictor's 16 (one tile, no online softmax)
-SPIN_LIMIT = 1 << 24  # barrier polls before a program gives up (flag set, results wrong, no hang)
+PREFETCH = True  # the next phase's weights toward L2 before each barrier (`_prefetch_phase`)
+SPIN_LIMIT = 1 << 20  # barrier polls (~1 s) before a program gives up: flag set, results wrong, no hang
 _SPIN_LIMIT = tl.constexpr(SPIN_LIMIT)
 
 
@@ -61,6 +62,22 @@ def _grid_sync(bar_ptr, target, SYNC: tl.constexpr):
         if polls >= _SPIN_LIMIT:
             tl.atomic_xchg(bar_ptr + 2, 1, sem="relaxed", scope="gpu")
         tl.debug_barrier()  # no thread reads the next phase's inputs before the wait is over
+
+
+@jit
+def _prefetch_phase(w_ptr, N, K, pid, G, BLOCK_N: tl.constexpr, LINES: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for the weight rows this program's tiles of a GEMV phase will read (tiles pid, pid + G, ...
+    of w [N, K], one prefetch per 128-byte line): issued before a barrier, the HBM reads overlap the wait
+    instead of following it. A hint: nothing is loaded into registers, no value depends on it."""
+    rows0 = tl.arange(0, BLOCK_N)
+    lines = tl.arange(0, LINES) * LINE
+    for tile in range(pid, tl.cdiv(N, BLOCK_N), G):
+        rows = tile * BLOCK_N + rows0
+        ok = (rows < N)[:, None] & (lines < K)[None, :]
+        ptrs = tl.where(ok, w_ptr + rows.to(tl.int64)[:, None] * K + lines[None, :], w_ptr)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+        )
 
 
 @jit
@@ -311,6 +328,11 @@ def _decoder_step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SYNC: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
+    LINE: tl.constexpr = 64,
+    LINES_H: tl.constexpr = 1,
+    LINES_A: tl.constexpr = 1,
+    LINES_I: tl.constexpr = 1,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
@@ -355,6 +377,23 @@ def _decoder_step_kernel(
                 False, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
         if p + 1 < p_hi:
+            if PREFETCH:  # the next GEMV's weights toward L2 while waiting (after QKV: the o-projection's)
+                nl = tl.cast((p + 1) // 5, tl.int64)
+                nxt = p + 1 - (p + 1) // 5 * 5
+                if nxt == 0:
+                    _prefetch_phase(
+                        wqkv_ptr + nl * (NQKV * HIDDEN), NQKV, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE
+                    )
+                elif nxt <= 2:
+                    _prefetch_phase(wo_ptr + nl * (HIDDEN * ATT), HIDDEN, ATT, pid, G, BLOCK_N, LINES_A, LINE)
+                elif nxt == 3:
+                    gu = wgu_ptr + nl * (2 * INTER * HIDDEN)
+                    _prefetch_phase(gu, INTER, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE)
+                    _prefetch_phase(gu + INTER * HIDDEN, INTER, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE)
+                else:
+                    _prefetch_phase(
+                        wd_ptr + nl * (HIDDEN * INTER), HIDDEN, INTER, pid, G, BLOCK_N, LINES_I, LINE
+                    )
             _grid_sync(bar_ptr, (p - p_lo + 1) * G, SYNC)
     if SYNC:  # the last program out resets the counters (every other one is past its last wait)
         tl.debug_barrier()
@@ -400,13 +439,16 @@ def decoder_step(
     phased: bool | None = None,
     programs: int | None = None,
     phases: list[int] | None = None,
+    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """`packed.forward(x, slot, col, pos, start, caches)` with norm_mode="prologue", in one launch: x
     [M, hidden] contiguous (M <= MAX_ROWS) is updated in place to the hidden state before the final norm
     and returned; caches as `new_caches(stacked=True)` made them. phased (default: on the CPU): one launch
     per phase, no barrier. programs: the grid (default: one per SM, at most the widest phase's tiles; 3
     under the interpreter, so each program takes several tiles). phases (tests): run exactly these phase
-    indices (layer * PHASES + phase), one launch each. No host syncs: CUDA-graph safe."""
+    indices (layer * PHASES + phase), one launch each. prefetch (default PREFETCH on a GPU; never under the
+    interpreter, which runs no inline PTX): the next GEMV's weights asked of L2 before each barrier. No host
+    syncs: CUDA-graph safe."""
     st = packed.stacks
     assert st is not None, "decoder_step needs PackedDecoder(stacked=True)"
     M, hidden = x.shape
@@ -462,6 +504,13 @@ def decoder_step(
         HAS_SCALE=s_qkv is not None, OP_DTYPE=TL_DTYPE[op_dtype], DOT_PREC=dot_precision(op_dtype),
         BLOCK_M=MAX_ROWS, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K // 2 if op_dtype == torch.float32 else BLOCK_K,
         BLOCK_H=next_pow2(H // KV), BLOCK_D=next_pow2(D), BLOCK_C=next_pow2(L), num_warps=4,
+    )  # fmt: skip
+    if prefetch is None:
+        prefetch = PREFETCH and x.is_cuda
+    line = 128 // w_qkv.element_size()  # elements of a 128-byte line
+    meta.update(
+        PREFETCH=prefetch, LINE=line, LINES_H=next_pow2(triton.cdiv(hidden, line)),
+        LINES_A=next_pow2(triton.cdiv(H * D, line)), LINES_I=next_pow2(triton.cdiv(packed.inter, line)),
     )  # fmt: skip
     total = layers * PHASES
     if phases is not None:
