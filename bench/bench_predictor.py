@@ -5,11 +5,11 @@
 
 Arms: "layers" (today's default), "one-launch" (one program per SM, BLOCK_N 16, BLOCK_K 256, the next
 phase's weights prefetched toward L2 before each barrier) and variants of it: wider tiles, shorter K
-steps, half the grid, no prefetch, and "phased" (one launch per phase, no barrier: the barrier's price
-against launch gaps). Per arm and batch: the frame step captured as a CUDA graph and replayed (median of
-5 x 20 replays), the kernels one eager step launches (torch.profiler), and the codes of 40 greedy frames
-against the layers arm (bf16: fraction equal; --fp32 also loads the checkpoint in
-fp32, where they must be equal). Writes OUT/predictor.json and prints a table.
+steps, half the grid, no prefetch, the o- and down-projections' K split in two, and "phased" (one launch
+per phase, no barrier: the barrier's price against launch gaps). Per arm and batch: the frame step
+captured as a CUDA graph and replayed (median of 5 x 20 replays), the kernels one eager step launches
+(torch.profiler), and the codes of 40 greedy frames against the layers arm (bf16: fraction equal; --fp32
+also loads the checkpoint in fp32, where they must be equal). Writes OUT/predictor.json and a table.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ ARMS = {  # name: (predictor pass, decoder_step overrides)
     "one-launch_half_grid": ("one-launch", {"programs": "half"}),
     "one-launch_phased": ("one-launch", {"phased": True}),
     "one-launch_no_prefetch": ("one-launch", {"prefetch": False}),
+    "one-launch_split2": ("one-launch", {"split_narrow": 2}),
+    "one-launch_split2_bn32": ("one-launch", {"split_narrow": 2, "BLOCK_N": 32}),
 }
 
 
@@ -75,8 +77,9 @@ def _overrides(over: dict):
         )
     if over.get("phased"):
         kw["phased"] = True
-    if "prefetch" in over:
-        kw["prefetch"] = over["prefetch"]
+    for name in ("prefetch", "split_narrow"):
+        if name in over:
+            kw[name] = over[name]
     if kw:
         ds.decoder_step = functools.partial(original, **kw)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: install the carried wheels, build full-size random 1.7B checkpoints
 # (Base + VoiceDesign, official layout, forced lengths), then measure ours and the peers on this card.
-#   bash bench/run_gpu.sh STAGE      STAGE: probe | predictor | dualtrack | cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
+#   bash bench/run_gpu.sh STAGE      STAGE: probe | predictor | quant | dualtrack | cold | samecall | kernels | tiles | engine | load | timeline | parts | conc | ab | verify | stress | ours | peers | capped | official
 #                                           | all | final | checks
 # Needs (git-ignored, carried): .whl/ (wheels of qwen-tts-hf, faster-qwen3-tts, qwen3-tts-triton and their
 # audio deps), .peer-bench/ (the peers' harness from shared/peer-bench), and for the stages that run the
@@ -75,21 +75,21 @@ case "$STAGE" in
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
   coldonly) timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
             --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4 ;;
-  probe)  # issue 22's cold start (empty, warm Triton cache), where a codec capture's time goes, then issue
-          # 26's 8-bit report while time is left
+  probe)  # issue 22: the cold start (empty, warm Triton cache), where a codec capture's time goes, and the
+          # packed prefill with FlashAttention-2 against ours in the fused step (ms, agreement)
           timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
             --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4
           timeout 150 python3 bench/bench_codec_capture.py --base /tmp/ckpt_base --out "$OUT" 2>&1 | quiet | tail -50
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
-          [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --ckpt /tmp/ckpt_base --out "$OUT" \
-            2>&1 | quiet | tail -30 ;;
-  predictor) # issue 26: the code predictor's passes as layers or in one launch (ms, kernels a frame, codes;
-          # fp32 codes equal), then the 8-bit report while time is left
-          timeout 330 python3 bench/bench_predictor.py --ckpt /tmp/ckpt_voice_design --out "$OUT" --fp32 \
-            2>&1 | quiet | tail -40
-          left=$(( 590 - ($(date +%s) - UTTER_T0) ))
-          [ "$left" -gt 60 ] && timeout "$left" python3 bench/quant_report.py --out "$OUT" --batches 1 64 \
-            --long-frames 1000 2>&1 | quiet | tail -30 ;;
+          [ "$left" -gt 40 ] && timeout "$left" python3 bench/bench_prefill.py --ckpt /tmp/ckpt_voice_design \
+            --out "$OUT" 2>&1 | quiet | tail -8 ;;
+  predictor) # issue 26: the code predictor's passes as layers or in one launch, 9 arms (ms and kernels a
+          # frame, codes; fp32 codes equal)
+          timeout 560 python3 bench/bench_predictor.py --ckpt /tmp/ckpt_voice_design --out "$OUT" --fp32 \
+            --batches 1 2 8 2>&1 | quiet | tail -40 ;;
+  quant)  # issue 26: 8-bit weights against fp32 and bf16 (teacher-forced agreement, KL, a long stream, ms)
+          timeout 560 python3 bench/quant_report.py --out "$OUT" --batches 1 64 --long-frames 3000 2>&1 \
+            | quiet | tail -30 ;;
   dualtrack) # issue 26: first audio after the first text token through the WebSocket (live vs sentence
           # mode), one session and 32 at once, the server on a 1.7B CustomVoice checkpoint
           timeout 420 python3 bench/bench_dual_track.py --model /tmp/ckpt_custom_voice --device cuda \

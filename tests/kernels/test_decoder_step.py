@@ -60,17 +60,21 @@ def reference(packed, x, slot, col, pos, start, caches):
     return packed.forward(x.clone(), slot, col, pos, start, caches)
 
 
-def check_step(shape, dtype, rows, weights="bf16", programs=3, phases=None, ref=reference, seed=0):
+def check_step(shape, dtype, rows, weights="bf16", programs=3, phases=None, ref=reference, seed=0, split=1):
     dec, rot = build(shape, dtype, seed)
     packed = PackedDecoder(dec, rot, norm_mode="prologue", weights=weights, stacked=True)
     x, slot, col, pos, start = _inputs(dec, rows, dtype, seed)
     ours, theirs = _caches(dec, dtype, seed)
     expected = ref(packed, x, slot, col, pos, start, theirs)
-    got = ds.decoder_step(packed, x.clone(), slot, col, pos, start, ours, programs=programs, phases=phases)
+    got = ds.decoder_step(
+        packed, x.clone(), slot, col, pos, start, ours, programs=programs, phases=phases, split_narrow=split
+    )
     close(got, expected, dtype, scale=float(expected.float().abs().max()))
     for a, b in zip(ours, theirs):
         close(a.k, b.k, dtype)
         close(a.v, b.v, dtype)
+    ws, counts = ds.workspace_for(packed)  # left as found: zero
+    assert not ws.any() and not counts.any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -84,6 +88,16 @@ def test_decoder_step_equals_the_layered_pass(shape, rows, dtype):
 def test_any_grid_computes_the_same(programs):
     """Tiles and kv heads spread over 1 program, 2, or more programs than there are tiles."""
     check_step(TINY, torch.float32, MIXED, programs=programs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [TINY, ODD], ids=["tiny", "odd"])
+def test_narrow_projections_split_in_two(shape, dtype):
+    """The o- and down-projections' K in two halves added atomically: the same result, the workspace
+    and its counters back at zero (checked by check_step), with each half on its own program or both
+    on one."""
+    for programs in (1, 3):
+        check_step(shape, dtype, MIXED, programs=programs, split=2)
 
 
 @pytest.mark.parametrize("weights", ["int8", "fp8"])
@@ -152,6 +166,7 @@ def test_faults_are_caught():
 
     for phases in (skipped, swapped):
         must_fail(check_step, TINY, torch.float32, MIXED, phases=phases)
+        must_fail(check_step, TINY, torch.float32, MIXED, phases=phases, split=2)
     must_fail(check_step, TINY, torch.float32, MIXED, ref=ignores_start)
 
 
@@ -159,27 +174,31 @@ def test_faults_are_caught():
 
 
 def compile_variants() -> dict:
-    """Compile the one-launch kernel (real code-predictor shapes, bf16 and int8) for sm_90 and sm_86 from
-    recorded launches; report the barrier's atomics and whether each is predicated (one thread)."""
+    """Compile the one-launch kernel (real code-predictor shapes) for sm_90 and sm_86 from recorded
+    launches, bf16 weights with the narrow projections whole and split in two, int8 split: the PTX's
+    gpu-scope atomics and loads, and its L2 prefetches."""
     import re
 
     from utter_tts.kernels._jit import compile_for, record_launches
 
     out = {}
-    for weights in ("bf16", "int8"):
+    for weights, split in (("bf16", 1), ("bf16", 2), ("int8", 2)):
         dec = Decoder(2, 1024, 3072, 16, 8, 128, 1e-6, False).to(torch.bfloat16)
         packed = PackedDecoder(dec, Rotary(128, 1e6, [16, 24, 24], True), weights=weights, stacked=True)
         caches = dec.new_caches(2, L, torch.bfloat16, "cpu", stacked=True)
         x, z = torch.zeros(1, 1024, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.long)
         with record_launches() as rec:
-            ds.decoder_step(
-                packed, x, z, z, z.expand(3, -1), z, caches, phased=False, programs=132, prefetch=True
-            )
+            ds.decoder_step(packed, x, z, z, z.expand(3, -1), z, caches, phased=False, programs=132,
+                            prefetch=True, split_narrow=split)  # fmt: skip
         ((kernel, args, kwargs, _),) = rec
         for arch in (90, 86):
             ptx = compile_for(kernel, args, kwargs, arch=arch).asm["ptx"]
-            atomics = [ln.strip() for ln in ptx.splitlines() if re.search(r"\b(atom|ld)\.global\.gpu\.", ln)]
-            out[f"{weights}/{arch}"] = dict(atomics=atomics, prefetches=ptx.count("prefetch.global.L2"))
+            atomics = [
+                ln.strip() for ln in ptx.splitlines() if re.search(r"\b(atom|red|ld)\.global\.gpu\.", ln)
+            ]
+            out[f"{weights}_split{split}/{arch}"] = dict(
+                atomics=atomics, prefetches=ptx.count("prefetch.global.L2")
+            )
     return out
 
 
@@ -192,17 +211,22 @@ def test_one_launch_kernel_compiles_with_a_one_thread_barrier():
     env["PYTHONPATH"] = SRC + os.pathsep + str(Path(SRC).parent)
     code = "import json; from tests.kernels.test_decoder_step import compile_variants as c; "
     code += "print(json.dumps(c()))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     import json
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(result) == {"bf16/90", "bf16/86", "int8/90", "int8/86"}
+    assert set(result) == {
+        f"{v}/{a}" for v in ("bf16_split1", "bf16_split2", "int8_split2") for a in (90, 86)
+    }
     for name, got in result.items():
-        atomics = got["atomics"]
-        kinds = " ".join(atomics)
         assert got["prefetches"] > 0, (name, "the weight prefetch was compiled out")
+        # the barrier's (and the split's arrival counts'): one thread each, predicated
+        one_thread = [a for a in got["atomics"] if ".f32" not in a]
+        kinds = " ".join(one_thread)
         # arrival (release), polls (acquire), exit count (acq_rel), the counters' reset
         for op in ("release.add", "acquire", "acq_rel.add", "exch"):
-            assert op in kinds, (name, op, atomics)
-        assert all(a.startswith("@%p") for a in atomics), (name, "an unpredicated atomic: every thread")
+            assert op in kinds, (name, op, one_thread)
+        assert all(a.startswith("@%p") for a in one_thread), (name, "an unpredicated atomic: every thread")
+        partials = [a for a in got["atomics"] if ".f32" in a]  # the split's fp32 partial sums
+        assert bool(partials) == ("split2" in name), (name, partials)

@@ -490,8 +490,9 @@ def flash_prefill(
     """Causal attention within each of the packed sequences (rows cu_seqlens[i]..cu_seqlens[i+1]-1, each
     starting at its own position 0): q [M, heads, D], k and v [M, kv_heads, D] (head_dim contiguous, rows
     may be strided), cu_seqlens int32 [n + 1] on the device, max_len the longest. -> [M, heads * D]."""
+    kw = {} if scale is None else {"scale": scale}
     out = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, 0.0, True, False, scale=scale
+        q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, 0.0, True, False, **kw
     )[0]
     return out.reshape(q.shape[0], -1)
 
@@ -533,7 +534,9 @@ def flash_prefill_usable(
         M = sum(lengths)
         q = torch.randn(M, heads, head_dim, device=device, dtype=dtype, generator=g)
         k = torch.randn(M, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
-        v = torch.randn(M, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
+        # v as PackedDecoder passes it: a strided view of the QKV projection's rows
+        qkv = torch.randn(M, (heads + 2 * kv_heads) * head_dim, device=device, dtype=dtype, generator=g)
+        v = qkv[:, (heads + kv_heads) * head_dim :].view(M, kv_heads, head_dim)
         slot = torch.tensor([0] * lengths[0] + [1] * lengths[1], device=device)
         col = torch.cat([torch.arange(n, device=device) for n in lengths])
         cache_k = torch.zeros(2, kv_heads, 64, head_dim, device=device, dtype=dtype)

@@ -43,6 +43,7 @@ MAX_ROWS = 16  # rows of one pass: tl.dot's smallest row tile
 BLOCK_N = 16  # output columns of one weight tile (tiles are spread over the programs)
 BLOCK_K = 256  # 128 for fp32 operands (shared memory: 116 KB at 256, past an sm_86's 99 KB)
 MAX_COLUMNS = 64  # cache columns a row may see: the code predictor's 16 (one tile, no online softmax)
+SPLIT_NARROW = 1  # 2: the o- and down-projections' K in two halves (to be decided by bench_predictor)
 PREFETCH = True  # the next phase's weights toward L2 before each barrier (`_prefetch_phase`)
 SPIN_LIMIT = 1 << 20  # barrier polls (~1 s) before a program gives up: flag set, results wrong, no hang
 _SPIN_LIMIT = tl.constexpr(SPIN_LIMIT)
@@ -89,6 +90,8 @@ def _gemv_phase(
     nw_ptr,
     res_ptr,
     out_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     N,
     K,
@@ -105,10 +108,14 @@ def _gemv_phase(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr = 1,
 ):
     """out [M, N] = (rmsnorm(x) * nw if NORM else x) @ w.T, epilogue as `linear`'s (scale, SiLU gate,
-    bias, residual); x, res, out contiguous [M, *]; w [N (2N gated), K] contiguous. Weight tiles of
-    BLOCK_N rows go to programs pid, pid + G, ... (activations read from L2: other programs wrote them)."""
+    bias, residual); x, res, out contiguous [M, *]; w [N (2N gated), K] contiguous. Work items go to
+    programs pid, pid + G, ... (activations read from L2: other programs wrote them). SPLIT=2 (narrow
+    outputs: twice the items): each tile's K in two halves, whose fp32 partials are added atomically into
+    ws [BLOCK_M, N] (zero, and left zero); the second to arrive (cnt_ptr[tile]) runs the epilogue. Two
+    terms added to zero give the same sum in either order: deterministic."""
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
     ks0 = tl.arange(0, BLOCK_K)
@@ -126,15 +133,23 @@ def _gemv_phase(
             ).to(tl.float32)
             ss += tl.sum(xt * xt, axis=1)
         rstd = tl.math.rsqrt(ss / K + eps)
-    for tile in range(pid, tl.cdiv(N, BLOCK_N), G):
+    half_k = tl.cdiv(tl.cdiv(K, 2), BLOCK_K) * BLOCK_K
+    for item in range(pid, tl.cdiv(N, BLOCK_N) * SPLIT, G):
+        tile = item
+        k_lo = 0
+        k_hi = K
+        if SPLIT == 2:
+            tile = item // 2
+            k_lo = (item - tile * 2) * half_k
+            k_hi = tl.minimum(k_lo + half_k, K)
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             ks = k0 + ks0
-            k_ok = ks < K
+            k_ok = ks < k_hi
             xt = tl.load(
                 x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg"
             )
@@ -148,20 +163,31 @@ def _gemv_phase(
             if GATED:  # the up rows sit N rows below the gate rows (pack_gate_up)
                 wu = tl.load(w_rows + N * K + ks[None, :], mask=w_mask, other=0.0)
                 acc_up = tl.dot(xt, tl.trans(wu.to(OP_DTYPE)), acc_up, input_precision=DOT_PREC)
-        if HAS_SCALE:
-            acc = acc * tl.load(s_ptr + cols, mask=col_ok, other=0.0)[None, :]
-            if GATED:
-                acc_up = acc_up * tl.load(s_ptr + N + cols, mask=col_ok, other=0.0)[None, :]
-        if GATED:
-            acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
-        if HAS_RES:
-            acc += tl.load(
-                res_ptr + rows[:, None] * N + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg"
-            ).to(tl.float32)
-        tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+        last = True
+        if SPLIT == 2:
+            w_at = ws_ptr + rows[:, None] * N + cols[None, :]
+            tl.atomic_add(w_at, acc, mask=mask, sem="relaxed", scope="gpu")
+            tl.debug_barrier()  # every thread's partial before the arrival (release)
+            last = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == 1
+            if last:  # the sum of both halves, then the buffers back to zero for the next use
+                acc = tl.load(w_at, mask=mask, other=0.0, cache_modifier=".cg")
+                tl.store(w_at, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), mask=mask)
+                tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+        if last:
+            if HAS_SCALE:
+                acc = acc * tl.load(s_ptr + cols, mask=col_ok, other=0.0)[None, :]
+                if GATED:
+                    acc_up = acc_up * tl.load(s_ptr + N + cols, mask=col_ok, other=0.0)[None, :]
+            if GATED:
+                acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_RES:
+                acc += tl.load(
+                    res_ptr + rows[:, None] * N + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg"
+                ).to(tl.float32)
+            tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @jit
@@ -301,6 +327,8 @@ def _decoder_step_kernel(
     ck_ptr,
     cv_ptr,
     bar_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     p_lo,
     p_hi,
@@ -328,6 +356,7 @@ def _decoder_step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SYNC: tl.constexpr,
+    SPLIT_NARROW: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
     LINE: tl.constexpr = 64,
     LINES_H: tl.constexpr = 1,
@@ -347,7 +376,7 @@ def _decoder_step_kernel(
         if phase == 0:
             _gemv_phase(
                 x_ptr, wqkv_ptr + layer * (NQKV * HIDDEN), sqkv_ptr + layer * NQKV, bqkv_ptr + layer * NQKV,
-                ln1_ptr + layer * HIDDEN, x_ptr, qkv_ptr, M, NQKV, HIDDEN, eps, pid, G,
+                ln1_ptr + layer * HIDDEN, x_ptr, qkv_ptr, ws_ptr, cnt_ptr, M, NQKV, HIDDEN, eps, pid, G,
                 HAS_BIAS, True, False, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
         elif phase == 1:
@@ -361,20 +390,22 @@ def _decoder_step_kernel(
         elif phase == 2:
             _gemv_phase(
                 attn_ptr, wo_ptr + layer * (HIDDEN * ATT), so_ptr + layer * HIDDEN, bo_ptr + layer * HIDDEN,
-                ln1_ptr, x_ptr, h_ptr, M, HIDDEN, ATT, eps, pid, G,
+                ln1_ptr, x_ptr, h_ptr, ws_ptr, cnt_ptr, M, HIDDEN, ATT, eps, pid, G,
                 HAS_BIAS, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+                SPLIT_NARROW,
             )  # fmt: skip
         elif phase == 3:
             _gemv_phase(
                 h_ptr, wgu_ptr + layer * (2 * INTER * HIDDEN), sgu_ptr + layer * (2 * INTER), bqkv_ptr,
-                ln2_ptr + layer * HIDDEN, h_ptr, act_ptr, M, INTER, HIDDEN, eps, pid, G,
+                ln2_ptr + layer * HIDDEN, h_ptr, act_ptr, ws_ptr, cnt_ptr, M, INTER, HIDDEN, eps, pid, G,
                 False, True, False, True, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
         else:
             _gemv_phase(
                 act_ptr, wd_ptr + layer * (HIDDEN * INTER), sd_ptr + layer * HIDDEN, bqkv_ptr,
-                ln1_ptr, h_ptr, x_ptr, M, HIDDEN, INTER, eps, pid, G,
+                ln1_ptr, h_ptr, x_ptr, ws_ptr, cnt_ptr, M, HIDDEN, INTER, eps, pid, G,
                 False, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
+                SPLIT_NARROW,
             )  # fmt: skip
         if p + 1 < p_hi:
             if PREFETCH:  # the next GEMV's weights toward L2 while waiting (after QKV: the o-projection's)
@@ -411,6 +442,20 @@ def _sm_count(index: int) -> int:
 _BARRIERS: dict[int, torch.Tensor] = {}
 
 
+def workspace_for(packed: PackedDecoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2-way K split's fp32 partial sums [MAX_ROWS, hidden] and per-tile arrival counts (zero between
+    uses: the tile's second arrival puts them back)."""
+    ws = getattr(packed, "_step_workspace", None)
+    if ws is None:
+        dev = packed.final_norm.device
+        ws = (
+            torch.zeros(MAX_ROWS, packed.hidden, dtype=torch.float32, device=dev),
+            torch.zeros(triton.cdiv(packed.hidden, 16), dtype=torch.int32, device=dev),
+        )
+        packed._step_workspace = ws
+    return ws
+
+
 def barrier_for(packed: PackedDecoder) -> torch.Tensor:
     """The decoder's barrier counters [arrivals, exits, timed-out flag] (int32, zero between launches);
     one per decoder: its passes run one after another on one stream."""
@@ -440,6 +485,7 @@ def decoder_step(
     programs: int | None = None,
     phases: list[int] | None = None,
     prefetch: bool | None = None,
+    split_narrow: int | None = None,
 ) -> torch.Tensor:
     """`packed.forward(x, slot, col, pos, start, caches)` with norm_mode="prologue", in one launch: x
     [M, hidden] contiguous (M <= MAX_ROWS) is updated in place to the hidden state before the final norm
@@ -447,8 +493,9 @@ def decoder_step(
     per phase, no barrier. programs: the grid (default: one per SM, at most the widest phase's tiles; 3
     under the interpreter, so each program takes several tiles). phases (tests): run exactly these phase
     indices (layer * PHASES + phase), one launch each. prefetch (default PREFETCH on a GPU; never under the
-    interpreter, which runs no inline PTX): the next GEMV's weights asked of L2 before each barrier. No host
-    syncs: CUDA-graph safe."""
+    interpreter, which runs no inline PTX): the next GEMV's weights asked of L2 before each barrier.
+    split_narrow (default SPLIT_NARROW): 2 splits K of the o- and down-projections in two (their hidden-wide
+    outputs have half as many tiles as a GPU has SMs). No host syncs: CUDA-graph safe."""
     st = packed.stacks
     assert st is not None, "decoder_step needs PackedDecoder(stacked=True)"
     M, hidden = x.shape
@@ -482,6 +529,9 @@ def decoder_step(
     h = torch.empty(M, hidden, dtype=x.dtype, device=dev)
     act = torch.empty(M, packed.inter, dtype=dt, device=dev)
     bar = barrier_for(packed)
+    ws, cnt = workspace_for(packed)
+    split_narrow = SPLIT_NARROW if split_narrow is None else split_narrow
+    assert split_narrow in (1, 2) and BLOCK_N >= 16, (split_narrow, BLOCK_N)
     if phased is None:
         phased = not x.is_cuda
     widest = max(triton.cdiv(n, BLOCK_N) for n in ((H + 2 * KV) * D, hidden, packed.inter))
@@ -493,7 +543,7 @@ def decoder_step(
         b_qkv if b_qkv is not None else any_w, st.get("q_norm"), st.get("k_norm"), w_o,
         s_o if s_o is not None else any_w, b_o if b_o is not None else any_w, st.get("ln2"), w_gu,
         s_gu if s_gu is not None else any_w, w_d, s_d if s_d is not None else any_w,
-        packed.inv_freq, packed.axis_of, pos, slot, col, start, ck0, cv0, bar, M,
+        packed.inv_freq, packed.axis_of, pos, slot, col, start, ck0, cv0, bar, ws, cnt, M,
     ]  # fmt: skip
     tail = [
         float(packed.eps), (1.0 / math.sqrt(D)) * math.log2(math.e), pos.stride(0), pos.stride(1),
@@ -509,7 +559,7 @@ def decoder_step(
         prefetch = PREFETCH and x.is_cuda
     line = 128 // w_qkv.element_size()  # elements of a 128-byte line
     meta.update(
-        PREFETCH=prefetch, LINE=line, LINES_H=next_pow2(triton.cdiv(hidden, line)),
+        SPLIT_NARROW=split_narrow, PREFETCH=prefetch, LINE=line, LINES_H=next_pow2(triton.cdiv(hidden, line)),
         LINES_A=next_pow2(triton.cdiv(H * D, line)), LINES_I=next_pow2(triton.cdiv(packed.inter, line)),
     )  # fmt: skip
     total = layers * PHASES
