@@ -179,6 +179,7 @@ def set_modal_env(mp: pytest.MonkeyPatch, ckpts: dict[str, Path], data_dir: Path
     mp.setenv("UTTER_QWEN_DATA_DIR", str(data_dir))
     mp.setenv("UTTER_TTS_FETCH_ALLOW", "127.0.0.1/32")
     mp.delenv("UTTER_QWEN_COMPAT_AUTH", raising=False)
+    mp.delenv("UTTER_QWEN_ENGINE_WEIGHTS", raising=False)
     mp.delenv("MODAL_TOKEN_ID", raising=False)
     mp.delenv("MODAL_TOKEN_SECRET", raising=False)
 

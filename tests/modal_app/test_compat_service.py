@@ -211,3 +211,34 @@ def test_bad_reference_audio_is_a_400(service):
     short = make_wav(seconds=0.3)
     with pytest.raises(CompatError):
         service.clone("Hi.", short)
+
+
+@pytest.mark.parametrize("value,expected", [("bf16", "bf16"), ("int8", "int8"), (" FP8 ", "fp8")])
+def test_deploy_weights_setting(value, expected):
+    """UTTER_QWEN_ENGINE_WEIGHTS picks the engine's GEMM weights (bf16 by default)."""
+    from utter_tts.compat.deploy import DeploySettings
+
+    assert DeploySettings.from_env({}).engine_weights == "bf16"
+    assert DeploySettings.from_env({"UTTER_QWEN_ENGINE_WEIGHTS": value}).engine_weights == expected
+
+
+@pytest.mark.parametrize("value", ["int4", "", "bfloat16"])
+def test_deploy_weights_setting_refuses_what_it_does_not_know(value):
+    from utter_tts.compat.deploy import DeploySettings
+
+    with pytest.raises(ValueError, match="UTTER_QWEN_ENGINE_WEIGHTS"):
+        DeploySettings.from_env({"UTTER_QWEN_ENGINE_WEIGHTS": value})
+
+
+def test_a_container_that_cannot_run_8bit_weights_stops_at_start(ckpts):
+    """8-bit weights need the fused kernels: on this CPU the container's load stops with the engine's
+    reason, naming the setting's field, instead of serving on something else."""
+    from utter_tts.compat.deploy import DeploySettings, load_service
+    from utter_tts.errors import InvalidInput
+
+    settings = DeploySettings(base_model=str(ckpts["base"]), design_model=str(ckpts["voice_design"]),
+                              device="cpu", dtype="float32", engine_streams=2, engine_frames=16,
+                              engine_weights="int8")  # fmt: skip
+    with pytest.raises(InvalidInput, match="weights") as err:
+        load_service(settings, load_design=False)
+    assert err.value.param == "weights"

@@ -30,6 +30,9 @@ class DeploySettings:
     use_engine: bool = True
     engine_streams: int = 8  # per model: 8 + 8 streams of 2,048 frames fit an A10G (bench/results)
     engine_frames: int = 2048
+    # the engine's talker and code-predictor GEMM weights: bf16 as loaded, or int8 (the A10G: sm_86) / fp8
+    # (Ada, Hopper), 8-bit per output channel; not token-exact (bench/quant_report.py)
+    engine_weights: str = "bf16"
     cache_size: int = 256
     limits: Limits = field(default_factory=Limits)
     # False serves utter's routes without API keys (UTTER_QWEN_COMPAT_AUTH=off), so utter's client works
@@ -47,9 +50,18 @@ class DeploySettings:
             use_engine=env.get("UTTER_QWEN_ENGINE", "1") != "0",
             engine_streams=int(env.get("UTTER_QWEN_ENGINE_STREAMS", "8")),
             engine_frames=int(env.get("UTTER_QWEN_ENGINE_FRAMES", "2048")),
+            engine_weights=weights_setting(env.get("UTTER_QWEN_ENGINE_WEIGHTS", "bf16")),
             cache_size=int(env.get("UTTER_QWEN_PROMPT_CACHE", "256")),
             compat_auth=switch(env.get("UTTER_QWEN_COMPAT_AUTH", "on"), "UTTER_QWEN_COMPAT_AUTH"),
         )
+
+
+def weights_setting(value: str) -> str:
+    """UTTER_QWEN_ENGINE_WEIGHTS: bf16, int8 or fp8 (whether this GPU runs it is the engine's check)."""
+    v = value.strip().lower()
+    if v not in ("bf16", "int8", "fp8"):
+        raise ValueError(f"UTTER_QWEN_ENGINE_WEIGHTS must be bf16, int8 or fp8, not {value!r}")
+    return v
 
 
 def switch(value: str, name: str) -> bool:
@@ -69,7 +81,11 @@ def load_service(
     from utter_tts.api import TTS
 
     def load(source: str):
-        engine = {"max_streams": settings.engine_streams, "max_frames": settings.engine_frames}
+        engine = {
+            "max_streams": settings.engine_streams,
+            "max_frames": settings.engine_frames,
+            "weights": settings.engine_weights,
+        }
         tts = TTS.from_pretrained(
             source,
             device=settings.device,
