@@ -5,8 +5,9 @@
 
 Arms: "layers" (today's default), "one-launch" (one program per SM, BLOCK_N 16, BLOCK_K 256, the next
 phase's weights prefetched toward L2 before each barrier) and variants of it: wider tiles, shorter K
-steps, half the grid, no prefetch, the o- and down-projections' K split in two, and "phased" (one launch
-per phase, no barrier: the barrier's price against launch gaps). Per arm and batch: the frame step
+steps, half the grid, no prefetch, the o- and down-projections' K split in two, the talker's passes in
+one launch too (UTTER_TTS_TALKER_PASS), and "phased" (one launch per phase, no barrier: the barrier's
+price against launch gaps). Per arm and batch: the frame step
 captured as a CUDA graph and replayed (median of 5 x 20 replays), the kernels one eager step launches
 (torch.profiler), and the codes of 40 greedy frames against the layers arm (bf16: fraction equal; --fp32
 also loads the checkpoint in fp32, where they must be equal). Writes OUT/predictor.json and a table.
@@ -43,6 +44,8 @@ ARMS = {  # name: (predictor pass, decoder_step overrides)
     "one-launch_no_prefetch": ("one-launch", {"prefetch": False}),
     "one-launch_split2": ("one-launch", {"split_narrow": 2}),
     "one-launch_split2_bn32": ("one-launch", {"split_narrow": 2, "BLOCK_N": 32}),
+    "one-launch_talker_too": ("one-launch", {"talker": True}),
+    "one-launch_talker_too_split2": ("one-launch", {"talker": True, "split_narrow": 2}),
 }
 
 
@@ -50,9 +53,11 @@ def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-def _stepper(pipe, mode: str, slots: int, batch: int) -> tuple[FrameBatch, FusedFrame]:
-    fb = FrameBatch(pipe.talker, pipe.eos_id, slots, max_len=512, max_text=256)
-    st = FusedFrame(fb, predictor_pass=mode)
+def _stepper(
+    pipe, mode: str, slots: int, batch: int, talker: str = "layers"
+) -> tuple[FrameBatch, FusedFrame]:
+    fb = FrameBatch(pipe.talker, pipe.eos_id, slots, max_len=2560, max_text=256)
+    st = FusedFrame(fb, predictor_pass=mode, talker_pass=talker)
     req = Request(TEXT, "design", "english", instruct="A calm, clear voice.", seed=1,
                   sampling=dict(do_sample=False, subtalker_dosample=False, max_new_tokens=400))  # fmt: skip
     jobs = [pipe.prepare(req) for _ in range(batch)]
@@ -162,15 +167,18 @@ def run(args) -> dict:
         try:
             arm = {}
             for batch in args.batches:
-                fb, st = _stepper(pipe, mode, slots, batch)
+                talker = "one-launch" if over.get("talker") else "layers"
+                fb, st = _stepper(pipe, mode, slots, batch, talker)
                 ms = time_graph(fb, st, batch)
                 kernels = count_kernels(st, batch)
-                fb2, st2 = _stepper(pipe, mode, slots, batch)
+                fb2, st2 = _stepper(pipe, mode, slots, batch, talker)
                 codes = codes_of(fb2, st2, batch, args.frames)
                 if name == "layers":
                     reference_codes[batch] = codes
                 agree = float((codes == reference_codes[batch]).float().mean())
                 flag = int(ds.barrier_for(st.predictor)[2].item()) if mode == "one-launch" else 0
+                if talker == "one-launch":
+                    flag += int(ds.barrier_for(st.talker)[2].item())
                 arm[str(batch)] = dict(ms_per_frame=round(ms, 4), kernels_per_frame=kernels,
                                        codes_equal_to_layers=agree, barrier_timed_out=flag)  # fmt: skip
                 log(name, batch, arm[str(batch)])
@@ -192,8 +200,8 @@ def run(args) -> dict:
         pipe = TTS.from_pretrained(args.ckpt, device=args.device, dtype="float32").pipeline
         for batch in args.batches:
             got = {}
-            for mode in ("layers", "one-launch"):
-                fb, st = _stepper(pipe, mode, slots, batch)
+            for mode in ("layers", "one-launch"):  # one-launch: the talker's passes too
+                fb, st = _stepper(pipe, mode, slots, batch, talker=mode)
                 got[mode] = codes_of(fb, st, batch, args.frames)
             res["parity"][f"fp32_batch_{batch}"] = bool(torch.equal(got["layers"], got["one-launch"]))
             log("fp32 codes equal, batch", batch, res["parity"][f"fp32_batch_{batch}"])

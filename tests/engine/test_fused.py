@@ -24,25 +24,29 @@ def pipeline(checkpoints):
     ).pipeline
 
 
-def _batch(pipeline, jobs, slots, fused: bool, predictor_pass: str = "layers"):
+def _batch(pipeline, jobs, slots, fused: bool, predictor_pass: str = "layers", talker_pass: str = "layers"):
     """A FrameBatch with the jobs in slots 0.. (fused: prefilled in one packed pass) and its stepper."""
     batch = FrameBatch(pipeline.talker, pipeline.eos_id, slots, max_len=80, max_text=48)
     if not fused:
         for i, job in enumerate(jobs):
             batch.prefill(i, job.prompt, job.sampling, job.request.seed)
         return batch, batch.step
-    stepper = FusedFrame(batch, predictor_pass=predictor_pass)
+    stepper = FusedFrame(batch, predictor_pass=predictor_pass, talker_pass=talker_pass)
     stepper.prefill(0, [j.prompt for j in jobs], [j.sampling for j in jobs], [j.request.seed for j in jobs])
     return batch, stepper.step
 
 
 @pytest.mark.parametrize(
-    "predictor_pass,varlen_prefill", [("layers", False), ("one-launch", False), ("layers", True)]
+    "predictor_pass,talker_pass,varlen_prefill",
+    [("layers", "layers", False), ("one-launch", "one-launch", False), ("layers", "layers", True)],
 )
-def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass, varlen_prefill, monkeypatch):
+def test_fused_prefill_and_step_equal_the_eager_ones(
+    pipeline, predictor_pass, talker_pass, varlen_prefill, monkeypatch
+):
     """Two streams of different prompt lengths prefilled in one packed pass, a padding slot, two frames
     (seeded sampling: the noise must match too): codes, next tokens, caches and state equal the eager
-    prefill's and step's; the code predictor's passes as layers or in one launch each; the prefill's
+    prefill's and step's; the code predictor's and talker's passes as layers or in one launch each
+    (the talker's 80-column caches: attention in three phases); the prefill's
     attention over the packed prompts as FlashAttention-2 runs it (its reference standing in on the CPU)."""
     if varlen_prefill:
         from utter_tts.engine import fused as fused_mod
@@ -58,7 +62,7 @@ def test_fused_prefill_and_step_equal_the_eager_ones(pipeline, predictor_pass, v
     ]  # fmt: skip
     (eager, eager_step), (fused_batch, fused_step) = (
         _batch(pipeline, jobs, 3, False),
-        _batch(pipeline, jobs, 3, True, predictor_pass),
+        _batch(pipeline, jobs, 3, True, predictor_pass, talker_pass),
     )
     assert fused_step.__self__.prefill_attention == ("flash-attention-2" if varlen_prefill else "triton")
     assert torch.equal(eager.code0[:2], fused_batch.code0[:2])
@@ -173,9 +177,9 @@ def test_weight_modes_that_cannot_run_are_refused(pipeline, monkeypatch):
     check_weights("fp8", torch.device("cpu"), True)  # the interpreter converts fp8
 
 
-def test_predictor_pass_setting(monkeypatch):
-    """UTTER_TTS_PREDICTOR_PASS picks the code predictor's launches; layers by default; a wrong value is
-    refused naming the variable."""
+def test_pass_settings(monkeypatch):
+    """UTTER_TTS_PREDICTOR_PASS / UTTER_TTS_TALKER_PASS pick the code predictor's / talker's launches;
+    layers by default; a wrong value is refused naming the variable."""
     from utter_tts.engine.fused import predictor_pass_setting
 
     monkeypatch.delenv("UTTER_TTS_PREDICTOR_PASS", raising=False)
@@ -185,3 +189,12 @@ def test_predictor_pass_setting(monkeypatch):
     monkeypatch.setenv("UTTER_TTS_PREDICTOR_PASS", "megakernel")
     with pytest.raises(ValueError, match="UTTER_TTS_PREDICTOR_PASS"):
         predictor_pass_setting()
+    from utter_tts.engine.fused import talker_pass_setting
+
+    monkeypatch.delenv("UTTER_TTS_TALKER_PASS", raising=False)
+    assert talker_pass_setting() == "layers"
+    monkeypatch.setenv("UTTER_TTS_TALKER_PASS", "one-launch")
+    assert talker_pass_setting() == "one-launch"
+    monkeypatch.setenv("UTTER_TTS_TALKER_PASS", "fast")
+    with pytest.raises(ValueError, match="UTTER_TTS_TALKER_PASS"):
+        talker_pass_setting()

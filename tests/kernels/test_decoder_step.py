@@ -44,11 +44,11 @@ def _inputs(dec, rows, dtype, seed):
     return x, slot, col, pos, start
 
 
-def _caches(dec, dtype, seed):
+def _caches(dec, dtype, seed, columns=L):
     """Two identical stacked cache sets (random history: rows read columns they did not write)."""
     g = torch.Generator().manual_seed(seed + 1)
-    a = dec.new_caches(5, L, dtype, "cpu", stacked=True)
-    b = dec.new_caches(5, L, dtype, "cpu", stacked=True)
+    a = dec.new_caches(5, columns, dtype, "cpu", stacked=True)
+    b = dec.new_caches(5, columns, dtype, "cpu", stacked=True)
     for ca, cb in zip(a, b):
         for ta, tb in ((ca.k, cb.k), (ca.v, cb.v)):
             ta.copy_(torch.randn(ta.shape, generator=g).to(dtype))
@@ -60,19 +60,22 @@ def reference(packed, x, slot, col, pos, start, caches):
     return packed.forward(x.clone(), slot, col, pos, start, caches)
 
 
-def check_step(shape, dtype, rows, weights="bf16", programs=3, phases=None, ref=reference, seed=0, split=1):
+def check_step(
+    shape, dtype, rows, weights="bf16", programs=3, phases=None, ref=reference, seed=0, split=1, columns=L
+):
     dec, rot = build(shape, dtype, seed)
     packed = PackedDecoder(dec, rot, norm_mode="prologue", weights=weights, stacked=True)
     x, slot, col, pos, start = _inputs(dec, rows, dtype, seed)
-    ours, theirs = _caches(dec, dtype, seed)
+    ours, theirs = _caches(dec, dtype, seed, columns)
     expected = ref(packed, x, slot, col, pos, start, theirs)
     got = ds.decoder_step(
         packed, x.clone(), slot, col, pos, start, ours, programs=programs, phases=phases, split_narrow=split
     )
-    close(got, expected, dtype, scale=float(expected.float().abs().max()))
+    tol = {} if dtype == torch.float32 or columns <= ds.MAX_COLUMNS else dict(rtol=3e-2, atol=3e-2)
+    close(got, expected, dtype, scale=float(expected.float().abs().max()), **tol)
     for a, b in zip(ours, theirs):
-        close(a.k, b.k, dtype)
-        close(a.v, b.v, dtype)
+        close(a.k, b.k, dtype, **tol)
+        close(a.v, b.v, dtype, **tol)
     ws, counts = ds.workspace_for(packed)  # left as found: zero
     assert not ws.any() and not counts.any()
 
@@ -100,6 +103,20 @@ def test_narrow_projections_split_in_two(shape, dtype):
         check_step(shape, dtype, MIXED, programs=programs, split=2)
 
 
+# the talker's rows: long caches (attention in three phases: q/k + cache write, column splits, combine)
+LONG_COLUMNS = 600
+LONG_ROWS = [(0, 0, 599), (3, 37, 450), (1, 0, 0), (1, 0, 1), (4, 0, 130)]
+
+
+@pytest.mark.parametrize("programs", [3, 64])  # 64: 4 column splits of the 600-column span
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [TINY, ODD], ids=["tiny", "odd"])
+def test_long_caches(shape, dtype, programs):
+    """Past MAX_COLUMNS columns (the talker's caches): the same as the layered pass, whose attention
+    splits its columns its own way (bf16: a rounding of the split sums apart)."""
+    check_step(shape, dtype, LONG_ROWS, programs=programs, columns=LONG_COLUMNS)
+
+
 @pytest.mark.parametrize("weights", ["int8", "fp8"])
 def test_8bit_weights(weights):
     """8-bit stacks (scales per output channel) give what the layered pass with the same weights gives."""
@@ -113,9 +130,8 @@ def test_full_rows_and_bounds():
     check_step(TINY, torch.float32, rows)
     dec, rot = build(TINY, torch.float32)
     stacked = PackedDecoder(dec, rot, stacked=True)
-    assert ds.supports(stacked, ds.MAX_ROWS, L)
+    assert ds.supports(stacked, ds.MAX_ROWS, L) and ds.supports(stacked, 1, 2560)
     assert not ds.supports(stacked, ds.MAX_ROWS + 1, L)
-    assert not ds.supports(stacked, 1, ds.MAX_COLUMNS + 1)
     assert not ds.supports(PackedDecoder(*build(TINY, torch.float32)), 1, L)
 
 
@@ -168,6 +184,17 @@ def test_faults_are_caught():
         must_fail(check_step, TINY, torch.float32, MIXED, phases=phases)
         must_fail(check_step, TINY, torch.float32, MIXED, phases=phases, split=2)
     must_fail(check_step, TINY, torch.float32, MIXED, ref=ignores_start)
+    long_every = list(range(dec_layers * ds.PHASES_LONG))
+    combine_first = list(long_every)
+    combine_first[2], combine_first[3] = combine_first[3], combine_first[2]  # combine before the splits
+    no_cache_write = [p for p in long_every if p != ds.PHASES_LONG + 1]  # layer 1's q/k + cache write
+    for phases in (combine_first, no_cache_write):
+        must_fail(
+            check_step, TINY, torch.float32, LONG_ROWS, programs=64, phases=phases, columns=LONG_COLUMNS
+        )
+    must_fail(
+        check_step, TINY, torch.float32, LONG_ROWS, programs=64, ref=ignores_start, columns=LONG_COLUMNS
+    )
 
 
 # ---- the GPU build ---------------------------------------------------------------------------------------
@@ -182,22 +209,28 @@ def compile_variants() -> dict:
     from utter_tts.kernels._jit import compile_for, record_launches
 
     out = {}
-    for weights, split in (("bf16", 1), ("bf16", 2), ("int8", 2)):
-        dec = Decoder(2, 1024, 3072, 16, 8, 128, 1e-6, False).to(torch.bfloat16)
-        packed = PackedDecoder(dec, Rotary(128, 1e6, [16, 24, 24], True), weights=weights, stacked=True)
-        caches = dec.new_caches(2, L, torch.bfloat16, "cpu", stacked=True)
-        x, z = torch.zeros(1, 1024, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.long)
+    # the code predictor's shapes, and the talker's (hidden 2,048, 2,560 columns: three-phase attention)
+    for weights, split, hidden, inter, columns in (
+        ("bf16", 1, 1024, 3072, L), ("bf16", 2, 1024, 3072, L), ("int8", 2, 1024, 3072, L),
+        ("bf16_talker", 1, 2048, 6144, 2560),
+    ):  # fmt: skip
+        dec = Decoder(2, hidden, inter, 16, 8, 128, 1e-6, False).to(torch.bfloat16)
+        mode = weights.split("_")[0]
+        packed = PackedDecoder(dec, Rotary(128, 1e6, [16, 24, 24], True), weights=mode, stacked=True)
+        caches = dec.new_caches(2, columns, torch.bfloat16, "cpu", stacked=True)
+        x, z = torch.zeros(1, hidden, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.long)
         with record_launches() as rec:
             ds.decoder_step(packed, x, z, z, z.expand(3, -1), z, caches, phased=False, programs=132,
                             prefetch=True, split_narrow=split)  # fmt: skip
         ((kernel, args, kwargs, _),) = rec
         for arch in (90, 86):
-            ptx = compile_for(kernel, args, kwargs, arch=arch).asm["ptx"]
+            compiled = compile_for(kernel, args, kwargs, arch=arch)
+            ptx, shared = compiled.asm["ptx"], compiled.metadata.shared
             atomics = [
                 ln.strip() for ln in ptx.splitlines() if re.search(r"\b(atom|red|ld)\.global\.gpu\.", ln)
             ]
             out[f"{weights}_split{split}/{arch}"] = dict(
-                atomics=atomics, prefetches=ptx.count("prefetch.global.L2")
+                atomics=atomics, prefetches=ptx.count("prefetch.global.L2"), shared=shared
             )
     return out
 
@@ -216,11 +249,11 @@ def test_one_launch_kernel_compiles_with_a_one_thread_barrier():
     import json
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(result) == {
-        f"{v}/{a}" for v in ("bf16_split1", "bf16_split2", "int8_split2") for a in (90, 86)
-    }
+    variants = ("bf16_split1", "bf16_split2", "int8_split2", "bf16_talker_split1")
+    assert set(result) == {f"{v}/{a}" for v in variants for a in (90, 86)}
     for name, got in result.items():
         assert got["prefetches"] > 0, (name, "the weight prefetch was compiled out")
+        assert got["shared"] <= 99 * 1024, (name, got["shared"], "more shared memory than an sm_86 block has")
         # the barrier's (and the split's arrival counts'): one thread each, predicated
         one_thread = [a for a in got["atomics"] if ".f32" not in a]
         kinds = " ".join(one_thread)

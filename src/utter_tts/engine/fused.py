@@ -32,17 +32,26 @@ from utter_tts.model.config import SamplingConfig
 from utter_tts.model.frame import FrameBatch, SamplingParams
 from utter_tts.model.prompt import Prompt
 
-PREDICTOR_PASSES = ("layers", "one-launch")
+PASSES = ("layers", "one-launch")
+
+
+def pass_setting(variable: str) -> str:
+    """How a decoder's passes launch: "layers" (PackedDecoder, 6 launches a layer; the default) or
+    "one-launch" (`kernels.decoder_step`: every layer in one persistent launch, grid-synced; not yet timed
+    on a GPU, so not the default). UTTER_TTS_PREDICTOR_PASS chooses for the code predictor,
+    UTTER_TTS_TALKER_PASS for the talker (at most decoder_step.MAX_ROWS streams; more run as layers)."""
+    name = os.environ.get(variable, "layers")
+    if name not in PASSES:
+        raise ValueError(f"{variable}={name!r}: use one of {', '.join(PASSES)}")
+    return name
 
 
 def predictor_pass_setting() -> str:
-    """How the code predictor's passes launch: "layers" (PackedDecoder, 6 launches a layer; the default)
-    or "one-launch" (`kernels.decoder_step`: all 5 layers in one persistent launch, grid-synced; not yet
-    timed on a GPU, so not the default). UTTER_TTS_PREDICTOR_PASS chooses."""
-    name = os.environ.get("UTTER_TTS_PREDICTOR_PASS", "layers")
-    if name not in PREDICTOR_PASSES:
-        raise ValueError(f"UTTER_TTS_PREDICTOR_PASS={name!r}: use one of {', '.join(PREDICTOR_PASSES)}")
-    return name
+    return pass_setting("UTTER_TTS_PREDICTOR_PASS")
+
+
+def talker_pass_setting() -> str:
+    return pass_setting("UTTER_TTS_TALKER_PASS")
 
 
 class FusedFrame:
@@ -50,14 +59,26 @@ class FusedFrame:
     loaded, or "int8" / "fp8", quantized once here, see the module docstring). predictor_pass: see
     `predictor_pass_setting` (its default)."""
 
-    def __init__(self, batch: FrameBatch, weights: str = "bf16", predictor_pass: str | None = None):
+    def __init__(
+        self,
+        batch: FrameBatch,
+        weights: str = "bf16",
+        predictor_pass: str | None = None,
+        talker_pass: str | None = None,
+    ):
         self.batch = batch
         self.weights = weights
         self.predictor_pass = predictor_pass or predictor_pass_setting()
-        assert self.predictor_pass in PREDICTOR_PASSES, self.predictor_pass
+        self.talker_pass = talker_pass or talker_pass_setting()
+        assert self.predictor_pass in PASSES and self.talker_pass in PASSES, (
+            self.predictor_pass,
+            self.talker_pass,
+        )
         talker = batch.talker
         cp = talker.code_predictor
-        self.talker = PackedDecoder(talker.model, talker.rotary, weights=weights)
+        self.talker = PackedDecoder(
+            talker.model, talker.rotary, weights=weights, stacked=self.talker_pass == "one-launch"
+        )
         stacked = self.predictor_pass == "one-launch"
         self.predictor = PackedDecoder(cp.model, cp.rotary, weights=weights, stacked=stacked)
         self.talker_norm = talker.model.norm  # its output is the hidden state the next frame starts from
@@ -280,7 +301,12 @@ class FusedFrame:
         idx = self._indices(n)
         slots, zero = idx["slots"], idx["zero"]
         col = b.col[rows].clamp(max=b.max_len - 1)  # padding slots keep counting: keep them in bounds
-        h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
+        if self.talker_pass == "one-launch" and one_launch.supports(self.talker, n, b.max_len):
+            h = one_launch.decoder_step(
+                self.talker, acc, slots, col, col.expand(3, -1), zero, b.talker_caches
+            )
+        else:
+            h = self.talker.forward(acc, slots, col, col.expand(3, -1), zero, b.talker_caches)
         hidden = self.talker_norm(h)
         talker_logits = torch.empty(n, self.codec_head.shape[0], dtype=torch.float32, device=dev)
         linear(hidden, self.codec_head, out=talker_logits)

@@ -10,9 +10,11 @@ Here one grid of about one program per SM walks the same steps, `PHASES` per lay
   3  act = silu(g) * u, [g | u] = rmsnorm(h) @ w_gate_up.T
   4  x = act @ w_down.T + h
 
-with a grid-wide barrier between phases (a counter in global memory: each program adds one and waits for
-all of them; the last program out resets it, so a CUDA graph replays the launch as is). Every program of
-the grid must be resident at once for the barrier to complete: the grid is at most one program per SM.
+(caches of more than MAX_COLUMNS columns, the talker's: phase 1 becomes three, q/k + cache write per
+(row, head), online-softmax attention per (row, kv head, column split), the splits' combine per (row,
+head)), with a grid-wide barrier between phases (a counter in global memory: each program adds one and
+waits for all of them; the last program out resets it, so a CUDA graph replays the launch as is). Every
+program of the grid must be resident at once for the barrier to complete: at most one program per SM.
 
 Numerics are `PackedDecoder.forward` with norm_mode="prologue" (its reference): the RMSNorm's operand
 x * rstd * w rounded once to the weight dtype, fp32 accumulation, each GEMM's result rounded once; q, k, v
@@ -38,11 +40,12 @@ from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, next_pow2, pdl_
 from utter_tts.kernels.linear import weight_parts
 from utter_tts.kernels.packed_decoder import PackedDecoder, _kv
 
-PHASES = 5  # per layer (the module docstring)
+PHASES = 5  # per layer (the module docstring); PHASES_LONG over caches of more than MAX_COLUMNS columns
+PHASES_LONG = 7
 MAX_ROWS = 16  # rows of one pass: tl.dot's smallest row tile
 BLOCK_N = 16  # output columns of one weight tile (tiles are spread over the programs)
 BLOCK_K = 256  # 128 for fp32 operands (shared memory: 116 KB at 256, past an sm_86's 99 KB)
-MAX_COLUMNS = 64  # cache columns a row may see: the code predictor's 16 (one tile, no online softmax)
+MAX_COLUMNS = 64  # caches up to this many columns: attention in one phase (one tile, no online softmax)
 SPLIT_NARROW = 1  # 2: the o- and down-projections' K in two halves (to be decided by bench_predictor)
 PREFETCH = True  # the next phase's weights toward L2 before each barrier (`_prefetch_phase`)
 SPIN_LIMIT = 1 << 20  # barrier polls (~1 s) before a program gives up: flag set, results wrong, no hang
@@ -297,6 +300,181 @@ def _attention_phase(
             tl.debug_barrier()
 
 
+@jit
+def _rope_write_phase(
+    qkv_ptr,
+    qw_ptr,
+    kw_ptr,
+    inv_freq_ptr,
+    axis_ptr,
+    pos_ptr,
+    slot_ptr,
+    col_ptr,
+    ck_ptr,
+    cv_ptr,
+    q_ptr,
+    M,
+    stride_pa,
+    stride_pm,
+    stride_cs,
+    stride_ch,
+    stride_cl,
+    eps,
+    pid,
+    G,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Long caches, first step: per (row, head) item, q normalised and rotated into q [M, HEADS, HEAD_DIM]
+    (the cache dtype), k normalised and rotated and v as is into the caches at (slot, col)."""
+    NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    HALF: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    freq = tl.where(d < HALF, d, d - HALF)
+    partner = tl.where(d < HALF, d + HALF, d - HALF)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
+    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    for item in range(pid, M * (HEADS + KV_HEADS), G):
+        it = tl.cast(item, tl.int32)
+        m = it // (HEADS + KV_HEADS)
+        h = it - m * (HEADS + KV_HEADS)  # heads HEADS.. are the key heads (packed after q's)
+        is_q = h < HEADS
+        row = qkv_ptr + m.to(tl.int64) * NQKV
+        x = tl.load(row + h * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
+        xp = tl.load(row + h * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
+        q_lanes = d_ok & is_q
+        k_lanes = d_ok & (h >= HEADS)
+        w = tl.load(qw_ptr + d, mask=q_lanes, other=0.0).to(tl.float32)
+        w += tl.load(kw_ptr + d, mask=k_lanes, other=0.0).to(tl.float32)
+        wp = tl.load(qw_ptr + partner, mask=q_lanes, other=0.0).to(tl.float32)
+        wp += tl.load(kw_ptr + partner, mask=k_lanes, other=0.0).to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
+        p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
+        ang = p * inv
+        y = x * rstd * w * tl.cos(ang) + sign * (xp * rstd * wp) * tl.sin(ang)
+        tl.store(q_ptr + (m.to(tl.int64) * HEADS + h) * HEAD_DIM + d, y, mask=q_lanes)
+        kvh = tl.maximum(h - HEADS, 0)
+        slot = tl.load(slot_ptr + m).to(tl.int64)
+        at = slot * stride_cs + kvh * stride_ch + tl.load(col_ptr + m).to(tl.int64) * stride_cl + d
+        tl.store(ck_ptr + at, y, mask=k_lanes)
+        v = tl.load(
+            row + (HEADS + KV_HEADS + kvh) * HEAD_DIM + d, mask=k_lanes, other=0.0, cache_modifier=".cg"
+        )
+        tl.store(cv_ptr + at, v, mask=k_lanes)
+
+
+@jit
+def _split_attention_phase(
+    q_ptr,
+    ck_ptr,
+    cv_ptr,
+    slot_ptr,
+    col_ptr,
+    start_ptr,
+    part_ptr,
+    lse_ptr,
+    M,
+    stride_cs,
+    stride_ch,
+    stride_cl,
+    qk_scale,
+    pid,
+    G,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Long caches, second step: per (row, kv head, split) item, `_attention_kernel`'s online softmax over
+    the split's share of columns start..col (the REP query heads of the kv head as one tile's rows): the
+    normalised partial [M, HEADS, SPLITS, HEAD_DIM] and its log2-sum-exp [M, HEADS, SPLITS] (fp32)."""
+    REP: tl.constexpr = HEADS // KV_HEADS
+    hs = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    h_ok = hs < REP
+    d_ok = d < HEAD_DIM
+    cn = tl.arange(0, BLOCK_C)
+    for item in range(pid, M * KV_HEADS * SPLITS, G):
+        it = tl.cast(item, tl.int32)
+        m = it // (KV_HEADS * SPLITS)
+        rest = it - m * (KV_HEADS * SPLITS)
+        g = rest // SPLITS
+        sp = rest - g * SPLITS
+        heads = g * REP + hs
+        q_at = q_ptr + (m.to(tl.int64) * HEADS + heads[:, None]) * HEAD_DIM + d[None, :]
+        q = tl.load(q_at, mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+        slot = tl.load(slot_ptr + m).to(tl.int64)
+        last = tl.load(col_ptr + m)
+        first = tl.minimum(tl.load(start_ptr + m), last)
+        per_split = tl.cdiv(tl.cdiv(last - first + 1, SPLITS), BLOCK_C) * BLOCK_C
+        lo = first + sp * per_split
+        hi = tl.minimum(lo + per_split, last + 1)
+        k_base = ck_ptr + slot * stride_cs + g * stride_ch
+        v_base = cv_ptr + slot * stride_cs + g * stride_ch
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        for c0 in range(lo, hi, BLOCK_C):
+            cs = c0 + cn
+            c_ok = cs < hi
+            kv_mask = c_ok[:, None] & d_ok[None, :]
+            at = cs.to(tl.int64)[:, None] * stride_cl + d[None, :]
+            k = tl.load(k_base + at, mask=kv_mask, other=0.0, cache_modifier=".cg")
+            sc = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            sc = tl.where(c_ok[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            pr = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pr, axis=1)
+            v = tl.load(v_base + at, mask=kv_mask, other=0.0, cache_modifier=".cg")
+            acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v, input_precision=DOT_PREC)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)  # an empty split: weight 0 (lse -inf)
+        row = (m.to(tl.int64) * HEADS + heads) * SPLITS + sp
+        mask = h_ok[:, None] & d_ok[None, :]
+        tl.store(part_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=mask)
+        tl.store(lse_ptr + row, m_i + tl.log2(l_safe), mask=h_ok)
+
+
+@jit
+def _combine_phase(
+    part_ptr,
+    lse_ptr,
+    attn_ptr,
+    M,
+    pid,
+    G,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Long caches, third step: per (row, head) item, the splits' partials weighted by their sums."""
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s < SPLITS
+    mask = s_ok[:, None] & (d < HEAD_DIM)[None, :]
+    for item in range(pid, M * HEADS, G):
+        it = tl.cast(item, tl.int64)
+        row = it * SPLITS + s  # (m * HEADS + h) * SPLITS + s
+        lse = tl.load(lse_ptr + row, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty: the max is finite
+        part = tl.load(
+            part_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0, cache_modifier=".cg"
+        )
+        o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
+        tl.store(attn_ptr + it * HEAD_DIM + d, o.to(attn_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+
+
 @jit(do_not_specialize=["M", "p_lo", "p_hi"])
 def _decoder_step_kernel(
     x_ptr,
@@ -329,6 +507,9 @@ def _decoder_step_kernel(
     bar_ptr,
     ws_ptr,
     cnt_ptr,
+    q_ptr,
+    part_ptr,
+    lse_ptr,
     M,
     p_lo,
     p_hi,
@@ -356,6 +537,11 @@ def _decoder_step_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SYNC: tl.constexpr,
+    LONG: tl.constexpr = False,
+    SPLITS: tl.constexpr = 1,
+    BLOCK_HL: tl.constexpr = 16,
+    BLOCK_CL: tl.constexpr = 64,
+    BLOCK_S: tl.constexpr = 1,
     SPLIT_NARROW: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
     LINE: tl.constexpr = 64,
@@ -369,32 +555,57 @@ def _decoder_step_kernel(
     G = tl.num_programs(0)
     NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
     ATT: tl.constexpr = HEADS * HEAD_DIM
+    # phases of a layer: QKV, attention (short caches: 1 phase; long: q/k + cache write, split attention,
+    # combine), o + residual, gate/up, down + residual
+    PPL: tl.constexpr = 7 if LONG else 5
+    O_PHASE: tl.constexpr = PPL - 3
     for p in range(p_lo, p_hi):
-        layer_i = p // 5  # PHASES (a literal: the interpreter's loop index is a plain int)
-        phase = p - layer_i * 5
+        if LONG:  # literals: the interpreter's loop index is a plain int
+            layer_i = p // 7
+        else:
+            layer_i = p // 5
+        phase = p - layer_i * PPL
         layer = tl.cast(layer_i, tl.int64)
+        cache = layer * stride_cache_layer
         if phase == 0:
             _gemv_phase(
                 x_ptr, wqkv_ptr + layer * (NQKV * HIDDEN), sqkv_ptr + layer * NQKV, bqkv_ptr + layer * NQKV,
                 ln1_ptr + layer * HIDDEN, x_ptr, qkv_ptr, ws_ptr, cnt_ptr, M, NQKV, HIDDEN, eps, pid, G,
                 HAS_BIAS, True, False, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
-        elif phase == 1:
-            cache = layer * stride_cache_layer
-            _attention_phase(
-                qkv_ptr, qn_ptr + layer * HEAD_DIM, kn_ptr + layer * HEAD_DIM, inv_freq_ptr, axis_ptr,
-                pos_ptr, slot_ptr, col_ptr, start_ptr, ck_ptr + cache, cv_ptr + cache, attn_ptr, M, stride_pa,
-                stride_pm, stride_cs, stride_ch, stride_cl, eps, qk_scale, pid, G,
-                HEADS, KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, BLOCK_C,
-            )  # fmt: skip
-        elif phase == 2:
+        elif phase < O_PHASE:
+            if not LONG:
+                _attention_phase(
+                    qkv_ptr, qn_ptr + layer * HEAD_DIM, kn_ptr + layer * HEAD_DIM, inv_freq_ptr, axis_ptr,
+                    pos_ptr, slot_ptr, col_ptr, start_ptr, ck_ptr + cache, cv_ptr + cache, attn_ptr, M,
+                    stride_pa, stride_pm, stride_cs, stride_ch, stride_cl, eps, qk_scale, pid, G,
+                    HEADS, KV_HEADS, HEAD_DIM, BLOCK_H, BLOCK_D, BLOCK_C,
+                )  # fmt: skip
+            elif phase == 1:
+                _rope_write_phase(
+                    qkv_ptr, qn_ptr + layer * HEAD_DIM, kn_ptr + layer * HEAD_DIM, inv_freq_ptr, axis_ptr,
+                    pos_ptr, slot_ptr, col_ptr, ck_ptr + cache, cv_ptr + cache, q_ptr, M, stride_pa,
+                    stride_pm, stride_cs, stride_ch, stride_cl, eps, pid, G,
+                    HEADS, KV_HEADS, HEAD_DIM, BLOCK_D,
+                )  # fmt: skip
+            elif phase == 2:
+                _split_attention_phase(
+                    q_ptr, ck_ptr + cache, cv_ptr + cache, slot_ptr, col_ptr, start_ptr, part_ptr, lse_ptr, M,
+                    stride_cs, stride_ch, stride_cl, qk_scale, pid, G,
+                    HEADS, KV_HEADS, HEAD_DIM, SPLITS, BLOCK_HL, BLOCK_D, BLOCK_CL, DOT_PREC,
+                )  # fmt: skip
+            else:
+                _combine_phase(
+                    part_ptr, lse_ptr, attn_ptr, M, pid, G, HEADS, HEAD_DIM, SPLITS, BLOCK_S, BLOCK_D
+                )
+        elif phase == O_PHASE:
             _gemv_phase(
                 attn_ptr, wo_ptr + layer * (HIDDEN * ATT), so_ptr + layer * HIDDEN, bo_ptr + layer * HIDDEN,
                 ln1_ptr, x_ptr, h_ptr, ws_ptr, cnt_ptr, M, HIDDEN, ATT, eps, pid, G,
                 HAS_BIAS, False, True, False, HAS_SCALE, OP_DTYPE, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K,
                 SPLIT_NARROW,
             )  # fmt: skip
-        elif phase == 3:
+        elif phase == O_PHASE + 1:
             _gemv_phase(
                 h_ptr, wgu_ptr + layer * (2 * INTER * HIDDEN), sgu_ptr + layer * (2 * INTER), bqkv_ptr,
                 ln2_ptr + layer * HIDDEN, h_ptr, act_ptr, ws_ptr, cnt_ptr, M, INTER, HIDDEN, eps, pid, G,
@@ -408,16 +619,22 @@ def _decoder_step_kernel(
                 SPLIT_NARROW,
             )  # fmt: skip
         if p + 1 < p_hi:
-            if PREFETCH:  # the next GEMV's weights toward L2 while waiting (after QKV: the o-projection's)
-                nl = tl.cast((p + 1) // 5, tl.int64)
-                nxt = p + 1 - (p + 1) // 5 * 5
+            if (
+                PREFETCH
+            ):  # the next GEMV's weights toward L2 while waiting (during attention: the o-projection's)
+                if LONG:
+                    nl_i = (p + 1) // 7
+                else:
+                    nl_i = (p + 1) // 5
+                nxt = p + 1 - nl_i * PPL
+                nl = tl.cast(nl_i, tl.int64)
                 if nxt == 0:
                     _prefetch_phase(
                         wqkv_ptr + nl * (NQKV * HIDDEN), NQKV, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE
                     )
-                elif nxt <= 2:
+                elif nxt <= O_PHASE:
                     _prefetch_phase(wo_ptr + nl * (HIDDEN * ATT), HIDDEN, ATT, pid, G, BLOCK_N, LINES_A, LINE)
-                elif nxt == 3:
+                elif nxt == O_PHASE + 1:
                     gu = wgu_ptr + nl * (2 * INTER * HIDDEN)
                     _prefetch_phase(gu, INTER, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE)
                     _prefetch_phase(gu + INTER * HIDDEN, INTER, HIDDEN, pid, G, BLOCK_N, LINES_H, LINE)
@@ -467,9 +684,9 @@ def barrier_for(packed: PackedDecoder) -> torch.Tensor:
 
 
 def supports(packed: PackedDecoder, rows: int, columns: int) -> bool:
-    """Whether `decoder_step` takes this pass: a stacked decoder, at most MAX_ROWS rows, caches of at most
-    MAX_COLUMNS columns."""
-    return packed.stacks is not None and rows <= MAX_ROWS and columns <= MAX_COLUMNS
+    """Whether `decoder_step` takes this pass: a stacked decoder and at most MAX_ROWS rows (caches of any
+    length: past MAX_COLUMNS columns, attention runs in three phases)."""
+    return packed.stacks is not None and rows <= MAX_ROWS and columns > 0
 
 
 def decoder_step(
@@ -504,7 +721,8 @@ def decoder_step(
     layers = len(packed.layers)
     ck0, cv0 = _kv(caches[0])
     S, kv_heads, L, _ = ck0.shape
-    assert kv_heads == KV and L <= MAX_COLUMNS and ck0.stride() == cv0.stride() and ck0.stride(3) == 1
+    assert kv_heads == KV and ck0.stride() == cv0.stride() and ck0.stride(3) == 1
+    long = L > MAX_COLUMNS  # attention in three phases: q/k + cache write, column splits, their combine
     step = ck0.element_size()
     layer_stride = (_kv(caches[1])[0].data_ptr() - ck0.data_ptr()) // step if layers > 1 else 0
     for i, cache in enumerate(caches):  # the stacked layout: layer i at base + i * stride, keys and values
@@ -537,23 +755,33 @@ def decoder_step(
     widest = max(triton.cdiv(n, BLOCK_N) for n in ((H + 2 * KV) * D, hidden, packed.inter))
     if programs is None:
         programs = min(_sm_count(dev.index or 0), widest) if x.is_cuda else 3
+    # long caches: enough (row, kv head, split) items for the grid, each split >= 128 columns of the span
+    splits = max(1, min(triton.cdiv(programs, M * KV), L // 128, 32)) if long else 1
+    q_rows = torch.empty(M, H, D, dtype=dt, device=dev) if long else qkv
+    part = torch.empty(M, H, splits, D, dtype=torch.float32, device=dev) if long else qkv
+    lse = torch.empty(M, H, splits, dtype=torch.float32, device=dev) if long else qkv
     any_w = w_qkv
     args = [
         x, h, qkv, attn, act, st.get("ln1"), w_qkv, s_qkv if s_qkv is not None else any_w,
         b_qkv if b_qkv is not None else any_w, st.get("q_norm"), st.get("k_norm"), w_o,
         s_o if s_o is not None else any_w, b_o if b_o is not None else any_w, st.get("ln2"), w_gu,
         s_gu if s_gu is not None else any_w, w_d, s_d if s_d is not None else any_w,
-        packed.inv_freq, packed.axis_of, pos, slot, col, start, ck0, cv0, bar, ws, cnt, M,
+        packed.inv_freq, packed.axis_of, pos, slot, col, start, ck0, cv0, bar, ws, cnt, q_rows, part, lse,
+        M,
     ]  # fmt: skip
     tail = [
         float(packed.eps), (1.0 / math.sqrt(D)) * math.log2(math.e), pos.stride(0), pos.stride(1),
         layer_stride, ck0.stride(0), ck0.stride(1), ck0.stride(2),
     ]  # fmt: skip
+    # fp32 operands: shorter tiles and pipelines (shared memory: 143 KB with bf16's, past an sm_86's 99)
+    wide = op_dtype == torch.float32
     meta = dict(
         HIDDEN=hidden, INTER=packed.inter, HEADS=H, KV_HEADS=KV, HEAD_DIM=D, HAS_BIAS=b_qkv is not None,
         HAS_SCALE=s_qkv is not None, OP_DTYPE=TL_DTYPE[op_dtype], DOT_PREC=dot_precision(op_dtype),
-        BLOCK_M=MAX_ROWS, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K // 2 if op_dtype == torch.float32 else BLOCK_K,
-        BLOCK_H=next_pow2(H // KV), BLOCK_D=next_pow2(D), BLOCK_C=next_pow2(L), num_warps=4,
+        BLOCK_M=MAX_ROWS, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K // 2 if wide else BLOCK_K,
+        BLOCK_H=next_pow2(H // KV), BLOCK_D=next_pow2(D), BLOCK_C=next_pow2(min(L, MAX_COLUMNS)),
+        LONG=long, SPLITS=splits, BLOCK_HL=max(16, next_pow2(H // KV)), BLOCK_CL=32 if wide else 64,
+        BLOCK_S=next_pow2(splits), num_warps=4, num_stages=2 if wide else 3,
     )  # fmt: skip
     if prefetch is None:
         prefetch = PREFETCH and x.is_cuda
@@ -562,7 +790,7 @@ def decoder_step(
         SPLIT_NARROW=split_narrow, PREFETCH=prefetch, LINE=line, LINES_H=next_pow2(triton.cdiv(hidden, line)),
         LINES_A=next_pow2(triton.cdiv(H * D, line)), LINES_I=next_pow2(triton.cdiv(packed.inter, line)),
     )  # fmt: skip
-    total = layers * PHASES
+    total = layers * (PHASES_LONG if long else PHASES)
     if phases is not None:
         phased, spans = True, [(p, p + 1) for p in phases]
     else:

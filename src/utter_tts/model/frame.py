@@ -155,7 +155,8 @@ class FrameBatch:
         self.slots, self.max_len, self.max_text = slots, max_len, max_text
         cfg = talker.cfg
         S, H, V, dev = slots, cfg.hidden_size, cfg.vocab_size, self.device
-        self.talker_caches = talker.model.new_caches(S, max_len, self.dtype, dev)
+        # stacked (views of one tensor per keys and values): the fused step may run a pass in one launch
+        self.talker_caches = talker.model.new_caches(S, max_len, self.dtype, dev, stacked=True)
         self.predictor_caches = talker.code_predictor.new_caches(S, self.dtype, dev)
         self.hidden = torch.zeros(S, H, dtype=self.dtype, device=dev)
         self.code0 = torch.zeros(S, dtype=torch.long, device=dev)
