@@ -656,9 +656,6 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-_BARRIERS: dict[int, torch.Tensor] = {}
-
-
 def workspace_for(packed: PackedDecoder) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2-way K split's fp32 partial sums [MAX_ROWS, hidden] and per-tile arrival counts (zero between
     uses: the tile's second arrival puts them back)."""
