@@ -198,3 +198,24 @@ def test_pass_settings(monkeypatch):
     monkeypatch.setenv("UTTER_TTS_TALKER_PASS", "fast")
     with pytest.raises(ValueError, match="UTTER_TTS_TALKER_PASS"):
         talker_pass_setting()
+
+
+def test_one_gpu_has_one_one_launch_owner():
+    """Two engines' grid-synced launches at once could each wait for programs the other holds: a GPU's
+    first FusedFrame to ask keeps them, a second live one is refused (and runs its passes as layers), and
+    once the first is gone the next may take them."""
+    import gc
+
+    from utter_tts.engine.fused import claim_one_launch
+
+    class Frame:
+        pass
+
+    first, second = Frame(), Frame()
+    assert claim_one_launch(97, first)
+    assert claim_one_launch(97, first)  # asking again keeps it
+    assert not claim_one_launch(97, second)
+    assert claim_one_launch(96, second)  # another GPU
+    del first
+    gc.collect()
+    assert claim_one_launch(97, second)

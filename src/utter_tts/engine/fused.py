@@ -18,7 +18,9 @@ one's) and the embedding tables (gathers, not GEMMs) stay as loaded.
 
 from __future__ import annotations
 
+import logging
 import os
+import weakref
 
 import torch
 
@@ -33,6 +35,22 @@ from utter_tts.model.frame import FrameBatch, SamplingParams
 from utter_tts.model.prompt import Prompt
 
 PASSES = ("layers", "one-launch")
+log = logging.getLogger(__name__)
+# The FusedFrame per GPU whose passes may run as one persistent launch. Two engines' frame graphs run on
+# their own streams at the same time, and a grid-synced launch needs every program of its grid resident:
+# two such grids of one program per SM each need two programs per SM, which an sm_86 (shared memory)
+# cannot hold, so both would wait on each other. One owner per GPU; the others run as layers.
+_ONE_LAUNCH_OWNER: dict[int, weakref.ref] = {}
+
+
+def claim_one_launch(index: int, frame: object) -> bool:
+    """Make `frame` GPU `index`'s one-launch owner unless another live one is (then False)."""
+    owner = _ONE_LAUNCH_OWNER.get(index)
+    current = owner() if owner is not None else None
+    if current is not None and current is not frame:
+        return False
+    _ONE_LAUNCH_OWNER[index] = weakref.ref(frame)
+    return True
 
 
 def pass_setting(variable: str) -> str:
@@ -74,6 +92,10 @@ class FusedFrame:
             self.predictor_pass,
             self.talker_pass,
         )
+        if "one-launch" in (self.predictor_pass, self.talker_pass) and not self._own_one_launch():
+            log.warning("another engine on %s runs one-launch passes: this one runs its passes as layers",
+                        batch.device)  # fmt: skip
+            self.predictor_pass = self.talker_pass = "layers"
         talker = batch.talker
         cp = talker.code_predictor
         self.talker = PackedDecoder(
@@ -98,6 +120,14 @@ class FusedFrame:
         # the prefill's attention: FlashAttention-2 over the packed prompts where usable (kernels.attention)
         usable = flash_prefill_usable(batch.device, batch.dtype, t.heads, t.kv_heads, t.head_dim)
         self.prefill_attention = "flash-attention-2" if usable else "triton"
+
+    def _own_one_launch(self) -> bool:
+        """Claim this GPU's one-launch passes (see _ONE_LAUNCH_OWNER); the CPU's interpreter runs a launch's
+        phases one after another, so there any number may."""
+        dev = self.batch.device
+        if dev.type != "cuda":
+            return True
+        return claim_one_launch(dev.index if dev.index is not None else torch.cuda.current_device(), self)
 
     @torch.no_grad()
     def prefill(self, first: int, prompts: list[Prompt], settings: list[SamplingConfig], seeds: list[int]):
