@@ -194,6 +194,21 @@ def _gemv_phase(
 
 
 @jit
+def _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A head's lanes for RMSNorm + M-RoPE: (d, in range, rotate_half's partner lane, its sign, each
+    lane's position axis, its inverse frequency), as `kernels.attention`'s q/k kernel computes them."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    freq = tl.where(d < HALF, d, d - HALF)
+    partner = tl.where(d < HALF, d + HALF, d - HALF)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
+    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    return d, d_ok, partner, sign, axis, inv
+
+
+@jit
 def _attention_phase(
     qkv_ptr,
     qw_ptr,
@@ -230,14 +245,7 @@ def _attention_phase(
     one program writes and reads a kv head's columns: a row sees the keys of the rows before it)."""
     REP: tl.constexpr = HEADS // KV_HEADS
     NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
-    HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    freq = tl.where(d < HALF, d, d - HALF)
-    partner = tl.where(d < HALF, d + HALF, d - HALF)
-    sign = tl.where(d < HALF, -1.0, 1.0)
-    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
-    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    d, d_ok, partner, sign, axis, inv = _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM, BLOCK_D)
     kw = tl.load(kw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     kwp = tl.load(kw_ptr + partner, mask=d_ok, other=0.0).to(tl.float32)
     qw = tl.load(qw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -330,14 +338,7 @@ def _rope_write_phase(
     """Long caches, first step: per (row, head) item, q normalised and rotated into q [M, HEADS, HEAD_DIM]
     (the cache dtype), k normalised and rotated and v as is into the caches at (slot, col)."""
     NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
-    HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    freq = tl.where(d < HALF, d, d - HALF)
-    partner = tl.where(d < HALF, d + HALF, d - HALF)
-    sign = tl.where(d < HALF, -1.0, 1.0)
-    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
-    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    d, d_ok, partner, sign, axis, inv = _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM, BLOCK_D)
     for item in range(pid, M * (HEADS + KV_HEADS), G):
         it = tl.cast(item, tl.int32)
         m = it // (HEADS + KV_HEADS)
