@@ -32,6 +32,81 @@ log = logging.getLogger(__name__)
 
 
 @jit
+def _qk_norm_rope_head(
+    m,
+    h,
+    qkv_ptr,
+    qw_ptr,
+    kw_ptr,
+    inv_freq_ptr,
+    axis_ptr,
+    pos_ptr,
+    slot_ptr,
+    col_ptr,
+    ck_ptr,
+    cv_ptr,
+    q_ptr,
+    kout_ptr,
+    stride_qkv,
+    stride_pa,
+    stride_pm,
+    stride_ks,
+    stride_kh,
+    stride_kl,
+    stride_vs,
+    stride_vh,
+    stride_vl,
+    stride_qm,
+    stride_qh,
+    stride_kom,
+    stride_koh,
+    eps,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    K_OUT: tl.constexpr,
+    CACHE: tl.constexpr,
+):
+    """Row m's head h: heads HEADS.. are the key heads (q, k, v are packed in that order, so head h's
+    columns start at h * HEAD_DIM for q and k alike); a key head also copies its v head. CACHE: the QKV
+    rows' load cache modifier (".cg" where another program of the same launch wrote them)."""
+    is_q = h < HEADS
+    HALF: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    freq = tl.where(d < HALF, d, d - HALF)  # frequency index of each lane
+    partner = tl.where(d < HALF, d + HALF, d - HALF)  # rotate_half reads the other half
+    row = qkv_ptr + m.to(tl.int64) * stride_qkv
+    x = tl.load(row + h * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=CACHE).to(tl.float32)
+    xp = tl.load(row + h * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=CACHE).to(tl.float32)
+    q_lanes = d_ok & is_q
+    k_lanes = d_ok & (h >= HEADS)
+    w = tl.load(qw_ptr + d, mask=q_lanes, other=0.0).to(tl.float32)
+    w += tl.load(kw_ptr + d, mask=k_lanes, other=0.0).to(tl.float32)
+    wp = tl.load(qw_ptr + partner, mask=q_lanes, other=0.0).to(tl.float32)
+    wp += tl.load(kw_ptr + partner, mask=k_lanes, other=0.0).to(tl.float32)
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
+    xn = x * rstd * w
+    xpn = xp * rstd * wp
+    # M-RoPE: frequency j turns by pos[axis_of[j], m] * inv_freq[j]
+    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
+    p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
+    ang = p * tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    y = xn * tl.cos(ang) + sign * xpn * tl.sin(ang)
+    tl.store(q_ptr + m.to(tl.int64) * stride_qm + h * stride_qh + d, y, mask=q_lanes)
+    kvh = tl.maximum(h - HEADS, 0)
+    slot = tl.load(slot_ptr + m).to(tl.int64)
+    col = tl.load(col_ptr + m).to(tl.int64)
+    tl.store(ck_ptr + slot * stride_ks + kvh * stride_kh + col * stride_kl + d, y, mask=k_lanes)
+    if K_OUT:  # the key row packed as well (a varlen prefill's keys: FlashAttention reads rows, not slots)
+        tl.store(kout_ptr + m.to(tl.int64) * stride_kom + kvh * stride_koh + d, y, mask=k_lanes)
+    v = tl.load(row + (HEADS + KV_HEADS + kvh) * HEAD_DIM + d, mask=k_lanes, other=0.0, cache_modifier=CACHE)
+    tl.store(cv_ptr + slot * stride_vs + kvh * stride_vh + col * stride_vl + d, v, mask=k_lanes)
+
+
+@jit
 def _qk_norm_rope_kernel(
     qkv_ptr,
     qw_ptr,
@@ -67,43 +142,13 @@ def _qk_norm_rope_kernel(
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
-    # one program per (row, head); heads HEADS.. are the key heads (q, k, v are packed in that order,
-    # so head h's columns start at h * HEAD_DIM for q and k alike); a key program also copies its v head
-    m = tl.program_id(0)
-    h = tl.program_id(1)
-    is_q = h < HEADS
-    HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    freq = tl.where(d < HALF, d, d - HALF)  # frequency index of each lane
-    partner = tl.where(d < HALF, d + HALF, d - HALF)  # rotate_half reads the other half
-    row = qkv_ptr + m.to(tl.int64) * stride_qkv
-    x = tl.load(row + h * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
-    xp = tl.load(row + h * HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
-    q_lanes = d_ok & is_q
-    k_lanes = d_ok & (h >= HEADS)
-    w = tl.load(qw_ptr + d, mask=q_lanes, other=0.0).to(tl.float32)
-    w += tl.load(kw_ptr + d, mask=k_lanes, other=0.0).to(tl.float32)
-    wp = tl.load(qw_ptr + partner, mask=q_lanes, other=0.0).to(tl.float32)
-    wp += tl.load(kw_ptr + partner, mask=k_lanes, other=0.0).to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
-    xn = x * rstd * w
-    xpn = xp * rstd * wp
-    # M-RoPE: frequency j turns by pos[axis_of[j], m] * inv_freq[j]
-    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
-    p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
-    ang = p * tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
-    sign = tl.where(d < HALF, -1.0, 1.0)
-    y = xn * tl.cos(ang) + sign * xpn * tl.sin(ang)
-    tl.store(q_ptr + m.to(tl.int64) * stride_qm + h * stride_qh + d, y, mask=q_lanes)
-    kvh = tl.maximum(h - HEADS, 0)
-    slot = tl.load(slot_ptr + m).to(tl.int64)
-    col = tl.load(col_ptr + m).to(tl.int64)
-    tl.store(ck_ptr + slot * stride_ks + kvh * stride_kh + col * stride_kl + d, y, mask=k_lanes)
-    if K_OUT:  # the key row packed as well (a varlen prefill's keys: FlashAttention reads rows, not slots)
-        tl.store(kout_ptr + m.to(tl.int64) * stride_kom + kvh * stride_koh + d, y, mask=k_lanes)
-    v = tl.load(row + (HEADS + KV_HEADS + kvh) * HEAD_DIM + d, mask=k_lanes, other=0.0)
-    tl.store(cv_ptr + slot * stride_vs + kvh * stride_vh + col * stride_vl + d, v, mask=k_lanes)
+    # one program per (row, head)
+    _qk_norm_rope_head(
+        tl.program_id(0), tl.program_id(1), qkv_ptr, qw_ptr, kw_ptr, inv_freq_ptr, axis_ptr, pos_ptr,
+        slot_ptr, col_ptr, ck_ptr, cv_ptr, q_ptr, kout_ptr, stride_qkv, stride_pa, stride_pm, stride_ks,
+        stride_kh, stride_kl, stride_vs, stride_vh, stride_vl, stride_qm, stride_qh, stride_kom, stride_koh,
+        eps, HEADS, KV_HEADS, HEAD_DIM, BLOCK_D, K_OUT, "",
+    )  # fmt: skip
 
 
 def qk_norm_rope_write(
@@ -234,6 +279,94 @@ ATTENTION_CONFIG = AttentionConfig()
 
 
 @jit
+def _attend_split(
+    m,
+    g,
+    sp,
+    heads_total,
+    q_ptr,
+    ck_ptr,
+    cv_ptr,
+    slot_ptr,
+    col_ptr,
+    start_ptr,
+    out_ptr,
+    part_ptr,
+    lse_ptr,
+    stride_qm,
+    stride_qh,
+    stride_ks,
+    stride_kh,
+    stride_kl,
+    stride_vs,
+    stride_vh,
+    stride_vl,
+    stride_om,
+    qk_scale,
+    REP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    CACHE: tl.constexpr,
+):
+    """Row m, kv head g, column split sp: the REP query heads sharing the kv head are the rows of one tile
+    (padded to 16 for tl.dot), so each key/value block is loaded once for the group. One split: the
+    result into out; more: the normalised partial and its log2-sum-exp (rows of heads_total heads).
+    CACHE: the load cache modifier of q and the caches (".cg" where this launch wrote them)."""
+    hs = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    h_ok = hs < REP
+    d_ok = d < HEAD_DIM
+    heads = g * REP + hs  # query head h reads kv head h // REP
+    q_ptrs = q_ptr + m.to(tl.int64) * stride_qm + heads[:, None] * stride_qh + d[None, :]
+    q = tl.load(q_ptrs, mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=CACHE)
+    slot = tl.load(slot_ptr + m).to(tl.int64)
+    last = tl.load(col_ptr + m)
+    first = tl.minimum(tl.load(start_ptr + m), last)  # a row before its start sees itself (eager mask)
+    # this split's share of the row's own range, whole blocks each (splits past the end are empty)
+    per_split = tl.cdiv(tl.cdiv(last - first + 1, SPLITS), BLOCK_N) * BLOCK_N
+    lo = first + sp * per_split
+    hi = tl.minimum(lo + per_split, last + 1)
+    k_base = ck_ptr + slot * stride_ks + g * stride_kh
+    v_base = cv_ptr + slot * stride_vs + g * stride_vh
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    cn = tl.arange(0, BLOCK_N)
+    for c0 in range(lo, hi, BLOCK_N):
+        cs = c0 + cn
+        c_ok = cs < hi
+        kv_mask = c_ok[:, None] & d_ok[None, :]
+        cs64 = cs.to(tl.int64)
+        k = tl.load(
+            k_base + cs64[:, None] * stride_kl + d[None, :], mask=kv_mask, other=0.0, cache_modifier=CACHE
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # log2 domain
+        s = tl.where(c_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_base + cs64[:, None] * stride_vl + d[None, :], mask=kv_mask, other=0.0, cache_modifier=CACHE
+        )
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    mask = h_ok[:, None] & d_ok[None, :]
+    if SPLITS == 1:
+        o_ptrs = out_ptr + m.to(tl.int64) * stride_om + heads[:, None] * HEAD_DIM + d[None, :]
+        tl.store(o_ptrs, acc / l_i[:, None], mask=mask)
+    else:  # normalised partial result and its log2-sum-exp; an empty split leaves weight 0 (lse -inf)
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        row = (m.to(tl.int64) * heads_total + heads) * SPLITS + sp
+        tl.store(part_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=mask)
+        tl.store(lse_ptr + row, m_i + tl.log2(l_safe), mask=h_ok)
+
+
+@jit
 def _attention_kernel(
     q_ptr,
     ck_ptr,
@@ -264,55 +397,43 @@ def _attention_kernel(
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
-    # one program per (row, kv head, split): the REP query heads sharing the kv head are the rows of one
-    # tile (padded to 16 for tl.dot), so each key/value block is loaded once for the group
-    m = tl.program_id(0)
-    g = tl.program_id(1)
-    sp = tl.program_id(2)
-    hs = tl.arange(0, BLOCK_H)
+    # one program per (row, kv head, split)
+    _attend_split(
+        tl.program_id(0), tl.program_id(1), tl.program_id(2), REP * tl.num_programs(1), q_ptr, ck_ptr,
+        cv_ptr, slot_ptr, col_ptr, start_ptr, out_ptr, part_ptr, lse_ptr, stride_qm, stride_qh, stride_ks,
+        stride_kh, stride_kl, stride_vs, stride_vh, stride_vl, stride_om, qk_scale,
+        REP, HEAD_DIM, SPLITS, BLOCK_H, BLOCK_D, BLOCK_N, DOT_PREC, "",
+    )  # fmt: skip
+
+
+@jit
+def _combine_head(
+    m,
+    h,
+    part_ptr,
+    lse_ptr,
+    out_ptr,
+    stride_om,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CACHE: tl.constexpr,
+):
+    """Row m, head h: the splits' partials weighted by their sums, into out."""
+    s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
-    h_ok = hs < REP
-    d_ok = d < HEAD_DIM
-    heads = g * REP + hs  # query head h reads kv head h // REP
-    q_ptrs = q_ptr + m.to(tl.int64) * stride_qm + heads[:, None] * stride_qh + d[None, :]
-    q = tl.load(q_ptrs, mask=h_ok[:, None] & d_ok[None, :], other=0.0)
-    slot = tl.load(slot_ptr + m).to(tl.int64)
-    last = tl.load(col_ptr + m)
-    first = tl.minimum(tl.load(start_ptr + m), last)  # a row before its start sees itself (eager mask)
-    # this split's share of the row's own range, whole blocks each (splits past the end are empty)
-    per_split = tl.cdiv(tl.cdiv(last - first + 1, SPLITS), BLOCK_N) * BLOCK_N
-    lo = first + sp * per_split
-    hi = tl.minimum(lo + per_split, last + 1)
-    k_base = ck_ptr + slot * stride_ks + g * stride_kh
-    v_base = cv_ptr + slot * stride_vs + g * stride_vh
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    cn = tl.arange(0, BLOCK_N)
-    for c0 in range(lo, hi, BLOCK_N):
-        cs = c0 + cn
-        c_ok = cs < hi
-        kv_mask = c_ok[:, None] & d_ok[None, :]
-        cs64 = cs.to(tl.int64)
-        k = tl.load(k_base + cs64[:, None] * stride_kl + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # log2 domain
-        s = tl.where(c_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + cs64[:, None] * stride_vl + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
-    mask = h_ok[:, None] & d_ok[None, :]
-    if SPLITS == 1:
-        o_ptrs = out_ptr + m.to(tl.int64) * stride_om + heads[:, None] * HEAD_DIM + d[None, :]
-        tl.store(o_ptrs, acc / l_i[:, None], mask=mask)
-    else:  # normalised partial result and its log2-sum-exp; an empty split leaves weight 0 (lse -inf)
-        l_safe = tl.where(l_i > 0, l_i, 1.0)
-        row = (m.to(tl.int64) * (REP * tl.num_programs(1)) + heads) * SPLITS + sp
-        tl.store(part_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=mask)
-        tl.store(lse_ptr + row, m_i + tl.log2(l_safe), mask=h_ok)
+    s_ok = s < SPLITS
+    row = (m.to(tl.int64) * HEADS + h) * SPLITS + s
+    lse = tl.load(lse_ptr + row, mask=s_ok, other=float("-inf"), cache_modifier=CACHE)
+    w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty, so the max is finite
+    mask = s_ok[:, None] & (d < HEAD_DIM)[None, :]
+    part = tl.load(
+        part_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0, cache_modifier=CACHE
+    )
+    o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
+    tl.store(out_ptr + m.to(tl.int64) * stride_om + h * HEAD_DIM + d, o, mask=d < HEAD_DIM)
 
 
 @jit
@@ -329,18 +450,11 @@ def _attention_combine_kernel(
     USE_PDL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
-    m = tl.program_id(0)
-    h = tl.program_id(1)
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    s_ok = s < SPLITS
-    row = (m.to(tl.int64) * HEADS + h) * SPLITS + s
-    lse = tl.load(lse_ptr + row, mask=s_ok, other=float("-inf"))
-    w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty, so the max is finite
-    mask = s_ok[:, None] & (d < HEAD_DIM)[None, :]
-    part = tl.load(part_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0)
-    o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
-    tl.store(out_ptr + m.to(tl.int64) * stride_om + h * HEAD_DIM + d, o, mask=d < HEAD_DIM)
+    # one program per (row, head)
+    _combine_head(
+        tl.program_id(0), tl.program_id(1), part_ptr, lse_ptr, out_ptr, stride_om,
+        HEADS, HEAD_DIM, SPLITS, BLOCK_S, BLOCK_D, "",
+    )  # fmt: skip
 
 
 _SM_COUNT: dict = {}

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, next_pow2, pdl_wait
+from utter_tts.kernels.attention import _attend_split, _combine_head, _qk_norm_rope_head
 from utter_tts.kernels.linear import weight_parts
 from utter_tts.kernels.packed_decoder import PackedDecoder, _kv
 
@@ -246,8 +247,6 @@ def _attention_phase(
     REP: tl.constexpr = HEADS // KV_HEADS
     NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
     d, d_ok, partner, sign, axis, inv = _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM, BLOCK_D)
-    kw = tl.load(kw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    kwp = tl.load(kw_ptr + partner, mask=d_ok, other=0.0).to(tl.float32)
     qw = tl.load(qw_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     qwp = tl.load(qw_ptr + partner, mask=d_ok, other=0.0).to(tl.float32)
     hs = tl.arange(0, BLOCK_H)
@@ -261,22 +260,16 @@ def _attention_phase(
             p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
             ang = p * inv
             cos, sin = tl.cos(ang), tl.sin(ang)
-            k = tl.load(row + (HEADS + g) * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(
-                tl.float32
-            )
-            kp = tl.load(
-                row + (HEADS + g) * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=".cg"
-            ).to(tl.float32)
-            krs = tl.math.rsqrt(tl.sum(k * k, axis=0) / HEAD_DIM + eps)
-            ky = k * krs * kw * cos + sign * (kp * krs * kwp) * sin
+            # key head g and its v into the cache at (slot, col), as `kernels.attention` writes them
+            _qk_norm_rope_head(
+                tl.cast(m, tl.int32), tl.cast(HEADS + g, tl.int32), qkv_ptr, qw_ptr, kw_ptr, inv_freq_ptr,
+                axis_ptr, pos_ptr, slot_ptr, col_ptr, ck_ptr, cv_ptr, qkv_ptr, qkv_ptr, NQKV, stride_pa,
+                stride_pm, stride_cs, stride_ch, stride_cl, stride_cs, stride_ch, stride_cl, 0, 0, 0, 0, eps,
+                HEADS, KV_HEADS, HEAD_DIM, BLOCK_D, False, ".cg",
+            )  # fmt: skip
             slot = tl.load(slot_ptr + m).to(tl.int64)
             last = tl.load(col_ptr + m)
             base = slot * stride_cs + g * stride_ch
-            tl.store(ck_ptr + base + last * stride_cl + d, ky, mask=d_ok)
-            v = tl.load(
-                row + (HEADS + KV_HEADS + g) * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg"
-            )
-            tl.store(cv_ptr + base + last * stride_cl + d, v, mask=d_ok)
             tl.debug_barrier()  # the key just written is read back below by other threads
             q_at = row + heads[:, None] * HEAD_DIM
             q = tl.load(q_at + d[None, :], mask=hd_mask, other=0.0, cache_modifier=".cg").to(tl.float32)
@@ -335,37 +328,18 @@ def _rope_write_phase(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Long caches, first step: per (row, head) item, q normalised and rotated into q [M, HEADS, HEAD_DIM]
-    (the cache dtype), k normalised and rotated and v as is into the caches at (slot, col)."""
+    """Long caches, first step: `kernels.attention`'s q/k norm + RoPE + cache write per (row, head) item,
+    q into q [M, HEADS, HEAD_DIM] (the cache dtype)."""
     NQKV: tl.constexpr = (HEADS + 2 * KV_HEADS) * HEAD_DIM
-    d, d_ok, partner, sign, axis, inv = _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM, BLOCK_D)
     for item in range(pid, M * (HEADS + KV_HEADS), G):
         it = tl.cast(item, tl.int32)
         m = it // (HEADS + KV_HEADS)
-        h = it - m * (HEADS + KV_HEADS)  # heads HEADS.. are the key heads (packed after q's)
-        is_q = h < HEADS
-        row = qkv_ptr + m.to(tl.int64) * NQKV
-        x = tl.load(row + h * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-        xp = tl.load(row + h * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-        q_lanes = d_ok & is_q
-        k_lanes = d_ok & (h >= HEADS)
-        w = tl.load(qw_ptr + d, mask=q_lanes, other=0.0).to(tl.float32)
-        w += tl.load(kw_ptr + d, mask=k_lanes, other=0.0).to(tl.float32)
-        wp = tl.load(qw_ptr + partner, mask=q_lanes, other=0.0).to(tl.float32)
-        wp += tl.load(kw_ptr + partner, mask=k_lanes, other=0.0).to(tl.float32)
-        rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
-        p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
-        ang = p * inv
-        y = x * rstd * w * tl.cos(ang) + sign * (xp * rstd * wp) * tl.sin(ang)
-        tl.store(q_ptr + (m.to(tl.int64) * HEADS + h) * HEAD_DIM + d, y, mask=q_lanes)
-        kvh = tl.maximum(h - HEADS, 0)
-        slot = tl.load(slot_ptr + m).to(tl.int64)
-        at = slot * stride_cs + kvh * stride_ch + tl.load(col_ptr + m).to(tl.int64) * stride_cl + d
-        tl.store(ck_ptr + at, y, mask=k_lanes)
-        v = tl.load(
-            row + (HEADS + KV_HEADS + kvh) * HEAD_DIM + d, mask=k_lanes, other=0.0, cache_modifier=".cg"
-        )
-        tl.store(cv_ptr + at, v, mask=k_lanes)
+        _qk_norm_rope_head(
+            m, it - m * (HEADS + KV_HEADS), qkv_ptr, qw_ptr, kw_ptr, inv_freq_ptr, axis_ptr, pos_ptr,
+            slot_ptr, col_ptr, ck_ptr, cv_ptr, q_ptr, q_ptr, NQKV, stride_pa, stride_pm, stride_cs, stride_ch,
+            stride_cl, stride_cs, stride_ch, stride_cl, HEADS * HEAD_DIM, HEAD_DIM, 0, 0, eps,
+            HEADS, KV_HEADS, HEAD_DIM, BLOCK_D, False, ".cg",
+        )  # fmt: skip
 
 
 @jit
@@ -376,6 +350,7 @@ def _split_attention_phase(
     slot_ptr,
     col_ptr,
     start_ptr,
+    attn_ptr,
     part_ptr,
     lse_ptr,
     M,
@@ -394,55 +369,20 @@ def _split_attention_phase(
     BLOCK_C: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Long caches, second step: per (row, kv head, split) item, `_attention_kernel`'s online softmax over
-    the split's share of columns start..col (the REP query heads of the kv head as one tile's rows): the
-    normalised partial [M, HEADS, SPLITS, HEAD_DIM] and its log2-sum-exp [M, HEADS, SPLITS] (fp32)."""
-    REP: tl.constexpr = HEADS // KV_HEADS
-    hs = tl.arange(0, BLOCK_H)
-    d = tl.arange(0, BLOCK_D)
-    h_ok = hs < REP
-    d_ok = d < HEAD_DIM
-    cn = tl.arange(0, BLOCK_C)
+    """Long caches, second step: `kernels.attention`'s online softmax per (row, kv head, column split)
+    item: with one split the result into attn, else partials [M, HEADS, SPLITS, HEAD_DIM] and their
+    log2-sum-exp [M, HEADS, SPLITS] (fp32) for the combine."""
     for item in range(pid, M * KV_HEADS * SPLITS, G):
         it = tl.cast(item, tl.int32)
         m = it // (KV_HEADS * SPLITS)
         rest = it - m * (KV_HEADS * SPLITS)
         g = rest // SPLITS
-        sp = rest - g * SPLITS
-        heads = g * REP + hs
-        q_at = q_ptr + (m.to(tl.int64) * HEADS + heads[:, None]) * HEAD_DIM + d[None, :]
-        q = tl.load(q_at, mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
-        slot = tl.load(slot_ptr + m).to(tl.int64)
-        last = tl.load(col_ptr + m)
-        first = tl.minimum(tl.load(start_ptr + m), last)
-        per_split = tl.cdiv(tl.cdiv(last - first + 1, SPLITS), BLOCK_C) * BLOCK_C
-        lo = first + sp * per_split
-        hi = tl.minimum(lo + per_split, last + 1)
-        k_base = ck_ptr + slot * stride_cs + g * stride_ch
-        v_base = cv_ptr + slot * stride_cs + g * stride_ch
-        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_H], tl.float32)
-        acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-        for c0 in range(lo, hi, BLOCK_C):
-            cs = c0 + cn
-            c_ok = cs < hi
-            kv_mask = c_ok[:, None] & d_ok[None, :]
-            at = cs.to(tl.int64)[:, None] * stride_cl + d[None, :]
-            k = tl.load(k_base + at, mask=kv_mask, other=0.0, cache_modifier=".cg")
-            sc = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            sc = tl.where(c_ok[None, :], sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            pr = tl.exp2(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(pr, axis=1)
-            v = tl.load(v_base + at, mask=kv_mask, other=0.0, cache_modifier=".cg")
-            acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v, input_precision=DOT_PREC)
-            m_i = m_new
-        l_safe = tl.where(l_i > 0, l_i, 1.0)  # an empty split: weight 0 (lse -inf)
-        row = (m.to(tl.int64) * HEADS + heads) * SPLITS + sp
-        mask = h_ok[:, None] & d_ok[None, :]
-        tl.store(part_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=mask)
-        tl.store(lse_ptr + row, m_i + tl.log2(l_safe), mask=h_ok)
+        _attend_split(
+            m, g, rest - g * SPLITS, HEADS, q_ptr, ck_ptr, cv_ptr, slot_ptr, col_ptr, start_ptr, attn_ptr,
+            part_ptr, lse_ptr, HEADS * HEAD_DIM, HEAD_DIM, stride_cs, stride_ch, stride_cl, stride_cs,
+            stride_ch, stride_cl, HEADS * HEAD_DIM, qk_scale,
+            HEADS // KV_HEADS, HEAD_DIM, SPLITS, BLOCK_H, BLOCK_D, BLOCK_C, DOT_PREC, ".cg",
+        )  # fmt: skip
 
 
 @jit
@@ -459,21 +399,15 @@ def _combine_phase(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Long caches, third step: per (row, head) item, the splits' partials weighted by their sums."""
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    s_ok = s < SPLITS
-    mask = s_ok[:, None] & (d < HEAD_DIM)[None, :]
-    for item in range(pid, M * HEADS, G):
-        it = tl.cast(item, tl.int64)
-        row = it * SPLITS + s  # (m * HEADS + h) * SPLITS + s
-        lse = tl.load(lse_ptr + row, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-        w = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 is never empty: the max is finite
-        part = tl.load(
-            part_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0, cache_modifier=".cg"
-        )
-        o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
-        tl.store(attn_ptr + it * HEAD_DIM + d, o.to(attn_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+    """Long caches, third step (with more than one split): `kernels.attention`'s combine per (row, head)."""
+    if SPLITS > 1:
+        for item in range(pid, M * HEADS, G):
+            it = tl.cast(item, tl.int32)
+            m = it // HEADS
+            _combine_head(
+                m, it - m * HEADS, part_ptr, lse_ptr, attn_ptr, HEADS * HEAD_DIM,
+                HEADS, HEAD_DIM, SPLITS, BLOCK_S, BLOCK_D, ".cg",
+            )  # fmt: skip
 
 
 @jit(do_not_specialize=["M", "p_lo", "p_hi"])
@@ -591,7 +525,8 @@ def _decoder_step_kernel(
                 )  # fmt: skip
             elif phase == 2:
                 _split_attention_phase(
-                    q_ptr, ck_ptr + cache, cv_ptr + cache, slot_ptr, col_ptr, start_ptr, part_ptr, lse_ptr, M,
+                    q_ptr, ck_ptr + cache, cv_ptr + cache, slot_ptr, col_ptr, start_ptr, attn_ptr, part_ptr,
+                    lse_ptr, M,
                     stride_cs, stride_ch, stride_cl, qk_scale, pid, G,
                     HEADS, KV_HEADS, HEAD_DIM, SPLITS, BLOCK_HL, BLOCK_D, BLOCK_CL, DOT_PREC,
                 )  # fmt: skip
