@@ -45,6 +45,11 @@ ours() {  # ours TAG TIMEOUT args...
   timeout "$to" python3 bench/bench_engine.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
     --out "$OUT" --tag "$tag" "$@" 2>&1 | quiet
 }
+cold_start() {  # cold_start TIMEOUT args...: the deployed configuration from fresh processes
+  local to=$1; shift
+  timeout "$to" python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
+    --out "$OUT" --runs empty warm --tag deploy "$@" 2>&1 | quiet
+}
 peer() {  # peer MODE TIMEOUT args...
   local mode=$1 to=$2; shift 2
   timeout "$to" python3 .peer-bench/bench.py "$mode" --model /tmp/ckpt_base --out "$OUT/peer_${mode}.json" "$@" 2>&1 | quiet
@@ -54,8 +59,7 @@ peer() {  # peer MODE TIMEOUT args...
 case "$STAGE" in
   cold)   # the deployed configuration from a fresh process, Triton cache empty then warm; FA2 vs ours;
           # then the engine's steady state and the new peer while time is left
-          timeout 280 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
-            --out "$OUT" --runs empty warm --tag deploy 2>&1 | quiet | tail -8
+          cold_start 280 | tail -8
           timeout 60 python3 bench/bench_attention.py --out "$OUT" 2>&1 | tail -8
           left=$(( 575 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 90 ] && ours ours_cold $(( left > 230 ? 230 : left )) --sections env single ttfa concurrency floor
@@ -65,20 +69,17 @@ case "$STAGE" in
   samecall) # issue 22's same-call run: the cold start of the deployed configuration (empty, then warm Triton
           # cache), ours as the A10G runs it (no PDL, 21 GiB) beside the default, and the peers on the same
           # warm card (one command, one machine)
-          timeout 210 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
-            --out "$OUT" --runs empty warm --tag deploy --timeout 100 --graph-wait 50 2>&1 | quiet | tail -4
+          cold_start 210 --timeout 100 --graph-wait 50 | tail -4
           ours ours 140 --sections env single ttfa concurrency floor
           UTTER_TTS_PDL=0 ours no_pdl 110 --memory-cap-gib 21 --sections env single concurrency
           peer faster 55 --runs 3 --ttfa-runs 3 --chunk-sizes 1
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 40 ] && timeout "$left" python3 bench/peer_qwen3_tts_triton.py --model /tmp/ckpt_base \
             --out "$OUT/peer_triton.json" 2>&1 | quiet | tail -3 ;;
-  coldonly) timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
-            --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4 ;;
+  coldonly) cold_start 140 --timeout 65 --graph-wait 30 | tail -4 ;;
   probe)  # issue 22: the cold start (empty, warm Triton cache), where a codec capture's time goes, and the
           # packed prefill with FlashAttention-2 against ours in the fused step (ms, agreement)
-          timeout 140 python3 bench/bench_cold_start.py --base /tmp/ckpt_base --design /tmp/ckpt_voice_design \
-            --out "$OUT" --runs empty warm --tag deploy --timeout 65 --graph-wait 30 2>&1 | quiet | tail -4
+          cold_start 140 --timeout 65 --graph-wait 30 | tail -4
           timeout 150 python3 bench/bench_codec_capture.py --base /tmp/ckpt_base --out "$OUT" 2>&1 | quiet | tail -50
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 40 ] && timeout "$left" python3 bench/bench_prefill.py --ckpt /tmp/ckpt_voice_design \

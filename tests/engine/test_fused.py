@@ -177,27 +177,23 @@ def test_weight_modes_that_cannot_run_are_refused(pipeline, monkeypatch):
     check_weights("fp8", torch.device("cpu"), True)  # the interpreter converts fp8
 
 
-def test_pass_settings(monkeypatch):
+@pytest.mark.parametrize("variable", ["UTTER_TTS_PREDICTOR_PASS", "UTTER_TTS_TALKER_PASS"])
+def test_pass_settings(monkeypatch, variable):
     """UTTER_TTS_PREDICTOR_PASS / UTTER_TTS_TALKER_PASS pick the code predictor's / talker's launches;
     layers by default; a wrong value is refused naming the variable."""
-    from utter_tts.engine.fused import predictor_pass_setting
+    from utter_tts.engine.fused import predictor_pass_setting, talker_pass_setting
 
-    monkeypatch.delenv("UTTER_TTS_PREDICTOR_PASS", raising=False)
-    assert predictor_pass_setting() == "layers"
-    monkeypatch.setenv("UTTER_TTS_PREDICTOR_PASS", "one-launch")
-    assert predictor_pass_setting() == "one-launch"
-    monkeypatch.setenv("UTTER_TTS_PREDICTOR_PASS", "megakernel")
-    with pytest.raises(ValueError, match="UTTER_TTS_PREDICTOR_PASS"):
-        predictor_pass_setting()
-    from utter_tts.engine.fused import talker_pass_setting
-
-    monkeypatch.delenv("UTTER_TTS_TALKER_PASS", raising=False)
-    assert talker_pass_setting() == "layers"
-    monkeypatch.setenv("UTTER_TTS_TALKER_PASS", "one-launch")
-    assert talker_pass_setting() == "one-launch"
-    monkeypatch.setenv("UTTER_TTS_TALKER_PASS", "fast")
-    with pytest.raises(ValueError, match="UTTER_TTS_TALKER_PASS"):
-        talker_pass_setting()
+    setting = {
+        "UTTER_TTS_PREDICTOR_PASS": predictor_pass_setting,
+        "UTTER_TTS_TALKER_PASS": talker_pass_setting,
+    }
+    monkeypatch.delenv(variable, raising=False)
+    assert setting[variable]() == "layers"
+    monkeypatch.setenv(variable, "one-launch")
+    assert setting[variable]() == "one-launch"
+    monkeypatch.setenv(variable, "megakernel")
+    with pytest.raises(ValueError, match=variable):
+        setting[variable]()
 
 
 def test_one_gpu_has_one_one_launch_owner():
