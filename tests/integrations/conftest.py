@@ -1,5 +1,5 @@
 """A real `python -m utter_tts.server` process on 127.0.0.1 for the framework plugins' tests, and the LLM-like
-text they push: a tiny random CustomVoice checkpoint, so every generation runs to the frame cap."""
+text they push: a tiny random CustomVoice checkpoint whose every generation runs to the frame cap."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 KEY = "sk-test-integrations"
-# max_new_tokens: the random weights never end a sentence, so each generation makes FRAMES frames
+# The server's frame cap is FRAMES + 1 and the checkpoint's min_new_tokens blocks EOS up to it, so each
+# generation makes FRAMES frames: an unseeded request (Pipecat's OpenAITTSService sends none) otherwise
+# samples EOS early about once in 200 on the random weights.
 FRAMES = 24
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz
 SENTENCE = "This is a short sentence that an agent might say."  # ten words, one pushed every 50 ms
@@ -37,6 +39,8 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("integrations")
     model = build_checkpoint(root / "custom_voice", "custom_voice", "tiny-1.7b", seed=0)
+    gen = model / "generation_config.json"
+    gen.write_text(json.dumps(json.loads(gen.read_text("utf-8")) | {"min_new_tokens": FRAMES + 1}), "utf-8")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
