@@ -592,28 +592,27 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _scratch(packed: PackedDecoder, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The stacked decoder's zeroed buffer `name`, made on first use."""
+    buf = packed.stacks.scratch.get(name)
+    if buf is None:
+        buf = packed.stacks.scratch[name] = torch.zeros(shape, dtype=dtype, device=packed.final_norm.device)
+    return buf
+
+
 def workspace_for(packed: PackedDecoder) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2-way K split's fp32 partial sums [MAX_ROWS, hidden] and per-tile arrival counts (zero between
     uses: the tile's second arrival puts them back)."""
-    ws = getattr(packed, "_step_workspace", None)
-    if ws is None:
-        dev = packed.final_norm.device
-        ws = (
-            torch.zeros(MAX_ROWS, packed.hidden, dtype=torch.float32, device=dev),
-            torch.zeros(triton.cdiv(packed.hidden, 16), dtype=torch.int32, device=dev),
-        )
-        packed._step_workspace = ws
-    return ws
+    return (
+        _scratch(packed, "split_partials", (MAX_ROWS, packed.hidden), torch.float32),
+        _scratch(packed, "split_arrivals", (triton.cdiv(packed.hidden, 16),), torch.int32),
+    )
 
 
 def barrier_for(packed: PackedDecoder) -> torch.Tensor:
     """The decoder's barrier counters [arrivals, exits, timed-out flag] (int32, zero between launches);
     one per decoder: its passes run one after another on one stream."""
-    bar = getattr(packed, "_step_barrier", None)
-    if bar is None:
-        bar = torch.zeros(3, dtype=torch.int32, device=packed.final_norm.device)
-        packed._step_barrier = bar
-    return bar
+    return _scratch(packed, "barrier", (3,), torch.int32)
 
 
 def supports(packed: PackedDecoder, rows: int, columns: int) -> bool:

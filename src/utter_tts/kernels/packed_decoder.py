@@ -67,6 +67,9 @@ class LayerStacks:
     def __init__(self, layers: int):
         self.layers = layers
         self.t: dict[str, torch.Tensor] = {}
+        # what `decoder_step` keeps per decoder between launches (barrier counters, K-split partials),
+        # made on its first launch
+        self.scratch: dict[str, torch.Tensor] = {}
 
     def put(self, name: str, i: int, t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None:
