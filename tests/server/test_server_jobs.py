@@ -103,7 +103,10 @@ def _interrupted_then_resumed(registry, data, monkeypatch, fault: str | None) ->
     with ServerThread(create_app(make_config(data, max_new_tokens=10), registry)) as srv:
         with httpx.Client(base_url=srv.url, headers=AUTH, timeout=120) as c:
             assert wait_done(c, job_id)["status"] == "succeeded"
-            return c.get(f"/v1/audio/speech/jobs/{job_id}/content").content
+            content = c.get(f"/v1/audio/speech/jobs/{job_id}/content").content
+    # the ended job leaves its record and its file only: no parts, no claim of the takeover
+    assert sorted(p.name for p in (data / "jobs").glob(f"{job_id}.*")) == sorted([path.name, record["path"]])
+    return content
 
 
 def test_a_resumed_job_is_byte_for_byte_the_uninterrupted_one_and_faults_are_caught(

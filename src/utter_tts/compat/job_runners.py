@@ -38,6 +38,7 @@ from utter_tts.service.job_records import (
     KEY_RE,
     RecordStore,
     claim,
+    drop_claims,
     new_job_id,
     process_alive,
     this_process,
@@ -342,8 +343,7 @@ class LocalJobRunner(JobRunner):
         except Exception:  # reported in the store by run_stored_job
             pass
         drop(self.store, f"request:{key}")  # the job ended: its request (and reference clip) can go
-        for made in self.dir.glob(f"{key}.claim-*"):
-            made.unlink(missing_ok=True)
+        drop_claims(self.dir, key)
 
     def state(self, caller: str, job_id: Any) -> dict[str, Any] | None:
         record = self._record(caller, job_id)

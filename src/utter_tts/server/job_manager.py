@@ -19,7 +19,14 @@ from utter_tts.server.openai_errors import as_api_error
 from utter_tts.server.planner import FRAME_RATE_HZ, Plan
 from utter_tts.server.streaming import SpeechStream
 from utter_tts.service.http_errors import APIError
-from utter_tts.service.job_records import RecordStore, claim, new_job_id, process_alive, this_process
+from utter_tts.service.job_records import (
+    RecordStore,
+    claim,
+    drop_claims,
+    new_job_id,
+    process_alive,
+    this_process,
+)
 from utter_tts.text import split_sentences
 
 log = logging.getLogger("utter_tts.server")
@@ -252,9 +259,14 @@ class JobManager:
                 job.finished_at = time.time()
                 if job.status != "succeeded":
                     job.path.unlink(missing_ok=True)
-                for path in self.dir.glob(f"{job.id}.part*"):
-                    path.unlink(missing_ok=True)
+                self._drop_parts(job)
                 self.save(job)
+
+    def _drop_parts(self, job: Job) -> None:
+        """An ended job's pieces and the claims of its takeovers: only its record and file stay."""
+        for path in self.dir.glob(f"{job.id}.part*"):
+            path.unlink(missing_ok=True)
+        drop_claims(self.dir, job.id)
 
     @staticmethod
     def _encode(job: Job, encoder: AudioEncoder, pieces: int) -> None:
@@ -304,8 +316,7 @@ class JobManager:
             err = as_api_error(e, f"job {job.id} could not be resumed")
             job.status, job.error = "failed", {"message": err.message, "code": err.code, "param": err.param}
             job.finished_at = time.time()
-            for path in self.dir.glob(f"{job.id}.part*"):
-                path.unlink(missing_ok=True)
+            self._drop_parts(job)
             self.save(job)
             return
         log.info("resuming job %s at piece %d", job.id, job.pieces_done)

@@ -66,6 +66,12 @@ def claim(directory: Path, job: str, owner: dict[str, Any]) -> bool:
     return True
 
 
+def drop_claims(directory: Path, job: str) -> None:
+    """Remove job `job`'s claim files once it has ended (each takeover left one)."""
+    for made in directory.glob(f"{job}.claim-*"):
+        made.unlink(missing_ok=True)
+
+
 def new_job_id() -> str:
     """A job id nobody can guess: `job_` and 24 hex digits."""
     return "job_" + secrets.token_hex(12)
