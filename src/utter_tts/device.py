@@ -1,8 +1,11 @@
-"""Devices: which one to run on, device-to-host copies that never stall other threads' GPU work, layouts."""
+"""Devices: which one to run on, device-to-host copies that never stall other threads' GPU work, layouts,
+and the environment settings that choose how work runs on them."""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Sequence
 
 import torch
 
@@ -15,6 +18,15 @@ from utter_tts.errors import InvalidInput
 # failed with "operation not permitted when stream is capturing").
 # Re-entrant: a codec capture runs the codec inside it. Uncontended once every graph exists.
 CAPTURE_LOCK = threading.RLock()
+
+
+def env_choice(variable: str, choices: Sequence[str], default: str) -> str:
+    """Environment setting `variable` (`default` when unset); a value not in `choices` is refused, naming
+    the variable (a deployment's typo stops it, rather than silently running the default)."""
+    name = os.environ.get(variable, default)
+    if name not in choices:
+        raise ValueError(f"{variable}={name!r}: use one of {', '.join(choices)}")
+    return name
 
 
 def to_host(t: torch.Tensor) -> torch.Tensor:

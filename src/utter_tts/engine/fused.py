@@ -19,12 +19,11 @@ one's) and the embedding tables (gathers, not GEMMs) stay as loaded.
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 
 import torch
 
-from utter_tts.device import to_device
+from utter_tts.device import env_choice, to_device
 from utter_tts.kernels import decoder_step as one_launch
 from utter_tts.kernels.attention import flash_prefill_usable
 from utter_tts.kernels.linear import linear, quantize_weight
@@ -53,23 +52,16 @@ def claim_one_launch(index: int, frame: object) -> bool:
     return True
 
 
-def pass_setting(variable: str) -> str:
-    """How a decoder's passes launch: "layers" (PackedDecoder, 6 launches a layer; the default) or
-    "one-launch" (`kernels.decoder_step`: every layer in one persistent launch, grid-synced; not yet timed
-    on a GPU, so not the default). UTTER_TTS_PREDICTOR_PASS chooses for the code predictor,
-    UTTER_TTS_TALKER_PASS for the talker (at most decoder_step.MAX_ROWS streams; more run as layers)."""
-    name = os.environ.get(variable, "layers")
-    if name not in PASSES:
-        raise ValueError(f"{variable}={name!r}: use one of {', '.join(PASSES)}")
-    return name
-
-
+# How a decoder's passes launch: "layers" (PackedDecoder, 6 launches a layer; the default) or "one-launch"
+# (`kernels.decoder_step`: every layer in one persistent launch, grid-synced; not yet timed on a GPU, so
+# not the default). UTTER_TTS_PREDICTOR_PASS chooses for the code predictor, UTTER_TTS_TALKER_PASS for the
+# talker (at most decoder_step.MAX_ROWS streams; more run as layers).
 def predictor_pass_setting() -> str:
-    return pass_setting("UTTER_TTS_PREDICTOR_PASS")
+    return env_choice("UTTER_TTS_PREDICTOR_PASS", PASSES, "layers")
 
 
 def talker_pass_setting() -> str:
-    return pass_setting("UTTER_TTS_TALKER_PASS")
+    return env_choice("UTTER_TTS_TALKER_PASS", PASSES, "layers")
 
 
 class FusedFrame:

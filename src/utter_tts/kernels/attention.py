@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from utter_tts.device import env_choice
 from utter_tts.kernels._jit import dot_precision, jit, next_pow2, pdl_wait
 
 log = logging.getLogger(__name__)
@@ -592,10 +592,7 @@ PREFILL_ATTENTION = ("auto", "triton")
 def prefill_attention_setting() -> str:
     """UTTER_TTS_PREFILL_ATTENTION: "auto" (FlashAttention-2 for the packed prefill where
     `flash_prefill_usable` says so; the default) or "triton" (our kernel everywhere)."""
-    name = os.environ.get("UTTER_TTS_PREFILL_ATTENTION", "auto")
-    if name not in PREFILL_ATTENTION:
-        raise ValueError(f"UTTER_TTS_PREFILL_ATTENTION={name!r}: use one of {', '.join(PREFILL_ATTENTION)}")
-    return name
+    return env_choice("UTTER_TTS_PREFILL_ATTENTION", PREFILL_ATTENTION, "auto")
 
 
 def flash_prefill(
