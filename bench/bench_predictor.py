@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from utter_tts.api import TTS  # noqa: E402
 from utter_tts.engine.fused import FusedFrame  # noqa: E402
 from utter_tts.kernels import decoder_step as ds  # noqa: E402
+from utter_tts.kernels._jit import sm_count  # noqa: E402
 from utter_tts.model.frame import FrameBatch  # noqa: E402
 from utter_tts.request import Request  # noqa: E402
 
@@ -78,9 +79,7 @@ def _overrides(over: dict):
     original = ds.decoder_step
     kw = {}
     if over.get("programs") == "half":
-        kw["programs"] = (
-            max(1, ds._sm_count(torch.cuda.current_device()) // 2) if torch.cuda.is_available() else 2
-        )
+        kw["programs"] = max(1, sm_count(torch.device("cuda")) // 2) if torch.cuda.is_available() else 2
     if over.get("phased"):
         kw["phased"] = True
     for name in ("prefetch", "split_narrow"):

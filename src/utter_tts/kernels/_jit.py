@@ -79,6 +79,14 @@ def pdl_enabled(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+@functools.lru_cache(maxsize=16)
+def sm_count(device: torch.device) -> int:
+    """The streaming multiprocessors of a CUDA device (grids are sized by it); 1 elsewhere."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 @contextlib.contextmanager
 def record_launches():
     """Collect (kernel, args, kwargs, grid) of every launch instead of running it (for `compile_for`)."""

@@ -24,11 +24,27 @@ import triton
 import triton.language as tl
 
 from utter_tts.device import env_choice
-from utter_tts.kernels._jit import dot_precision, jit, next_pow2, pdl_wait
+from utter_tts.kernels._jit import dot_precision, jit, next_pow2, pdl_wait, sm_count
 
 log = logging.getLogger(__name__)
 
 # ---- q/k RMSNorm + RoPE + cache write ---------------------------------------------------------------------
+
+
+@jit
+def _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A head's lanes for RMSNorm + M-RoPE: (d, in range, rotate_half's partner lane (it reads the other
+    half), its sign, each lane's position axis (frequency j turns by pos[axis_of[j], m] * inv_freq[j]), its
+    inverse frequency)."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    freq = tl.where(d < HALF, d, d - HALF)
+    partner = tl.where(d < HALF, d + HALF, d - HALF)
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
+    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
+    return d, d_ok, partner, sign, axis, inv
 
 
 @jit
@@ -72,11 +88,7 @@ def _qk_norm_rope_head(
     columns start at h * HEAD_DIM for q and k alike); a key head also copies its v head. CACHE: the QKV
     rows' load cache modifier (".cg" where another program of the same launch wrote them)."""
     is_q = h < HEADS
-    HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    freq = tl.where(d < HALF, d, d - HALF)  # frequency index of each lane
-    partner = tl.where(d < HALF, d + HALF, d - HALF)  # rotate_half reads the other half
+    d, d_ok, partner, sign, axis, inv = _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM, BLOCK_D)
     row = qkv_ptr + m.to(tl.int64) * stride_qkv
     x = tl.load(row + h * HEAD_DIM + d, mask=d_ok, other=0.0, cache_modifier=CACHE).to(tl.float32)
     xp = tl.load(row + h * HEAD_DIM + partner, mask=d_ok, other=0.0, cache_modifier=CACHE).to(tl.float32)
@@ -89,11 +101,8 @@ def _qk_norm_rope_head(
     rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
     xn = x * rstd * w
     xpn = xp * rstd * wp
-    # M-RoPE: frequency j turns by pos[axis_of[j], m] * inv_freq[j]
-    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
     p = tl.load(pos_ptr + axis * stride_pa + m * stride_pm, mask=d_ok, other=0).to(tl.float32)
-    ang = p * tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
-    sign = tl.where(d < HALF, -1.0, 1.0)
+    ang = p * inv
     y = xn * tl.cos(ang) + sign * xpn * tl.sin(ang)
     tl.store(q_ptr + m.to(tl.int64) * stride_qm + h * stride_qh + d, y, mask=q_lanes)
     kvh = tl.maximum(h - HEADS, 0)
@@ -457,21 +466,10 @@ def _attention_combine_kernel(
     )  # fmt: skip
 
 
-_SM_COUNT: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    if device.index not in _SM_COUNT:
-        _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM_COUNT[device.index]
-
-
 def default_splits(m: int, kv_heads: int, span: int, device: torch.device, cfg=ATTENTION_CONFIG) -> int:
     """Column splits from shapes only (graph-safe): enough programs for ~2 waves of the SMs, each split
     still >= min_split_cols of the cache span. Batch 1, 2,560-column talker cache: 8 kv heads x 20 splits."""
-    want = triton.cdiv(2 * _sm_count(device), m * kv_heads)
+    want = triton.cdiv(2 * sm_count(device), m * kv_heads)
     return max(1, min(want, span // cfg.min_split_cols))
 
 

@@ -29,15 +29,14 @@ same code with the barrier compiled out.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, next_pow2, pdl_wait
-from utter_tts.kernels.attention import _attend_split, _combine_head, _qk_norm_rope_head
+from utter_tts.kernels._jit import TL_DTYPE, dot_precision, jit, next_pow2, pdl_wait, sm_count
+from utter_tts.kernels.attention import _attend_split, _combine_head, _qk_norm_rope_head, _rope_lanes
 from utter_tts.kernels.linear import weight_parts
 from utter_tts.kernels.packed_decoder import PackedDecoder, _kv
 
@@ -192,21 +191,6 @@ def _gemv_phase(
                     res_ptr + rows[:, None] * N + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg"
                 ).to(tl.float32)
             tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@jit
-def _rope_lanes(axis_ptr, inv_freq_ptr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A head's lanes for RMSNorm + M-RoPE: (d, in range, rotate_half's partner lane, its sign, each
-    lane's position axis, its inverse frequency), as `kernels.attention`'s q/k kernel computes them."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    freq = tl.where(d < HALF, d, d - HALF)
-    partner = tl.where(d < HALF, d + HALF, d - HALF)
-    sign = tl.where(d < HALF, -1.0, 1.0)
-    axis = tl.load(axis_ptr + freq, mask=d_ok, other=0)
-    inv = tl.load(inv_freq_ptr + freq, mask=d_ok, other=0.0)
-    return d, d_ok, partner, sign, axis, inv
 
 
 @jit
@@ -587,11 +571,6 @@ def _decoder_step_kernel(
             tl.atomic_xchg(bar_ptr + 1, 0, sem="relaxed", scope="gpu")
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _scratch(packed: PackedDecoder, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """The stacked decoder's zeroed buffer `name`, made on first use."""
     buf = packed.stacks.scratch.get(name)
@@ -686,7 +665,7 @@ def decoder_step(
         phased = not x.is_cuda
     widest = max(triton.cdiv(n, BLOCK_N) for n in ((H + 2 * KV) * D, hidden, packed.inter))
     if programs is None:
-        programs = min(_sm_count(dev.index or 0), widest) if x.is_cuda else 3
+        programs = min(sm_count(dev), widest) if x.is_cuda else 3
     # long caches: enough (row, kv head, split) items for the grid, each split >= 128 columns of the span
     splits = max(1, min(triton.cdiv(programs, M * KV), L // 128, 32)) if long else 1
     q_rows = torch.empty(M, H, D, dtype=dt, device=dev) if long else qkv
