@@ -12,6 +12,7 @@ from utter_tts.compat.checks import Limits
 from utter_tts.compat.fetch import FetchPolicy
 from utter_tts.compat.service import CompatService
 from utter_tts.compat.synthesizer import ModelNames
+from utter_tts.engine.runner import WEIGHT_MODES
 from utter_tts.service.inline_voices import InlineVoices
 
 log = logging.getLogger("utter_tts.compat")
@@ -57,10 +58,11 @@ class DeploySettings:
 
 
 def weights_setting(value: str) -> str:
-    """UTTER_QWEN_ENGINE_WEIGHTS: bf16, int8 or fp8 (whether this GPU runs it is the engine's check)."""
+    """UTTER_QWEN_ENGINE_WEIGHTS: one of the engine's weight modes (whether this GPU runs it is the
+    engine's check)."""
     v = value.strip().lower()
-    if v not in ("bf16", "int8", "fp8"):
-        raise ValueError(f"UTTER_QWEN_ENGINE_WEIGHTS must be bf16, int8 or fp8, not {value!r}")
+    if v not in WEIGHT_MODES:
+        raise ValueError(f"UTTER_QWEN_ENGINE_WEIGHTS must be one of {', '.join(WEIGHT_MODES)}, not {value!r}")
     return v
 
 
