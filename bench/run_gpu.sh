@@ -84,8 +84,8 @@ case "$STAGE" in
           left=$(( 590 - ($(date +%s) - UTTER_T0) ))
           [ "$left" -gt 40 ] && timeout "$left" python3 bench/bench_prefill.py --ckpt /tmp/ckpt_voice_design \
             --out "$OUT" 2>&1 | quiet | tail -8 ;;
-  predictor) # issue 26: the code predictor's passes as layers or in one launch, 9 arms (ms and kernels a
-          # frame, codes; fp32 codes equal)
+  predictor) # issue 26: the code predictor's passes as layers or in one launch, every arm of
+          # bench_predictor.ARMS (ms and kernels a frame, codes; fp32 codes equal)
           timeout 560 python3 bench/bench_predictor.py --ckpt /tmp/ckpt_voice_design --out "$OUT" --fp32 \
             --batches 1 2 8 2>&1 | quiet | tail -40 ;;
   quant)  # issue 26: 8-bit weights against fp32 and bf16 (teacher-forced agreement, KL, a long stream, ms)
