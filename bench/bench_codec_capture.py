@@ -29,16 +29,14 @@ def child(base: str, slots_n: int, mode: str) -> dict:
     from utter_tts.codec.speech_tokenizer import SpeechTokenizer
     from utter_tts.engine import decoding
 
-    if mode == "heuristic":
+    if mode == "heuristic":  # the engine's capture settings with cuDNN's first pick instead of its search
+        engine_settings = decoding._capture_settings
 
         @contextlib.contextmanager
         def settings():
-            before = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
-            try:
+            with engine_settings():  # restores both flags after
+                torch.backends.cudnn.benchmark = False
                 yield
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = before
 
         decoding._capture_settings = settings
     t0 = time.perf_counter()
